@@ -59,7 +59,13 @@ def test_encrypted_key_needs_the_passphrase() -> None:
     with pytest.raises(TypeError):
         serialization.load_pem_private_key(pem, password=None)
     key = serialization.load_pem_private_key(pem, password=ENCRYPTED_KEY_PASSPHRASE.encode())
-    assert key.public_key() == pki.client.key.public_key()
+
+    def public_der(k: object) -> bytes:
+        return k.public_key().public_bytes(  # type: ignore[attr-defined,no-any-return]
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    assert public_der(key) == public_der(pki.client.key)
 
 
 def test_tls_crypt_v2_keys_are_openvpn_armour() -> None:
