@@ -1,0 +1,381 @@
+"""TLS over memory BIOs (pyOpenSSL): the TLS client of one key state.
+
+The OpenVPN client is always the TLS client. Records come in through `receive_records` (the
+reassembled payloads of P_CONTROL_V1 packets) and go out through `outgoing_records`; the
+control-channel reliability layer chops them into packets. Nothing here does IO.
+
+Trust, as OpenVPN 2.6 does it (`ssl_verify.c`, `ssl_openssl.c`):
+- `ca`: the chain must verify against the given certificates (added to the context's store from
+  PEM text; no files, no system store).
+- `peer-fingerprint`: the leaf's SHA-256 digest must be one of the list; without `ca` the chain
+  is not checked at all (self-signed servers).
+- `remote-cert-tls server`: the leaf must carry a Key Usage extension and the TLS Web Server
+  Authentication extended key usage.
+- `verify-x509-name`: subject / CN / CN prefix of the leaf.
+A rejected certificate raises `AuthenticationError` with the reason in plain words.
+
+Limitation: pyOpenSSL 23 has no `set_ciphersuites`; `tls-ciphersuites` is applied through the
+OpenSSL binding `SSL_CTX_set_ciphersuites` that pyOpenSSL's cffi module exposes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL, crypto
+
+from .config.model import Config, TlsVersion, VerifyX509Name, X509NameKind
+from .errors import AuthenticationError, ConfigError, LocalProtocolError, RemoteProtocolError
+
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", re.DOTALL | re.ASCII
+)
+
+_PROTO_VERSIONS = {
+    TlsVersion.TLS1_0: SSL.TLS1_VERSION,
+    TlsVersion.TLS1_1: SSL.TLS1_1_VERSION,
+    TlsVersion.TLS1_2: SSL.TLS1_2_VERSION,
+    TlsVersion.TLS1_3: SSL.TLS1_3_VERSION,
+}
+# OpenVPN 2.6 default `tls-version-min 1.2` (options.c); "or-highest" means the best we have.
+_DEFAULT_MIN = TlsVersion.TLS1_2
+_HIGHEST = TlsVersion.TLS1_3
+
+# X509_V_ERR_* codes (openssl/x509_vfy.h) that mean "this chain does not lead to our CA".
+_NOT_OUR_CA = {2, 7, 18, 19, 20, 21, 27, 30, 32}
+_EXPIRED = 10
+_NOT_YET_VALID = 9
+_INVALID_PURPOSE = 26  # OpenSSL's own check of the leaf's EKU for a TLS server
+
+_READ_CHUNK = 65536
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    """What the TLS client needs from the configuration, as PEM text and plain values."""
+
+    ca_pem: str | None = None
+    cert_pem: str | None = None
+    key_pem: bytes | None = None
+    pkcs12_der: bytes | None = None
+    extra_certs_pem: str | None = None
+    peer_fingerprints: tuple[bytes, ...] = ()
+    remote_cert_tls_server: bool = False
+    verify_x509_name: VerifyX509Name | None = None
+    version_min: TlsVersion | None = None
+    version_min_or_highest: bool = False
+    version_max: TlsVersion | None = None
+    cipher_list: str | None = None
+    ciphersuites: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> TlsSettings:
+        return cls(
+            ca_pem=config.ca,
+            cert_pem=config.cert,
+            key_pem=config.key.value if config.key is not None else None,
+            pkcs12_der=config.pkcs12.value if config.pkcs12 is not None else None,
+            extra_certs_pem=config.extra_certs,
+            peer_fingerprints=config.peer_fingerprints,
+            remote_cert_tls_server=config.remote_cert_tls_server,
+            verify_x509_name=config.verify_x509_name,
+            version_min=config.tls_version_min,
+            version_min_or_highest=config.tls_version_min_or_highest,
+            version_max=config.tls_version_max,
+            cipher_list=config.tls_cipher,
+            ciphersuites=config.tls_ciphersuites,
+        )
+
+
+def load_pem_certificates(text: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle (cryptography 38 has no multi-certificate loader)."""
+    blocks = _PEM_CERT.findall(text.encode("ascii", "replace"))
+    try:
+        return [x509.load_pem_x509_certificate(block) for block in blocks]
+    except ValueError as exc:
+        raise ConfigError(f"unreadable certificate: {exc}") from exc
+
+
+def build_context(settings: TlsSettings) -> SSL.Context:
+    """A client `SSL.Context` from the settings; `ConfigError` if something cannot be used."""
+    if settings.ca_pem is None and not settings.peer_fingerprints:
+        raise ConfigError("no way to authenticate the server: give `ca` or `peer-fingerprint`")
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    # OpenVPN disables session tickets and the session cache: every handshake is a full one.
+    ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+
+    version_min = _HIGHEST if settings.version_min_or_highest else settings.version_min
+    ctx.set_min_proto_version(_PROTO_VERSIONS[version_min or _DEFAULT_MIN])
+    if settings.version_max is not None:
+        ctx.set_max_proto_version(_PROTO_VERSIONS[settings.version_max])
+
+    try:
+        if settings.cipher_list:
+            ctx.set_cipher_list(settings.cipher_list.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError) as exc:
+        raise ConfigError(f"tls-cipher not accepted by OpenSSL: {exc}") from exc
+    if settings.ciphersuites:
+        _set_ciphersuites(ctx, settings.ciphersuites)
+
+    if settings.ca_pem is not None:
+        certificates = load_pem_certificates(settings.ca_pem)
+        if not certificates:
+            raise ConfigError("`ca` contains no certificate")
+        store = ctx.get_cert_store()
+        for certificate in certificates:
+            store.add_cert(crypto.X509.from_cryptography(certificate))
+
+    _load_client_identity(ctx, settings)
+    return ctx
+
+
+def _set_ciphersuites(ctx: SSL.Context, suites: str) -> None:
+    # pyOpenSSL 23 lacks Context.set_ciphersuites; its cffi binding has the OpenSSL call.
+    from OpenSSL._util import lib  # private, but the only route in pyOpenSSL 23
+
+    if lib.SSL_CTX_set_ciphersuites(ctx._context, suites.encode("ascii")) != 1:
+        raise ConfigError(f"tls-ciphersuites not accepted by OpenSSL: {suites!r}")
+
+
+def _load_client_identity(ctx: SSL.Context, settings: TlsSettings) -> None:
+    try:
+        if settings.pkcs12_der is not None:
+            key, cert, extra = pkcs12.load_key_and_certificates(settings.pkcs12_der, None)
+            if key is None or cert is None:
+                raise ConfigError("pkcs12 bundle lacks a certificate or a private key")
+            ctx.use_certificate(crypto.X509.from_cryptography(cert))
+            ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+            for chain_cert in extra:
+                ctx.add_extra_chain_cert(crypto.X509.from_cryptography(chain_cert))
+        elif settings.cert_pem is not None or settings.key_pem is not None:
+            if settings.cert_pem is None or settings.key_pem is None:
+                raise ConfigError("`cert` and `key` must be given together")
+            ctx.use_certificate(
+                crypto.load_certificate(crypto.FILETYPE_PEM, settings.cert_pem.encode())
+            )
+            ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, settings.key_pem))
+            ctx.check_privatekey()
+        if settings.extra_certs_pem is not None:
+            for chain_cert in load_pem_certificates(settings.extra_certs_pem):
+                ctx.add_extra_chain_cert(crypto.X509.from_cryptography(chain_cert))
+    except (SSL.Error, crypto.Error, ValueError) as exc:
+        raise ConfigError(f"client certificate or key unusable: {exc}") from exc
+
+
+def common_name(certificate: x509.Certificate) -> str | None:
+    attributes = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not attributes:
+        return None
+    value = attributes[0].value
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def openvpn_subject(certificate: x509.Certificate) -> str:
+    """The subject as OpenVPN prints it (`X509_NAME_print_ex`, XN_FLAG_SEP_CPLUS_SPC|FN_SN):
+    forward order, ", " between attributes, e.g. "C=DE, O=Example, CN=server"."""
+    parts = []
+    for rdn in certificate.subject.rdns:
+        parts.append("+".join(attr.rfc4514_string() for attr in rdn))
+    return ", ".join(parts)
+
+
+def check_leaf(certificate: x509.Certificate, settings: TlsSettings) -> str | None:
+    """Why the server's leaf certificate is unacceptable under the settings, or None.
+
+    Chain and fingerprint checks happen in the verify callback; this is the policy part."""
+    if settings.remote_cert_tls_server:
+        try:
+            certificate.extensions.get_extension_for_class(x509.KeyUsage)
+        except x509.ExtensionNotFound:
+            return "server certificate lacks the Key Usage extension (remote-cert-tls server)"
+        try:
+            eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = x509.ExtendedKeyUsage([])
+        if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+            return "server certificate lacks TLS Web Server Authentication EKU"
+    wanted = settings.verify_x509_name
+    if wanted is not None:
+        cn = common_name(certificate)
+        if wanted.kind is X509NameKind.SUBJECT:
+            subjects = {openvpn_subject(certificate), certificate.subject.rfc4514_string()}
+            if wanted.name not in subjects:
+                return (
+                    f"server certificate subject {openvpn_subject(certificate)!r} "
+                    f"is not {wanted.name!r} (verify-x509-name)"
+                )
+        elif wanted.kind is X509NameKind.NAME:
+            if cn != wanted.name:
+                return f"server certificate name {cn!r} is not {wanted.name!r} (verify-x509-name)"
+        elif cn is None or not cn.startswith(wanted.name):
+            return (
+                f"server certificate name {cn!r} does not start with {wanted.name!r} "
+                "(verify-x509-name name-prefix)"
+            )
+    return None
+
+
+def _chain_error_reason(errno: int) -> str:
+    if errno in _NOT_OUR_CA:
+        return "server certificate not signed by the configured CA"
+    if errno == _EXPIRED:
+        return "server certificate (or its CA) has expired"
+    if errno == _NOT_YET_VALID:
+        return "server certificate (or its CA) is not yet valid"
+    if errno == _INVALID_PURPOSE:
+        return "server certificate lacks TLS Web Server Authentication EKU"
+    from OpenSSL._util import ffi, lib
+
+    text = ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+    return f"server certificate rejected: {text}"
+
+
+class TlsSession:
+    """The TLS client of one key state, over memory BIOs.
+
+    `receive_records(data)` feeds bytes from the server; `outgoing_records()` drains bytes for
+    the server; application data is written with `write_application_data` once the handshake is
+    complete and read (buffered) with `read_application_data`.
+    """
+
+    def __init__(self, settings: TlsSettings, context: SSL.Context | None = None) -> None:
+        self._settings = settings
+        self._rejection: str | None = None
+        self._plaintext = bytearray()
+        self.handshake_complete = False
+        self.closed = False
+        ctx = context if context is not None else build_context(settings)
+        ctx.set_verify(SSL.VERIFY_PEER, self._verify)
+        self._conn = SSL.Connection(ctx, None)
+        self._conn.set_connect_state()
+        self._advance()  # the ClientHello is ready in outgoing_records() at once
+
+    # ------------------------------------------------------------------ verification
+
+    def _verify(
+        self, _conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        settings = self._settings
+        if self._rejection is not None:
+            return False
+        if settings.ca_pem is not None and not ok:
+            self._rejection = _chain_error_reason(errno)
+            return False
+        if depth != 0:
+            return True  # intermediate certificates: only the chain check above applies
+        leaf = cert.to_cryptography()
+        if settings.peer_fingerprints:
+            digest = hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)).digest()
+            if digest not in settings.peer_fingerprints:
+                self._rejection = "server certificate fingerprint is not in peer-fingerprint"
+                return False
+        reason = check_leaf(leaf, settings)
+        if reason is not None:
+            self._rejection = reason
+            return False
+        return True
+
+    # ------------------------------------------------------------------ records
+
+    def receive_records(self, data: bytes) -> None:
+        """Feed TLS bytes from the server. Raises `AuthenticationError` (certificate rejected)
+        or `RemoteProtocolError` (TLS failure); the key state is dead afterwards."""
+        if self.closed:
+            return
+        self._conn.bio_write(data)
+        self._advance()
+
+    def _advance(self) -> None:
+        try:
+            if not self.handshake_complete:
+                try:
+                    self._conn.do_handshake()
+                except SSL.WantReadError:
+                    return
+                self.handshake_complete = True
+            while True:
+                try:
+                    chunk = self._conn.recv(_READ_CHUNK)
+                except SSL.WantReadError:
+                    return
+                except SSL.ZeroReturnError:
+                    self.closed = True
+                    return
+                if not chunk:
+                    return
+                self._plaintext += chunk
+        except SSL.Error as exc:
+            self.closed = True
+            if self._rejection is not None:
+                raise AuthenticationError(self._rejection) from exc
+            raise RemoteProtocolError(f"TLS failure: {_describe(exc)}") from exc
+
+    def outgoing_records(self) -> bytes:
+        """All TLS bytes waiting to go to the server (may be empty)."""
+        out = bytearray()
+        while True:
+            try:
+                chunk = self._conn.bio_read(_READ_CHUNK)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+    # ------------------------------------------------------------------ application data
+
+    def write_application_data(self, data: bytes) -> None:
+        """Encrypt `data` as TLS records (one `SSL_write`: one message, as OpenVPN expects)."""
+        if not self.handshake_complete or self.closed:
+            raise LocalProtocolError("TLS application data before the handshake completed")
+        try:
+            self._conn.sendall(data)
+        except SSL.Error as exc:
+            raise LocalProtocolError(f"TLS write failed: {_describe(exc)}") from exc
+
+    def read_application_data(self) -> bytes:
+        """Drain the decrypted application data received so far."""
+        data = bytes(self._plaintext)
+        self._plaintext.clear()
+        return data
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def version(self) -> str:
+        return str(self._conn.get_protocol_version_name())
+
+    @property
+    def cipher(self) -> str:
+        name = self._conn.get_cipher_name()
+        return str(name) if name is not None else ""
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        cert = self._conn.get_peer_certificate()
+        return cert.to_cryptography() if cert is not None else None
+
+    @property
+    def peer_subject(self) -> str:
+        cert = self.peer_certificate
+        return cert.subject.rfc4514_string() if cert is not None else ""
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        """RFC 5705 / RFC 8446 exporter with no context (OpenVPN's `use_context = 0`)."""
+        if not self.handshake_complete:
+            raise LocalProtocolError("keying material exported before the handshake completed")
+        return bytes(self._conn.export_keying_material(label, length, None))
+
+
+def _describe(exc: SSL.Error) -> str:
+    details = exc.args[0] if exc.args else []
+    if isinstance(details, list) and details:
+        return "; ".join(str(item[-1]) for item in details if isinstance(item, tuple)) or str(exc)
+    return str(exc) or type(exc).__name__
