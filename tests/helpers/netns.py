@@ -11,8 +11,8 @@ tun devices. Nothing is configured in the root namespace.
         proc = server.spawn(["openvpn", ...])
         client.run(["ping", "-c1", str(link.a_address.ip)])
 
-Fixtures: `netns_pair` (server and client joined by a veth pair; the client's default route
-points at the server end, like a LAN whose router is the VPN server's host).
+Fixtures: `netns_pair` (server and client joined by a veth pair, no default route in the client),
+`netns` (one empty namespace).
 """
 
 from __future__ import annotations
@@ -216,10 +216,14 @@ class NetnsPair:
 
 
 @contextlib.contextmanager
-def netns_pair_context() -> Iterator[NetnsPair]:
-    """A server and a client namespace joined by a veth pair; removed on exit."""
+def netns_pair_context(*, client_default_route: bool = False) -> Iterator[NetnsPair]:
+    """A server and a client namespace joined by a veth pair; removed on exit.
+
+    Without `client_default_route` the client can reach only the veth subnet, so anything it
+    reaches beyond that (10.8.0.1 ...) went through the tunnel. With it, the client's default
+    route points at the server end (needed to test redirect-gateway's "original gateway")."""
     with Netns.create("server") as server, Netns.create("client") as client:
-        link = connect(server, client, b_default_via_a=True)
+        link = connect(server, client, b_default_via_a=client_default_route)
         yield NetnsPair(server, client, link)
 
 

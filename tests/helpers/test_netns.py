@@ -17,7 +17,7 @@ def _namespaces() -> set[str]:
 
 
 def test_pair_can_ping_and_is_removed() -> None:
-    with netns_pair_context() as pair:
+    with netns_pair_context(client_default_route=True) as pair:
         names = {pair.server.name, pair.client.name}
         assert names <= _namespaces()
         pair.client.run(["ping", "-c", "1", "-W", "2", str(pair.server_address)])
