@@ -18,12 +18,14 @@ Fixtures: `netns_pair` (server and client joined by a veth pair, no default rout
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "ip"
 STOP_TIMEOUT = 5.0  # seconds a process gets between SIGTERM and SIGKILL
 
 T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def wait_until(
@@ -139,6 +143,35 @@ class Netns:
         proc = subprocess.Popen(self.argv(argv), stdout=stdout, stderr=stderr, stdin=stdin, env=env)
         self.processes.append(proc)
         return proc
+
+    def call(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run `fn` in a thread that has entered this namespace; return its result.
+
+        Sockets and tun devices that `fn` creates stay in the namespace afterwards, so objects
+        made here (an `IPRoute`, a tun fd) can then be used from any thread."""
+        result: list[T] = []
+        error: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if _libc.setns(fd, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), "setns failed")
+                finally:
+                    os.close(fd)
+                result.append(fn())
+            except BaseException as e:
+                error.append(e)
+
+        thread = threading.Thread(target=target, name=f"in-{self.name}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"call in {self.name} did not finish within {timeout:g}s")
+        if error:
+            raise error[0]
+        return result[0]
 
     def json(self, argv: Sequence[str]) -> Any:
         """Run an `ip -j ...` style command and parse its JSON output."""
