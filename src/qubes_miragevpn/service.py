@@ -1,0 +1,435 @@
+"""The one run loop: engine + transport + tun + timer + signals, on asyncio.
+
+The engine (`miragevpn.client.Client`) does no IO; this loop does all of it:
+
+    events      client.next_event() until None, each acted on (`_handle`, exhaustive match)
+    wire out    client.data_to_send(now) → transport, after every call into the client
+    wire in     transport bytes → client.receive() → client.tunnel_packets() → tun
+    tun in      tun readable → client.encrypt_tunnel_packet() → transport
+    timer       exactly one asyncio timer, re-armed from client.get_timer() after every call
+    signals     SIGTERM/SIGINT → client.close(now) (explicit-exit-notify), bounded wait for
+                SessionEnded; a second signal stops at once
+
+The tun device is opened on the first `TunnelEstablished` and kept through reconnects (packets
+for the tunnel are dropped while it is down instead of leaking elsewhere); the network changes
+are undone when the loop ends, whatever the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import importlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, assert_never
+
+from miragevpn.config.model import AddressFamily, Config, Transport
+from miragevpn.events import (
+    ConnectionRequested,
+    ControlMessageReceived,
+    DisconnectionRequested,
+    Event,
+    ProgressReported,
+    ResolutionRequested,
+    SessionEnded,
+    SessionRestarting,
+    TlsEstablished,
+    TunnelEstablished,
+    TunnelSettings,
+)
+
+from . import transport as transports
+from .netlink import NetworkConfigurator, TunDevice
+from .sdnotify import sd_notify
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+TUN_BATCH = 64  # packets read from the tun per wake-up, so the wire side is never starved
+CLOSE_TIMEOUT = 5.0  # seconds to wait for SessionEnded after close() (explicit-exit-notify)
+
+
+class ExitCode(enum.IntEnum):
+    """What `miragevpn-client` returns."""
+
+    OK = 0  # stopped on request (SIGTERM/SIGINT), session closed in order
+    CONFIG = 1  # the configuration cannot be used
+    USAGE = 2  # bad command line (argparse)
+    SESSION_FAILED = 3  # the session ended on an error: auth failed, server HALT, retries over
+    SETUP_FAILED = 4  # local set-up failed: tun device, routes (not root? no /dev/net/tun?)
+
+
+class EngineClient(Protocol):
+    """The engine's public surface, as documented in docs/ARCHITECTURE.md."""
+
+    def receive(self, data: bytes, now: float) -> None: ...
+    def data_to_send(self, now: float) -> list[bytes]: ...
+    def encrypt_tunnel_packet(self, ip_packet: bytes, now: float) -> bytes | None: ...
+    def tunnel_packets(self) -> list[bytes]: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_event(self) -> Event | None: ...
+    def handle_resolved(self, addresses: Sequence[IPAddress], now: float) -> None: ...
+    def handle_resolve_failed(self, now: float) -> None: ...
+    def handle_connected(self, now: float) -> None: ...
+    def handle_connection_failed(self, now: float) -> None: ...
+    def close(self, now: float) -> None: ...
+
+
+ClientFactory = Callable[[Config, float], EngineClient]
+Notify = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: ExitCode
+    reason: str
+
+
+def _families(family: AddressFamily) -> int:
+    return {
+        AddressFamily.ANY: socket.AF_UNSPEC,
+        AddressFamily.IPV4: socket.AF_INET,
+        AddressFamily.IPV6: socket.AF_INET6,
+    }[family]
+
+
+def describe_settings(ifname: str, s: TunnelSettings) -> str:
+    """One line a person can read: what the tunnel looks like."""
+    parts = [f"{ifname}"]
+    if s.ipv4 is not None:
+        parts.append(f"{s.ipv4}" + (f" peer {s.ipv4_peer}" if s.ipv4_peer else ""))
+    if s.ipv6 is not None:
+        parts.append(str(s.ipv6))
+    parts.append(f"mtu {s.mtu}")
+    parts.append(f"cipher {s.cipher} ({s.key_derivation})")
+    if s.routes:
+        parts.append("routes " + ", ".join(str(r.network) for r in s.routes))
+    if s.redirect_gateway_ipv4 or s.redirect_gateway_ipv6:
+        parts.append("all traffic through the tunnel")
+    if s.dhcp_options:
+        parts.append(
+            "dhcp " + ", ".join(f"{o.kind} {o.value or ''}".strip() for o in s.dhcp_options)
+        )
+    return ", ".join(parts)
+
+
+class Service:
+    """Runs one client session until it ends; `run()` returns the outcome."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client_factory: ClientFactory,
+        network: NetworkConfigurator,
+        tun_name: str,
+        notify: Notify = sd_notify,
+        clock: Callable[[], float] = time.time,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ) -> None:
+        self._config = config
+        self._client_factory = client_factory
+        self._network = network
+        self._tun_name = tun_name
+        self._notify = notify
+        self._clock = clock
+        self._close_timeout = close_timeout
+
+        self._client: EngineClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: transports.Transport | None = None
+        self._generation = 0  # bumped on every connect/disconnect: stale callbacks are ignored
+        self._tun: TunDevice | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: asyncio.Future[Outcome] | None = None
+        self._closing = False
+        self._failure: BaseException | None = None
+
+    # ------------------------------------------------------------------ entry points
+
+    async def run(self) -> Outcome:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._done = loop.create_future()
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(self._teardown)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(signum, self.stop, signum)
+                    cleanup.callback(loop.remove_signal_handler, signum)
+            self._client = self._client_factory(self._config, self._clock())
+            self._notify("STATUS=starting")
+            self._pump()
+            outcome = await self._done
+            if self._failure is not None:
+                raise self._failure
+            return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stop(self, signum: int | None = None) -> None:
+        """Close the session in order (explicit-exit-notify); a second call stops at once."""
+        name = signal.Signals(signum).name if signum is not None else "stop request"
+        if self._closing:
+            log.warning("%s again: stopping now", name)
+            self._finish(Outcome(ExitCode.OK, f"{name} (forced)"))
+            return
+        self._closing = True
+        log.info("%s: closing the session", name)
+        self._notify("STOPPING=1")
+        assert self._loop is not None
+        self._loop.call_later(
+            self._close_timeout,
+            self._finish,
+            Outcome(ExitCode.OK, f"{name}; the server did not confirm within the close timeout"),
+        )
+        self._call(lambda c, now: c.close(now))
+
+    # ------------------------------------------------------------------ the pump
+
+    def _call(self, action: Callable[[EngineClient, float], object]) -> None:
+        """Call into the client, then act on everything it produced."""
+        if self._client is None or self._finished:
+            return
+        try:
+            action(self._client, self._clock())
+        except Exception as e:
+            self._fail(e)
+            return
+        self._pump()
+
+    @property
+    def _finished(self) -> bool:
+        return self._done is None or self._done.done()
+
+    def _pump(self) -> None:
+        client = self._client
+        assert client is not None
+        try:
+            for _ in range(10_000):  # bounded: an engine emitting events forever is a bug
+                event = client.next_event()
+                if event is None:
+                    break
+                self._handle(event)
+                if self._finished:
+                    return
+            self._flush()
+            self._arm_timer()
+        except Exception as e:
+            self._fail(e)
+
+    def _flush(self) -> None:
+        assert self._client is not None
+        wire = self._client.data_to_send(self._clock())
+        if self._transport is not None:
+            for data in wire:
+                self._transport.send(data)
+        elif wire:
+            log.debug("dropping %d packets: no transport open", len(wire))
+
+    def _arm_timer(self) -> None:
+        assert self._client is not None and self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._client.get_timer()
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock())
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._call(lambda c, now: c.handle_timer(now))
+
+    # ------------------------------------------------------------------ events
+
+    def _handle(self, event: Event) -> None:
+        match event:
+            case ResolutionRequested(host=host, family=family):
+                log.info("resolving %s", host)
+                self._spawn(self._resolve(host, family))
+            case ConnectionRequested(address=address, port=port, transport=kind):
+                self._close_transport()
+                log.info("connecting to %s port %d over %s", address, port, kind.value.upper())
+                self._spawn(self._connect(address, port, kind, self._generation))
+            case DisconnectionRequested(reason=reason):
+                log.info("disconnecting: %s", reason)
+                self._close_transport()
+            case ProgressReported(message=message):
+                log.info("%s", message)
+                self._notify(f"STATUS={message}")
+            case TlsEstablished(version=version, cipher=cipher, peer_subject=subject):
+                log.info("TLS established: %s %s with %s", version, cipher, subject)
+            case TunnelEstablished(settings=settings):
+                self._tunnel_up(settings)
+            case ControlMessageReceived(message=message):
+                log.info("server says: %s", message)
+            case SessionRestarting(reason=reason, retry_in=retry_in):
+                log.warning("session lost (%s); reconnecting in %.1fs", reason, retry_in)
+                self._notify(f"STATUS=reconnecting: {reason}")
+            case SessionEnded(reason=reason, error=error):
+                self._close_transport()
+                if error is None:
+                    log.info("session ended: %s", reason)
+                    self._finish(Outcome(ExitCode.OK, reason))
+                else:
+                    log.error("session ended: %s (%s)", reason, error)
+                    self._finish(Outcome(ExitCode.SESSION_FAILED, f"{reason}: {error}"))
+            case _:
+                assert_never(event)
+
+    def _tunnel_up(self, settings: TunnelSettings) -> None:
+        assert self._loop is not None
+        if self._tun is None:
+            self._tun = self._network.open_tun(self._tun_name)
+            self._loop.add_reader(self._tun.fileno(), self._on_tun_readable)
+        self._network.apply(self._tun.name, settings)
+        summary = describe_settings(self._tun.name, settings)
+        log.info("tunnel up: %s", summary)
+        self._notify(f"READY=1\nSTATUS=connected: {summary}")
+
+    # ------------------------------------------------------------------ IO callbacks
+
+    async def _resolve(self, host: str, family: AddressFamily) -> None:
+        assert self._loop is not None
+        try:
+            infos = await self._loop.getaddrinfo(
+                host, None, family=_families(family), type=socket.SOCK_DGRAM
+            )
+        except (OSError, UnicodeError) as e:
+            log.warning("cannot resolve %s: %s", host, e)
+            self._call(lambda c, now: c.handle_resolve_failed(now))
+            return
+        addresses: list[IPAddress] = []
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+            if address not in addresses:
+                addresses.append(address)
+        log.info("%s is %s", host, ", ".join(map(str, addresses)))
+        self._call(lambda c, now: c.handle_resolved(addresses, now))
+
+    async def _connect(
+        self, address: IPAddress, port: int, kind: Transport, generation: int
+    ) -> None:
+        def on_data(data: bytes) -> None:
+            if generation == self._generation:
+                self._on_wire_data(data)
+
+        def on_lost(exc: Exception | None) -> None:
+            if generation == self._generation and self._transport is not None:
+                log.warning("connection to the server lost: %s", exc or "closed by the server")
+                self._transport = None
+                self._call(lambda c, now: c.handle_connection_failed(now))
+
+        opened: transports.Transport
+        try:
+            if kind is Transport.UDP:
+                opened = await transports.open_udp(address, port, on_data, on_lost)
+            else:
+                timeout = min(self._config.connect_timeout, 120.0)
+                opened = await transports.open_tcp(address, port, on_data, on_lost, timeout=timeout)
+        except (OSError, TimeoutError) as e:
+            log.warning("cannot connect to %s port %d: %s", address, port, e or "timed out")
+            if generation == self._generation:
+                self._call(lambda c, now: c.handle_connection_failed(now))
+            return
+        if generation != self._generation or self._finished:
+            opened.close()
+            return
+        self._transport = opened
+        log.info("connected to %s port %d", address, port)
+        self._call(lambda c, now: c.handle_connected(now))
+
+    def _on_wire_data(self, data: bytes) -> None:
+        client = self._client
+        if client is None or self._finished:
+            return
+        try:
+            client.receive(data, self._clock())
+            packets = client.tunnel_packets()
+        except Exception as e:
+            self._fail(e)
+            return
+        if self._tun is not None:
+            for packet in packets:
+                self._tun.write(packet)
+        self._pump()
+
+    def _on_tun_readable(self) -> None:
+        client, tun = self._client, self._tun
+        if client is None or tun is None or self._finished:
+            return
+        now = self._clock()
+        try:
+            for _ in range(TUN_BATCH):
+                packet = tun.read()
+                if packet is None:
+                    break
+                wire = client.encrypt_tunnel_packet(packet, now)
+                if wire is not None and self._transport is not None:
+                    self._transport.send(wire)
+        except Exception as e:
+            self._fail(e)
+            return
+        self._pump()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _close_transport(self) -> None:
+        self._generation += 1
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def _fail(self, error: BaseException) -> None:
+        log.error("internal error: %r", error)
+        if self._failure is None:
+            self._failure = error
+        self._finish(Outcome(ExitCode.SESSION_FAILED, f"internal error: {error!r}"))
+
+    def _finish(self, outcome: Outcome) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(outcome)
+
+    def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self._close_transport()
+        try:
+            self._network.revert()
+        finally:
+            if self._tun is not None:
+                assert self._loop is not None
+                self._loop.remove_reader(self._tun.fileno())
+                self._tun.close()
+                self._tun = None
+            self._network.close()
+
+
+def default_client_factory(credentials: object = None) -> ClientFactory:
+    """Build the real engine client (imported here so the service can be tested without it)."""
+
+    def factory(config: Config, now: float) -> EngineClient:
+        client_class: Any = importlib.import_module("miragevpn.client").Client
+        client: EngineClient = client_class(
+            config, rng=os.urandom, now=now, credentials=credentials
+        )
+        return client
+
+    return factory
