@@ -289,10 +289,15 @@ class Service:
 
     def _tunnel_up(self, settings: TunnelSettings) -> None:
         assert self._loop is not None
-        if self._tun is None:
-            self._tun = self._network.open_tun(self._tun_name)
-            self._loop.add_reader(self._tun.fileno(), self._on_tun_readable)
-        self._network.apply(self._tun.name, settings)
+        try:
+            if self._tun is None:
+                self._tun = self._network.open_tun(self._tun_name)
+                self._loop.add_reader(self._tun.fileno(), self._on_tun_readable)
+            self._network.apply(self._tun.name, settings)
+        except Exception as e:  # OSError, NetlinkError: not root, no /dev/net/tun, ...
+            log.error("cannot configure the tunnel device: %s", e)
+            self._finish(Outcome(ExitCode.SETUP_FAILED, f"cannot configure the tunnel: {e}"))
+            return
         summary = describe_settings(self._tun.name, settings)
         log.info("tunnel up: %s", summary)
         self._notify(f"READY=1\nSTATUS=connected: {summary}")

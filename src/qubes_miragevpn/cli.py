@@ -1,0 +1,163 @@
+"""`miragevpn-client CONFIG`: connect to an OpenVPN server with an OpenVPN client config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from miragevpn.config.model import AuthUserPass, Config, Secret
+from miragevpn.errors import ConfigError
+
+from .netlink import Netlink, tun_name_pattern
+from .service import ExitCode, Service, default_client_factory
+
+log = logging.getLogger("miragevpn-client")
+
+DESCRIPTION = """\
+Connect to an OpenVPN 2.x server using an OpenVPN client configuration file (.ovpn/.conf).
+
+miragevpn-client reads CONFIG (certificates and keys may be inline <blocks> or files, relative
+to the config file's directory), creates a tun device, performs the TLS handshake, applies what
+the server pushes (addresses, routes, redirect-gateway), and carries IP packets until it is
+stopped. Every change to the system (device, address, route) is logged before it is made and
+undone when the client exits. It needs root (or CAP_NET_ADMIN) for the tun device and routes.
+
+Stop it with Ctrl-C or SIGTERM: it tells the server it is leaving (explicit-exit-notify),
+removes its routes and addresses, and exits 0.
+"""
+
+EPILOG = f"""\
+exit codes:
+  {ExitCode.OK:d}  stopped on request (SIGTERM/SIGINT), session closed in order
+  {ExitCode.CONFIG:d}  the configuration cannot be used (printed as FILE:LINE: message)
+  {ExitCode.USAGE:d}  bad command line
+  {ExitCode.SESSION_FAILED:d}  the session ended on an error: authentication failed, the server
+     halted us, or the connection retries ran out
+  {ExitCode.SETUP_FAILED:d}  local set-up failed (tun device or routes; are you root?)
+
+examples:
+  miragevpn-client client.ovpn
+  miragevpn-client --dev tun7 -v /etc/openvpn/client/work.conf
+  ip netns exec vpn miragevpn-client client.ovpn      # inside a network namespace
+
+Secrets (keys, passwords) are never logged, at any verbosity.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="miragevpn-client",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", metavar="CONFIG", type=Path, help="OpenVPN client config file")
+    parser.add_argument(
+        "--dev",
+        metavar="NAME",
+        help='tun device name (default: the config\'s "dev"; "tun" lets the kernel pick tunN)',
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log debugging detail (same as --log-level debug)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (default: info: connection steps and every system change)",
+    )
+    return parser
+
+
+def load_config(path: Path) -> Config:
+    """Parse `path`; files it names are read relative to its directory. Raises ConfigError."""
+    base = path.parent
+
+    def read_file(name: str) -> bytes:
+        return (base / name).read_bytes()  # an absolute `name` stays absolute
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the config file: {e}", file=str(path)) from None
+    from miragevpn.config import parse_config
+
+    try:
+        config: Config = parse_config(text, read_file=read_file)
+    except ConfigError as e:
+        raise e.with_file(str(path)) from None
+    return config
+
+
+def credentials_for(config: Config) -> AuthUserPass | None:
+    """Username/password for `auth-user-pass`, asking on the terminal for what is missing."""
+    auth = config.auth_user_pass
+    if auth is None:
+        return None
+    if auth.username is not None and auth.password is not None:
+        return auth
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "auth-user-pass has no file with the username and password, and standard input is "
+            "not a terminal to ask on",
+            directive="auth-user-pass",
+        )
+    username = auth.username if auth.username is not None else input("Username: ")
+    password = auth.password
+    if password is None:
+        password = Secret(getpass.getpass("Password: ").encode())
+    return replace(auth, username=username, password=password)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = args.log_level or ("debug" if args.verbose else "info")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    try:
+        config = load_config(args.config)
+        credentials = credentials_for(config)
+    except ConfigError as e:
+        print(str(e if e.file else e.with_file(str(args.config))), file=sys.stderr)
+        return ExitCode.CONFIG
+    for ignored in config.ignored:
+        log.debug("%s:%d: %s ignored: %s", args.config, ignored.line, ignored.name, ignored.reason)
+    for warning in config.warnings:
+        log.warning("%s:%d: %s: %s", args.config, warning.line, warning.directive, warning.message)
+    if not config.remotes:
+        print(f"{args.config}: no `remote` to connect to", file=sys.stderr)
+        return ExitCode.CONFIG
+
+    try:
+        network = Netlink()
+    except OSError as e:
+        log.error("cannot open a netlink socket: %s", e)
+        return ExitCode.SETUP_FAILED
+    service = Service(
+        config,
+        client_factory=default_client_factory(credentials),
+        network=network,
+        tun_name=tun_name_pattern(args.dev or config.dev),
+    )
+    try:
+        outcome = asyncio.run(service.run())
+    except OSError as e:
+        log.error("local set-up failed: %s", e)
+        return ExitCode.SETUP_FAILED
+    except KeyboardInterrupt:  # only if a signal arrived before the loop took over
+        return ExitCode.OK
+    log.info("exiting: %s", outcome.reason)
+    return int(outcome.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
