@@ -1,0 +1,537 @@
+"""One handler per used directive: check the arguments, decode files, record settings.
+
+The argument counts are checked by the table (`directives.py`) before a handler runs; a handler
+records values with `ctx.put(d, key, value)` and never decides about duplicates (resolve.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from . import keys, values
+from .context import Context, Handler, bad_arg, error
+from .keys import KeyMaterialError
+from .lexer import Directive
+from .model import (
+    AllowCompression,
+    AuthRetry,
+    AuthUserPass,
+    Compression,
+    DhcpOption,
+    IfConfig,
+    IfConfigIPv6,
+    KeyDirection,
+    Proto,
+    PullFilter,
+    PullFilterAction,
+    ReplayWindow,
+    Route,
+    RouteGatewayDhcp,
+    RouteGatewayKeyword,
+    RouteIPv6,
+    Secret,
+    StaticKey,
+    TlsVersion,
+    Topology,
+    VerifyX509Name,
+    X509NameKind,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RawRemote:
+    """A `remote` line before the port/proto defaults are applied (resolve.py does that)."""
+
+    host: str
+    port: int | None
+    proto: Proto | None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsVersionMin:
+    version: TlsVersion
+    or_highest: bool
+
+
+def flag(key: str) -> Handler:
+    def handle(ctx: Context, d: Directive) -> None:
+        ctx.put(d, key, True)
+
+    return handle
+
+
+def h_client(ctx: Context, d: Directive) -> None:
+    for key in ("client", "pull", "tls_client"):
+        ctx.put(d, key, True)
+
+
+def h_remote(ctx: Context, d: Directive) -> None:
+    host = d.args[0].text
+    if not host:
+        raise bad_arg(d, 0, "empty host name")
+    port = values.port(d, 1) if len(d.args) > 1 else None
+    proto = values.proto(d, 2) if len(d.args) > 2 else None
+    ctx.put(d, "remote", RawRemote(host, port, proto))
+
+
+def h_proto(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "proto", values.proto(d, 0))
+
+
+def h_port(key: str, lo: int = 1) -> Handler:
+    def handle(ctx: Context, d: Directive) -> None:
+        ctx.put(d, key, values.port(d, 0, lo=lo))
+
+    return handle
+
+
+def h_local(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "local", d.args[0].text)
+
+
+def h_bind(ctx: Context, d: Directive) -> None:
+    if d.args and d.args[0].text != "ipv6only":
+        raise bad_arg(d, 0, "the only bind flag is ipv6only")
+    ctx.put(d, "nobind", False)
+
+
+def h_dev(ctx: Context, d: Directive) -> None:
+    name = d.args[0].text
+    if name.startswith("tap"):
+        raise error(d, "layer-2 'tap' devices are not supported; this client is tun-only", 0)
+    if not name or "/" in name or len(name) > 15:
+        raise bad_arg(d, 0, "not a valid interface name")
+    ctx.put(d, "dev", name)
+
+
+def h_dev_type(ctx: Context, d: Directive) -> None:
+    kind = values.choice(d, 0, ("tun", "tap"))
+    if kind == "tap":
+        raise error(d, "layer-2 'tap' devices are not supported; this client is tun-only", 0)
+    ctx.put(d, "dev_type", kind)
+
+
+def h_topology(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "topology", Topology(values.choice(d, 0, ("net30", "p2p", "subnet"))))
+
+
+def h_ifconfig(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "ifconfig", IfConfig(values.ipv4(d, 0), values.ipv4(d, 1)))
+
+
+def h_ifconfig_ipv6(ctx: Context, d: Directive) -> None:
+    try:
+        interface = ipaddress.IPv6Interface(d.args[0].text)
+    except ValueError:
+        raise bad_arg(d, 0, "not an IPv6 address/prefix") from None
+    remote = values.ipv6(d, 1) if len(d.args) > 1 else None
+    ctx.put(d, "ifconfig_ipv6", IfConfigIPv6(interface, remote))
+
+
+def h_int(
+    key: str, *, lo: int = 0, hi: int = values.INT32_MAX, zero_is_none: bool = False
+) -> Handler:
+    def handle(ctx: Context, d: Directive) -> None:
+        value = values.integer(d, 0, lo=lo, hi=hi)
+        ctx.put(d, key, None if zero_is_none and value == 0 else value)
+
+    return handle
+
+
+def h_seconds(key: str, *, lo: int = 0, zero_is_none: bool = False) -> Handler:
+    def handle(ctx: Context, d: Directive) -> None:
+        value = values.seconds(d, 0, lo=lo)
+        ctx.put(d, key, None if zero_is_none and value == 0 else value)
+
+    return handle
+
+
+def h_mssfix(ctx: Context, d: Directive) -> None:
+    value = values.integer(d, 0, hi=65535) if d.args else 1492
+    if len(d.args) > 1:
+        values.choice(d, 1, ("mtu", "fixed"))
+        ctx.warn(d, f"the '{d.args[1].text}' flag is not used by this client")
+    ctx.put(d, "mssfix", value)
+
+
+# --------------------------------------------------------------------------- PKI
+
+
+def _key_error(d: Directive, exc: KeyMaterialError) -> Exception:
+    return error(d, str(exc), 0 if d.args else None)
+
+
+def h_certificates(key: str, what: str) -> Handler:
+    def handle(ctx: Context, d: Directive) -> None:
+        data, _inline, rest = ctx.material(d, what)
+        if rest:
+            raise error(d, "takes one file name", 1)
+        try:
+            ctx.put(d, key, keys.parse_certificates(data, what))
+        except KeyMaterialError as exc:
+            raise _key_error(d, exc) from None
+
+    return handle
+
+
+def h_key(ctx: Context, d: Directive) -> None:
+    data, _inline, rest = ctx.material(d, "the private key")
+    if rest:
+        raise error(d, "takes one file name", 1)
+    try:
+        ctx.put(d, "key", keys.parse_private_key(data))
+    except KeyMaterialError as exc:
+        raise _key_error(d, exc) from None
+
+
+def h_pkcs12(ctx: Context, d: Directive) -> None:
+    data, inline, rest = ctx.material(d, "the PKCS#12 bundle")
+    if rest:
+        raise error(d, "takes one file name", 1)
+    try:
+        ctx.put(d, "pkcs12", keys.parse_pkcs12(data, inline=inline))
+    except KeyMaterialError as exc:
+        raise _key_error(d, exc) from None
+
+
+def h_peer_fingerprint(ctx: Context, d: Directive) -> None:
+    text = d.inline if d.inline is not None else d.args[0].text
+    if d.inline is None and d.args[0].text == "[inline]":
+        text = ctx.material(d, "the fingerprints")[0].decode("utf-8", "replace")
+    try:
+        for digest in keys.parse_fingerprints(text):
+            ctx.put(d, "peer_fingerprints", digest)
+    except KeyMaterialError as exc:
+        raise _key_error(d, exc) from None
+
+
+def h_remote_cert_tls(ctx: Context, d: Directive) -> None:
+    if values.choice(d, 0, ("server", "client")) == "client":
+        raise error(d, "'client' checks the peer is a client; a client checks 'server'", 0)
+    ctx.put(d, "remote_cert_tls_server", True)
+
+
+def h_ns_cert_type(ctx: Context, d: Directive) -> None:
+    if values.choice(d, 0, ("server", "client")) == "client":
+        raise error(d, "'client' checks the peer is a client; a client checks 'server'", 0)
+    ctx.warn(d, "deprecated (OpenVPN 2.6 warns); treated as 'remote-cert-tls server'")
+    ctx.put(d, "remote_cert_tls_server", True)
+
+
+def h_verify_x509_name(ctx: Context, d: Directive) -> None:
+    name = d.args[0].text
+    if not name:
+        raise bad_arg(d, 0, "empty name")
+    kind = X509NameKind.SUBJECT
+    if len(d.args) > 1:
+        kind = X509NameKind(values.choice(d, 1, ("subject", "name", "name-prefix")))
+    ctx.put(d, "verify_x509_name", VerifyX509Name(name, kind))
+
+
+def h_tls_version_min(ctx: Context, d: Directive) -> None:
+    or_highest = len(d.args) > 1 and values.choice(d, 1, ("or-highest",)) == "or-highest"
+    ctx.put(d, "tls_version_min", TlsVersionMin(values.tls_version(d, 0), or_highest))
+
+
+def h_tls_version_max(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "tls_version_max", values.tls_version(d, 0))
+
+
+def h_string(key: str) -> Handler:
+    def handle(ctx: Context, d: Directive) -> None:
+        if not d.args[0].text:
+            raise bad_arg(d, 0, "empty value")
+        ctx.put(d, key, d.args[0].text)
+
+    return handle
+
+
+# --------------------------------------------------------------------------- static keys
+
+
+def _direction(d: Directive, arg: int) -> KeyDirection:
+    return KeyDirection(int(values.choice(d, arg, ("0", "1"))))
+
+
+def h_key_direction(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "key_direction", _direction(d, 0))
+
+
+def _static(ctx: Context, d: Directive, what: str) -> tuple[StaticKey, tuple[int, ...]]:
+    data, _inline, rest = ctx.material(d, what)
+    try:
+        key = keys.parse_static_key(data, what)
+    except KeyMaterialError as exc:
+        raise _key_error(d, exc) from None
+    offset = len(d.args) - len(rest)
+    return key, tuple(offset + i for i in range(len(rest)))
+
+
+def h_tls_auth(ctx: Context, d: Directive) -> None:
+    key, rest = _static(ctx, d, "the tls-auth key")
+    ctx.put(d, "tls_auth", key)
+    if rest:
+        ctx.put(d, "key_direction", _direction(d, rest[0]))
+
+
+def h_secret(ctx: Context, d: Directive) -> None:
+    key, rest = _static(ctx, d, "the static key")
+    ctx.put(d, "secret", key)
+    if rest:
+        ctx.put(d, "key_direction", _direction(d, rest[0]))
+
+
+def h_tls_crypt(ctx: Context, d: Directive) -> None:
+    key, rest = _static(ctx, d, "the tls-crypt key")
+    if rest:
+        raise error(d, "takes one file name", rest[0])
+    ctx.put(d, "tls_crypt", key)
+
+
+def h_tls_crypt_v2(ctx: Context, d: Directive) -> None:
+    data, _inline, rest = ctx.material(d, "the tls-crypt-v2 key")
+    try:
+        ctx.put(d, "tls_crypt_v2", keys.parse_tls_crypt_v2_client_key(data))
+    except KeyMaterialError as exc:
+        raise _key_error(d, exc) from None
+    if rest:
+        ctx.warn(d, f"'{rest[0].text}' is a server-side flag; not used by a client")
+
+
+# --------------------------------------------------------------------------- data channel
+
+
+def h_cipher(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "cipher", values.cipher_name(d, 0))
+
+
+def h_data_ciphers_fallback(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "data_ciphers_fallback", values.cipher_name(d, 0))
+
+
+def h_data_ciphers(ctx: Context, d: Directive) -> None:
+    if d.name == "ncp-ciphers":
+        ctx.warn(d, "deprecated alias of data-ciphers (OpenVPN 2.6 warns)")
+    names: list[str] = []
+    for item in d.args[0].text.split(":"):
+        optional = item.startswith("?")
+        name = item[1:] if optional else item
+        if optional and name.upper() not in values.DATA_CIPHERS:
+            ctx.warn(d, f"optional cipher '{name}' is not supported here and is skipped")
+            continue
+        cipher = values.cipher_name(d, 0, name)
+        if cipher not in names:
+            names.append(cipher)
+    if not names:
+        raise error(d, "no usable cipher in the list", 0)
+    ctx.put(d, "data_ciphers", tuple(names))
+
+
+def h_auth(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "auth", values.digest_name(d, 0))
+
+
+def h_comp_lzo(ctx: Context, d: Directive) -> None:
+    mode = values.choice(d, 0, ("yes", "no", "adaptive")) if d.args else "adaptive"
+    ctx.warn(d, "compression is deprecated; this client frames packets but never compresses")
+    ctx.put(d, "compression", Compression.LZO_NO if mode == "no" else Compression.LZO)
+
+
+_COMPRESS = {
+    "stub": Compression.STUB,
+    "stub-v2": Compression.STUB_V2,
+    "lzo": Compression.LZO,
+    "lz4": Compression.LZ4,
+    "lz4-v2": Compression.LZ4_V2,
+}
+
+
+def h_compress(ctx: Context, d: Directive) -> None:
+    alg = d.args[0].text if d.args else "stub"
+    if alg == "migrate":
+        raise error(d, "'compress migrate' is a server-side option", 0)
+    if alg not in _COMPRESS:
+        raise bad_arg(d, 0, f"unknown compression ({', '.join(_COMPRESS)})")
+    ctx.warn(d, "compression is deprecated; this client frames packets but never compresses")
+    ctx.put(d, "compression", _COMPRESS[alg])
+
+
+def h_allow_compression(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "allow_compression", AllowCompression(values.choice(d, 0, ("no", "asym", "yes"))))
+
+
+def h_replay_window(ctx: Context, d: Directive) -> None:
+    packets = values.integer(d, 0, lo=64, hi=65536)
+    secs = values.seconds(d, 1, lo=1) if len(d.args) > 1 else ReplayWindow().seconds
+    ctx.put(d, "replay_window", ReplayWindow(packets, secs))
+
+
+# --------------------------------------------------------------------------- user/password
+
+
+def h_auth_user_pass(ctx: Context, d: Directive) -> None:
+    if d.inline is None and not d.args:
+        ctx.put(d, "auth_user_pass", AuthUserPass())
+        return
+    data, _inline, rest = ctx.material(d, "the credentials")
+    if rest:
+        raise error(d, "takes one file name", 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(d, "the credentials are not UTF-8 text", 0 if d.args else None) from None
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    username = lines[0].strip() if lines else ""
+    if not username:
+        raise error(d, "the credentials' first line (the user name) is empty")
+    password = lines[1].rstrip() if len(lines) > 1 and lines[1].rstrip() else None
+    ctx.put(
+        d, "auth_user_pass", AuthUserPass(username, Secret(password.encode()) if password else None)
+    )
+
+
+def h_auth_retry(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "auth_retry", AuthRetry(values.choice(d, 0, ("none", "nointeract", "interact"))))
+
+
+# --------------------------------------------------------------------------- timers
+
+
+def h_keepalive(ctx: Context, d: Directive) -> None:
+    ping = values.seconds(d, 0, lo=1)
+    restart = values.seconds(d, 1, lo=1)
+    if restart < 2 * ping:
+        raise error(d, "the restart timeout must be at least twice the ping interval", 1)
+    ctx.put(d, "ping", ping)
+    ctx.put(d, "ping_restart", restart)
+
+
+def h_reneg_sec(ctx: Context, d: Directive) -> None:
+    value = values.seconds(d, 0)
+    if len(d.args) > 1:
+        values.integer(d, 1)
+        ctx.warn(d, "the second (server-side) value is not used by a client")
+    ctx.put(d, "reneg_sec", None if value == 0 else value)
+
+
+def h_connect_retry(ctx: Context, d: Directive) -> None:
+    base = float(min(values.integer(d, 0), 0xFFFF))
+    ctx.put(d, "connect_retry", base)
+    if len(d.args) > 1:
+        ctx.put(d, "connect_retry_max_delay", max(values.seconds(d, 1), base))
+
+
+def h_resolv_retry(ctx: Context, d: Directive) -> None:
+    if d.args[0].text == "infinite":
+        ctx.put(d, "resolv_retry", None)
+    else:
+        ctx.put(d, "resolv_retry", values.seconds(d, 0))
+
+
+def h_explicit_exit_notify(ctx: Context, d: Directive) -> None:
+    ctx.put(d, "explicit_exit_notify", values.integer(d, 0) if d.args else 1)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _gateway(d: Directive, arg: int) -> ipaddress.IPv4Address | RouteGatewayKeyword | None:
+    text = d.args[arg].text
+    if text == "default":
+        return None
+    for keyword in RouteGatewayKeyword:
+        if text == keyword.value:
+            return keyword
+    return values.ipv4(d, arg)
+
+
+def h_route(ctx: Context, d: Directive) -> None:
+    network_text = d.args[0].text
+    netmask = "255.255.255.255"
+    if len(d.args) > 1 and d.args[1].text != "default":
+        netmask = str(values.ipv4(d, 1))
+    try:
+        ipaddress.IPv4Address(network_text)
+    except ValueError:
+        raise bad_arg(d, 0, "not an IPv4 network (host names are not resolved here)") from None
+    try:
+        network = ipaddress.IPv4Network(f"{network_text}/{netmask}", strict=False)
+    except ValueError:
+        raise bad_arg(d, 1, "not a netmask") from None
+    if str(network.network_address) != network_text:
+        ctx.warn(d, f"{network_text} has host bits outside {netmask}; using {network}")
+    gateway = _gateway(d, 2) if len(d.args) > 2 else None
+    metric = values.integer(d, 3, hi=0xFFFF) if len(d.args) > 3 else None
+    ctx.put(d, "routes", Route(network, gateway, metric))
+
+
+def h_route_ipv6(ctx: Context, d: Directive) -> None:
+    try:
+        network = ipaddress.IPv6Network(d.args[0].text, strict=False)
+    except ValueError:
+        raise bad_arg(d, 0, "not an IPv6 network/prefix") from None
+    gateway = None
+    if len(d.args) > 1 and d.args[1].text != "default":
+        gateway = values.ipv6(d, 1)
+    metric = values.integer(d, 2, hi=0xFFFF) if len(d.args) > 2 else None
+    ctx.put(d, "routes_ipv6", RouteIPv6(network, gateway, metric))
+
+
+def h_route_gateway(ctx: Context, d: Directive) -> None:
+    if d.args[0].text == "dhcp":
+        ctx.put(d, "route_gateway", RouteGatewayDhcp.DHCP)
+    else:
+        ctx.put(d, "route_gateway", values.ipv4(d, 0))
+
+
+def h_route_delay(ctx: Context, d: Directive) -> None:
+    delay = values.seconds(d, 0) if d.args else 0.0
+    if len(d.args) > 1:
+        values.integer(d, 1)
+        ctx.warn(d, "the window argument is Windows-only and not used")
+    ctx.put(d, "route_delay", delay)
+
+
+REDIRECT_FLAGS = (
+    "local",
+    "autolocal",
+    "def1",
+    "bypass-dhcp",
+    "bypass-dns",
+    "block-local",
+    "ipv6",
+    "!ipv4",
+)
+
+
+def h_redirect_gateway(ctx: Context, d: Directive) -> None:
+    flags: set[str] = set()
+    for i in range(len(d.args)):
+        flags.add(values.choice(d, i, REDIRECT_FLAGS))
+    ctx.put(d, "redirect_gateway", frozenset(flags))
+
+
+def h_pull_filter(ctx: Context, d: Directive) -> None:
+    action = PullFilterAction(values.choice(d, 0, ("accept", "ignore", "reject")))
+    ctx.put(d, "pull_filters", PullFilter(action, d.args[1].text))
+
+
+def h_dhcp_option(ctx: Context, d: Directive) -> None:
+    kind = d.args[0].text.upper()
+    if not kind:
+        raise bad_arg(d, 0, "empty option name")
+    value = d.args[1].text if len(d.args) > 1 else None
+    if kind == "DNS" and value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise bad_arg(d, 1, "not an IP address") from None
+    if kind in ("NTP", "WINS", "NBDD") and value is not None:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise bad_arg(d, 1, "not an IPv4 address") from None
+    if kind == "DNS6" and value is not None:
+        values.ipv6(d, 1)
+    ctx.put(d, "dhcp_options", DhcpOption(kind, value))

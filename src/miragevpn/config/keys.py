@@ -1,0 +1,190 @@
+"""Key material, validated when parsed: PEM certificates and keys, PKCS#12, static keys,
+tls-crypt-v2 client keys, peer fingerprints.
+
+Each function takes the bytes as read (a file or an inline block) and returns the normalised
+value for the model, or raises `KeyMaterialError` with a message for the user; the parser turns
+that into a `ConfigError` at the directive's line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from .model import Secret, StaticKey
+
+STATIC_KEY_BYTES = 256  # OpenVPN `struct key2`, crypto.c
+STATIC_KEY_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
+STATIC_KEY_END = "-----END OpenVPN Static key V1-----"
+TLS_CRYPT_V2_CLIENT_BEGIN = "-----BEGIN OpenVPN tls-crypt-v2 client key-----"
+TLS_CRYPT_V2_CLIENT_END = "-----END OpenVPN tls-crypt-v2 client key-----"
+TLS_CRYPT_V2_SERVER_BEGIN = "-----BEGIN OpenVPN tls-crypt-v2 server key-----"
+# tls_crypt.h: WKc = tag(32) || AES-256-CTR(Kc(256) || metadata) || length(2), at most 1024 bytes
+TLS_CRYPT_V2_TAG = 32
+TLS_CRYPT_V2_MAX_WKC = 1024
+TLS_CRYPT_V2_MIN_WKC = TLS_CRYPT_V2_TAG + STATIC_KEY_BYTES + 2
+
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+
+
+class KeyMaterialError(ValueError):
+    """Key material that does not decode, with a message for the user."""
+
+
+def _text(data: bytes, what: str) -> str:
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyMaterialError(f"{what} is not PEM text (it has non-ASCII bytes)") from None
+
+
+def pem_blocks(text: str, label: str) -> list[str]:
+    """The PEM blocks with this label, in order; text around them (openssl dumps) is skipped."""
+    return [
+        m.group(0).replace("\r\n", "\n") + "\n"
+        for m in _PEM_BLOCK.finditer(text)
+        if m.group(1) == label
+    ]
+
+
+def parse_certificates(data: bytes, what: str) -> str:
+    """One or more PEM certificates (`ca`, `cert`, `extra-certs`), normalised to PEM text."""
+    blocks = pem_blocks(_text(data, what), "CERTIFICATE")
+    if not blocks:
+        raise KeyMaterialError(f"{what} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    for number, block in enumerate(blocks, 1):
+        try:
+            x509.load_pem_x509_certificate(block.encode())
+        except ValueError as exc:
+            raise KeyMaterialError(f"{what}: certificate {number} does not decode: {exc}") from None
+    return "".join(blocks)
+
+
+_PRIVATE_KEY_LABELS = ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
+
+
+def parse_private_key(data: bytes, what: str = "the private key") -> Secret:
+    """A PEM private key (PKCS#8, PKCS#1 or SEC1); encrypted keys need a passphrase."""
+    text = _text(data, what)
+    blocks = [b for label in _PRIVATE_KEY_LABELS for b in pem_blocks(text, label)]
+    if not blocks:
+        raise KeyMaterialError(f"{what} holds no PEM private key (-----BEGIN PRIVATE KEY-----)")
+    if len(blocks) > 1:
+        raise KeyMaterialError(f"{what} holds {len(blocks)} private keys; give exactly one")
+    block = blocks[0]
+    if "ENCRYPTED" in block.split("\n", 1)[0] or "Proc-Type: 4,ENCRYPTED" in block:
+        raise KeyMaterialError(
+            f"{what} is encrypted and needs a passphrase, which this client does not ask for; "
+            "decrypt it first (openssl pkey -in KEY -out KEY.plain)"
+        )
+    try:
+        serialization.load_pem_private_key(block.encode(), password=None)
+    except TypeError:
+        raise KeyMaterialError(f"{what} is encrypted and needs a passphrase") from None
+    except (ValueError, NotImplementedError) as exc:
+        raise KeyMaterialError(f"{what} does not decode: {exc}") from None
+    return Secret(block.encode())
+
+
+def parse_pkcs12(data: bytes, *, inline: bool) -> Secret:
+    """A PKCS#12 bundle: DER from a file, base64 in an inline block. Returned as DER."""
+    der = data
+    if inline:
+        try:
+            der = base64.b64decode(b"".join(data.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyMaterialError("the inline <pkcs12> block is not base64") from None
+    try:
+        key, cert, _extra = pkcs12.load_key_and_certificates(der, None)
+    except TypeError:
+        raise KeyMaterialError("the PKCS#12 bundle is encrypted and needs a passphrase") from None
+    except ValueError as exc:
+        message = str(exc)
+        if "password" in message.lower():
+            message = "it is protected by a password, which this client does not ask for"
+        raise KeyMaterialError(f"the PKCS#12 bundle does not decode: {message}") from None
+    if key is None or cert is None:
+        raise KeyMaterialError("the PKCS#12 bundle needs both a private key and a certificate")
+    return Secret(der)
+
+
+def _armoured(text: str, begin: str, end: str, what: str) -> str:
+    start = text.find(begin)
+    if start < 0:
+        raise KeyMaterialError(f"{what} has no '{begin}' line")
+    stop = text.find(end, start)
+    if stop < 0:
+        raise KeyMaterialError(f"{what} has no '{end}' line")
+    return text[start + len(begin) : stop]
+
+
+def parse_static_key(data: bytes, what: str) -> StaticKey:
+    """An "OpenVPN Static key V1": 2048 bits of hex between the armour lines (crypto.c)."""
+    text = _text(data, what)
+    body = _armoured(text, STATIC_KEY_BEGIN, STATIC_KEY_END, what)
+    hex_digits = "".join(body.split())
+    try:
+        key = bytes.fromhex(hex_digits)
+    except ValueError:
+        raise KeyMaterialError(f"{what}: the static key is not hexadecimal") from None
+    if len(key) != STATIC_KEY_BYTES:
+        raise KeyMaterialError(
+            f"{what}: a static key has {STATIC_KEY_BYTES * 8} bits, this one {len(key) * 8}"
+        )
+    return StaticKey(Secret(key))
+
+
+def parse_tls_crypt_v2_client_key(data: bytes) -> tuple[StaticKey, bytes]:
+    """A tls-crypt-v2 client key: base64 of Kc (256 bytes) followed by WKc (tls_crypt.c)."""
+    what = "the tls-crypt-v2 key"
+    text = _text(data, what)
+    if TLS_CRYPT_V2_SERVER_BEGIN in text:
+        raise KeyMaterialError("this is a tls-crypt-v2 *server* key; a client needs a client key")
+    body = _armoured(text, TLS_CRYPT_V2_CLIENT_BEGIN, TLS_CRYPT_V2_CLIENT_END, what)
+    try:
+        raw = base64.b64decode("".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyMaterialError(f"{what} is not base64") from None
+    kc, wkc = raw[:STATIC_KEY_BYTES], raw[STATIC_KEY_BYTES:]
+    if len(kc) < STATIC_KEY_BYTES or not TLS_CRYPT_V2_MIN_WKC <= len(wkc) <= TLS_CRYPT_V2_MAX_WKC:
+        raise KeyMaterialError(f"{what} has the wrong length ({len(raw)} bytes)")
+    if int.from_bytes(wkc[-2:], "big") != len(wkc):
+        raise KeyMaterialError(f"{what}: the wrapped key's length field does not match")
+    return StaticKey(Secret(kc)), wkc
+
+
+def parse_fingerprints(text: str) -> tuple[bytes, ...]:
+    """SHA-256 fingerprints `AB:CD:...`, one per line (inline) or one argument; `#` comments."""
+    digests: list[bytes] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        parts = line.split(":")
+        if len(parts) != 32 or any(len(p) != 2 for p in parts):
+            raise KeyMaterialError(
+                f"'{line}' is not a SHA-256 fingerprint (32 hex bytes separated by ':')"
+            )
+        try:
+            digests.append(bytes.fromhex("".join(parts)))
+        except ValueError:
+            raise KeyMaterialError(f"'{line}' is not a SHA-256 fingerprint") from None
+    if not digests:
+        raise KeyMaterialError("no fingerprint given")
+    return tuple(digests)
+
+
+def cert_matches_key(cert_pem: str, key: Secret) -> bool:
+    """Whether the first certificate's public key is the private key's."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    private = serialization.load_pem_private_key(key.value, password=None)
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return bool(
+        cert.public_key().public_bytes(enc, fmt) == private.public_key().public_bytes(enc, fmt)
+    )

@@ -1,0 +1,192 @@
+"""OpenVPN's lexical rules: config text → directives with line/column, inline `<blocks>`.
+
+The rules follow `parse_line`, `check_inline_file` and `read_config_file` in OpenVPN 2.6's
+src/openvpn/options.c:
+
+- a line is split into whitespace-separated tokens; `#` or `;` at the start of a token begins a
+  comment that runs to the end of the line;
+- `"double quotes"` group a token and allow `\\` escapes; `'single quotes'` are literal;
+- outside single quotes a backslash may only escape `\\`, `"` or whitespace (OpenVPN warns and
+  drops the line otherwise; we reject it);
+- a leading `--` on the option name is dropped (`--remote` = `remote`), as on the command line;
+- a line holding only `<name>` opens an inline block that runs to the first line whose text,
+  after leading whitespace, starts with `</name>`;
+- a UTF-8 byte order mark at the very start is skipped.
+
+We also accept CRLF and mixed line endings and a missing final newline, and reject a NUL byte
+or invalid UTF-8 with the line where it occurs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+BOM = "\ufeff"
+_WHITESPACE = " \t\r\v\f"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    text: str
+    line: int
+    column: int  # 1-based
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """One option: its name, its arguments and, for `<name>` blocks, the block's text."""
+
+    name: str
+    args: tuple[Token, ...]
+    line: int
+    column: int
+    inline: str | None = None  # the text between <name> and </name>, lines ending in "\n"
+    end_line: int | None = None  # the line of </name>
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return tuple(token.text for token in self.args)
+
+    def where(self, arg: int | None = None) -> tuple[int, int]:
+        """(line, column) of argument `arg` (0-based), or of the directive name."""
+        if arg is not None and arg < len(self.args):
+            return self.args[arg].line, self.args[arg].column
+        return self.line, self.column
+
+
+def decode_config(data: str | bytes) -> str:
+    """The config as text; a NUL byte or invalid UTF-8 is a `ConfigError` at its line."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise ConfigError(
+                "the file is not valid UTF-8 text", line=line, column=column
+            ) from None
+    else:
+        text = data
+    nul = text.find("\0")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        column = nul - (text.rfind("\n", 0, nul) + 1) + 1
+        raise ConfigError(
+            "a NUL byte in the config (is this a binary file?)", line=line, column=column
+        )
+    if text.startswith(BOM):
+        text = text[1:]
+    return text
+
+
+def split_line(text: str, line: int) -> list[Token]:
+    """The tokens of one line (OpenVPN `parse_line`); no tokens for blank and comment lines."""
+    tokens: list[Token] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c in _WHITESPACE or c == "\n":
+            i += 1
+            continue
+        if c in "#;":
+            break
+        start = i
+        chars: list[str] = []
+        if c == "'":
+            end = text.find("'", i + 1)
+            if end < 0:
+                raise ConfigError("no closing single quotation (')", line=line, column=start + 1)
+            chars.append(text[i + 1 : end])
+            i = end + 1
+        elif c == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise ConfigError('no closing quotation (")', line=line, column=start + 1)
+                c = text[i]
+                if c == "\\":
+                    i = _escape(text, i, line, chars)
+                    continue
+                if c == '"':
+                    i += 1
+                    break
+                chars.append(c)
+                i += 1
+        else:
+            while i < n:
+                c = text[i]
+                if c == "\\":
+                    i = _escape(text, i, line, chars)
+                    continue
+                if c in _WHITESPACE:
+                    break
+                chars.append(c)
+                i += 1
+        tokens.append(Token("".join(chars), line, start + 1))
+    return tokens
+
+
+def _escape(text: str, i: int, line: int, out: list[str]) -> int:
+    """Handle the backslash at `text[i]`; return the index after the escaped character."""
+    nxt = text[i + 1] if i + 1 < len(text) else ""
+    if nxt == "\\" or nxt == '"' or (nxt != "" and nxt in _WHITESPACE):
+        out.append(nxt)
+        return i + 2
+    raise ConfigError(
+        "bad backslash ('\\') usage: a backslash may only escape '\\', '\"' or a space; "
+        'write Windows paths with double backslashes ("c:\\\\dir\\\\file")',
+        line=line,
+        column=i + 1,
+    )
+
+
+def lex(text: str, *, first_line: int = 1) -> list[Directive]:
+    """Every directive of `text` (already decoded), with inline blocks attached.
+
+    `first_line` numbers the lines of a nested text (a `<connection>` block's body).
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline does not start another line
+    directives: list[Directive] = []
+    index = 0
+    while index < len(lines):
+        number = first_line + index
+        tokens = split_line(lines[index], number)
+        index += 1
+        if not tokens:
+            continue
+        name_token = tokens[0]
+        name = name_token.text
+        if len(name) >= 3 and name.startswith("--"):
+            name = name[2:]
+        if len(tokens) == 1 and len(name) > 2 and name.startswith("<") and name.endswith(">"):
+            tag = name[1:-1]
+            close = f"</{tag}>"
+            body: list[str] = []
+            end_line: int | None = None
+            while index < len(lines):
+                raw = lines[index]
+                index += 1
+                if raw.lstrip(_WHITESPACE).startswith(close):
+                    end_line = first_line + index - 1
+                    break
+                body.append(raw.rstrip("\r") + "\n")
+            if end_line is None:
+                raise ConfigError(
+                    f"<{tag}> block is not closed: {close} missing",
+                    line=number,
+                    column=name_token.column,
+                    directive=tag,
+                )
+            directives.append(
+                Directive(
+                    tag, (), number, name_token.column, inline="".join(body), end_line=end_line
+                )
+            )
+            continue
+        directives.append(Directive(name, tuple(tokens[1:]), number, name_token.column))
+    return directives

@@ -1,0 +1,130 @@
+"""`parse_config`: config text → `Config`, asking the caller for every referenced file.
+
+The pipeline: decode (UTF-8, no NUL) → lex (tokens, inline blocks) → one handler per directive
+(the table in directives.py decides used / deprecated / ignored / rejected) → resolve.py
+(duplicates, conflicts, defaults, "is this a usable client config").
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .context import INLINE_MARKER, Context, Outcome, ReadFile, error
+from .directives import TABLE, Spec
+from .lexer import Directive, decode_config, lex
+from .model import Config
+from .resolve import resolve
+
+IGNORE_UNKNOWN = "ignore-unknown-option"
+
+
+def parse_config(text: str | bytes, *, read_file: ReadFile) -> Config:
+    """Parse an OpenVPN client config.
+
+    `read_file(path_as_written)` returns a referenced file's bytes (the caller resolves relative
+    paths against the config file's directory) and may raise `OSError` or `ConfigError`.
+    Raises `ConfigError` with line, column and directive for anything we cannot use.
+    """
+    directives = lex(decode_config(text))
+    ctx = Context(read_file)
+    marked = {
+        d.name
+        for d in directives
+        if d.inline is None and d.args and d.args[0].text == INLINE_MARKER
+    }
+    for d in directives:
+        if d.inline is not None and d.name in marked:
+            ctx.inline_blocks.setdefault(d.name, d)
+    consumed = {id(block) for block in ctx.inline_blocks.values()}
+    connections = 0
+    for d in directives:
+        if id(d) in consumed:
+            continue
+        if d.name == "connection":
+            _connection(ctx, d, connections)
+            connections += 1
+            continue
+        handle(ctx, d)
+    return resolve(ctx)
+
+
+def _connection(ctx: Context, d: Directive, index: int) -> None:
+    if d.inline is None:
+        raise error(d, "connection settings are given as a <connection> ... </connection> block")
+    ctx.connection = index
+    try:
+        body = lex(d.inline, first_line=d.line + 1)
+        for sub in body:
+            spec = TABLE.get(sub.name)
+            if spec is None or not spec.in_connection:
+                if spec is not None and spec.outcome is Outcome.IGNORED:
+                    handle(ctx, sub)
+                    continue
+                raise error(sub, f"'{sub.name}' is not allowed inside a <connection> block")
+            handle(ctx, sub)
+        if not any(sub.name == "remote" for sub in body):
+            raise error(d, "each <connection> block must contain exactly one 'remote'")
+    finally:
+        ctx.connection = None
+
+
+def handle(ctx: Context, d: Directive, *, optional: bool = False) -> None:
+    """Run one directive. `optional`: from `setenv opt`, where OpenVPN downgrades errors."""
+    if d.name == "setenv" and d.args and d.args[0].text == "opt" and d.inline is None:
+        if len(d.args) < 2:
+            raise error(d, "'setenv opt' needs an option after it")
+        inner = d.args[1]
+        name = (
+            inner.text[2:] if inner.text.startswith("--") and len(inner.text) >= 3 else inner.text
+        )
+        handle(ctx, Directive(name, d.args[2:], inner.line, inner.column), optional=True)
+        return
+    if d.name == IGNORE_UNKNOWN:
+        if not d.args:
+            raise error(d, "needs at least one option name")
+        for token in d.args:
+            ctx.ignore_unknown.add(token.text[2:] if token.text.startswith("--") else token.text)
+        ctx.ignore(d, "applies to the lines after it")
+        return
+    spec = TABLE.get(d.name)
+    if spec is None:
+        if optional or d.name in ctx.ignore_unknown:
+            why = "setenv opt" if optional else IGNORE_UNKNOWN
+            ctx.ignore(d, f"unknown option, ignored as the config asks ({why})")
+            ctx.warn(d, f"unknown option '{d.name}' ignored ({why})")
+            return
+        if d.inline is not None:
+            raise error(d, f"unknown inline block <{d.name}>")
+        raise error(d, f"unknown option '{d.name}'")
+    try:
+        _run(ctx, d, spec)
+    except ConfigError as exc:
+        if not optional:
+            raise
+        ctx.ignore(d, f"not usable here, ignored as the config asks (setenv opt): {exc.message}")
+        ctx.warn(d, f"ignored (setenv opt): {exc.message}")
+
+
+def _run(ctx: Context, d: Directive, spec: Spec) -> None:
+    if spec.outcome is Outcome.REJECTED:
+        raise error(d, f"not supported: {spec.reason}")
+    n = len(d.args)
+    if d.inline is not None:
+        if not spec.inline:
+            raise error(d, f"'{d.name}' cannot be given as an inline <{d.name}> block")
+    elif spec.inline and n == 0 and d.name != "auth-user-pass":
+        raise error(d, f"needs a file name or an inline <{d.name}> block")
+    elif not spec.min_args <= n <= spec.max_args:
+        if spec.min_args == spec.max_args:
+            expected = f"{spec.min_args} argument{'s' if spec.min_args != 1 else ''}"
+        else:
+            expected = f"{spec.min_args} to {spec.max_args} arguments"
+        raise error(d, f"expects {expected}, got {n}", spec.max_args if n > spec.max_args else None)
+    if spec.outcome is Outcome.IGNORED:
+        ctx.ignore(d, spec.reason)
+        return
+    if spec.outcome is Outcome.DEPRECATED and spec.handler is None:
+        ctx.warn(d, f"deprecated (OpenVPN 2.6 warns): {spec.reason}")
+        ctx.ignore(d, f"deprecated: {spec.reason}")
+        return
+    assert spec.handler is not None
+    spec.handler(ctx, d)
