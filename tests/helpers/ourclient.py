@@ -1,0 +1,98 @@
+"""Our client, `miragevpn-client`, run as a subprocess inside a test namespace.
+
+It logs to a file; `wait_tunnel_up(n)` waits (bounded) for the n-th "tunnel up:" line the
+service logs when a tunnel is configured, and fails with the log's tail if the process exits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers.netns import Netns, stop_process
+
+MIRAGEVPN_CLIENT = str(Path(sys.executable).with_name("miragevpn-client"))
+TUNNEL_UP = "tunnel up:"
+UP_TIMEOUT = 30.0
+
+
+def engine_ready() -> bool:
+    """The engine client and config parser exist (they are written in parallel with this)."""
+    import miragevpn.config
+
+    return importlib.util.find_spec("miragevpn.client") is not None and hasattr(
+        miragevpn.config, "parse_config"
+    )
+
+
+def _tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class OurClient:
+    ns: Netns
+    config_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(
+        cls, ns: Netns, config_text: str, workdir: Path, *, args: tuple[str, ...] = ()
+    ) -> OurClient:
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "miragevpn-client.conf"
+        config.write_text(config_text)
+        log = workdir / "miragevpn-client.log"
+        with log.open("ab") as out:
+            proc = ns.spawn([MIRAGEVPN_CLIENT, str(config), *args], stdout=out)
+        return cls(ns, config, log, proc)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self) -> str:
+        return _tail(self.log_text())
+
+    def wait_tunnel_up(self, count: int = 1, timeout: float = UP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log_text().count(TUNNEL_UP) < count:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"miragevpn-client exited {self.proc.returncode} before the tunnel was up:\n"
+                    + self.tail()
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"tunnel not up after {timeout:g}s:\n" + self.tail())
+            time.sleep(0.05)
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"miragevpn-client still running after {timeout:g}s:\n" + self.tail()
+            ) from None
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM (by PID): the client should close in order and exit by itself."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                stop_process(self.proc, 1.0)
+                raise AssertionError("miragevpn-client ignored SIGTERM:\n" + self.tail()) from None
+        return self.proc.returncode
+
+    def __enter__(self) -> OurClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            stop_process(self.proc)
