@@ -150,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         outcome = asyncio.run(service.run())
+    except ConfigError as e:  # the engine refuses the configuration (e.g. an unusable key)
+        print(str(e if e.file else e.with_file(str(args.config))), file=sys.stderr)
+        return ExitCode.CONFIG
     except OSError as e:
         log.error("local set-up failed: %s", e)
         return ExitCode.SETUP_FAILED

@@ -6,7 +6,6 @@ service logs when a tunnel is configured, and fails with the log's tail if the p
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -23,11 +22,12 @@ UP_TIMEOUT = 30.0
 
 def engine_ready() -> bool:
     """The engine client and config parser exist (they are written in parallel with this)."""
-    import miragevpn.config
-
-    return importlib.util.find_spec("miragevpn.client") is not None and hasattr(
-        miragevpn.config, "parse_config"
-    )
+    try:
+        import miragevpn.client  # noqa: F401
+        from miragevpn.config import parse_config  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _tail(text: str, lines: int = 60) -> str:
