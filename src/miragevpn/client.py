@@ -1,0 +1,801 @@
+"""The OpenVPN client state machine: the one object a runtime drives (docs/ARCHITECTURE.md).
+
+States (per-state data in per-state dataclasses; `_TRANSITIONS` lists the legal moves):
+
+    Resolving ─resolved─▶ Connecting ─connected─▶ Handshaking ─key-method-2─▶ Pulling
+        ▲                      │ failed/timeout        │ hand-window, TLS error...   │ PUSH_REPLY
+        └──────── Waiting ◀────┴───────────────────────┴─────────────────────────────┤
+                     ▲                                                          Established
+                     └── ping-restart, RESTART, EXIT, TCP decode error ◀────────────┘
+    any ─close()/HALT/AUTH_FAILED/ping-exit/retries exhausted─▶ Closing ─▶ Ended
+
+Receive pipeline (`receive`): [TCP: deframe] → opcode byte → data packet: key by key id →
+decrypt (AEAD + replay) → ping? drop : tunnel packet; control packet: unwrap (tls-auth /
+tls-crypt: authenticate, replay) → session ids → key state (reliable → TLS → text) → control
+messages. Send pipeline: key states' reliable packets → wrap → [TCP: frame] (`data_to_send`);
+`encrypt_tunnel_packet` → data key → encrypt → [TCP: frame].
+
+UDP: a bad, unauthenticated or replayed packet is dropped and counted in `stats`; TCP: a
+broken frame ends the session (restart), as OpenVPN does.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from . import sessioncrypto
+from .config.model import AuthUserPass, Config, Secret, Transport
+from .errors import (
+    AuthenticationError,
+    DecodeError,
+    LocalProtocolError,
+    MirageVPNError,
+    RemoteProtocolError,
+)
+from .events import (
+    ConnectionRequested,
+    ControlMessageReceived,
+    DisconnectionRequested,
+    Event,
+    IPAddress,
+    ProgressReported,
+    ResolutionRequested,
+    SessionEnded,
+    SessionRestarting,
+    TlsEstablished,
+    TunnelEstablished,
+    TunnelSettings,
+)
+from .framing import StreamDecoder, encode_frame
+from .keystate import KeyState, control_payload_size
+from .packet import ControlPacket, Opcode
+from .push import (
+    AuthFailed,
+    AuthPending,
+    Exit,
+    Halt,
+    Info,
+    PushedOptions,
+    PushReply,
+    PushReplyAssembler,
+    Restart,
+    Unrecognised,
+    encode_control_message,
+    parse_control_message,
+    parse_pushed_options,
+)
+from .remotes import Advance, RemoteSelector, RetriesExhausted
+from .tls import TlsSession, TlsSettings, build_context
+from .tls_wrap import ControlChannelWrap, TlsCryptV2Wrap, make_wrap
+from .tunnelsettings import resolve_tunnel_settings
+
+Rng = Callable[[int], bytes]
+
+PUSH_REQUEST_INTERVAL = 5.0  # push.c: PUSH_REQUEST_INTERVAL
+OCC_EXIT_INTERVAL = 1.0  # §6.8: one OCC_EXIT per second
+_OP_DATA_V1 = int(Opcode.P_DATA_V1)
+_OP_DATA_V2 = int(Opcode.P_DATA_V2)
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters for status pages and tests (monotonic over the client's life)."""
+
+    packets_received: int = 0
+    packets_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    tunnel_packets_in: int = 0  # decrypted, handed to tun
+    tunnel_packets_out: int = 0  # encrypted from tun
+    pings_sent: int = 0
+    pings_received: int = 0
+    restarts: int = 0
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+
+# --------------------------------------------------------------------------- session
+
+
+@dataclass(slots=True)
+class Session:
+    """One connection to one server address: ids, wrapping, key states, link timers."""
+
+    transport: Transport
+    address: IPAddress
+    port: int
+    my_session_id: bytes
+    wrap: ControlChannelWrap
+    decoder: StreamDecoder | None  # TCP only
+    key_states: dict[int, KeyState]
+    their_session_id: bytes | None = None  # learnt from the server's reset
+    last_received: float = 0.0
+    last_sent: float = 0.0
+    text_out: list[bytes] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- states
+
+
+@dataclass(slots=True)
+class Resolving:
+    pass
+
+
+@dataclass(slots=True)
+class Connecting:
+    address: IPAddress
+    deadline: float  # connect-timeout
+
+
+@dataclass(slots=True)
+class Handshaking:
+    session: Session
+    deadline: float  # hand-window
+    poll_deadline: float | None  # server-poll-timeout until the server's reset arrives
+
+
+@dataclass(slots=True)
+class Pulling:
+    session: Session
+    deadline: float  # hand-window (AUTH_PENDING may extend it)
+    next_push_request: float
+    assembler: PushReplyAssembler
+
+
+@dataclass(slots=True)
+class Established:
+    session: Session
+    data: sessioncrypto.DataPath
+    pushed: PushedOptions
+    settings: TunnelSettings
+    ping: float | None
+    ping_restart: float | None
+    ping_exit: float | None
+    cc_exit: bool
+    exit_notify: int
+
+
+@dataclass(slots=True)
+class Closing:
+    session: Session
+    data: sessioncrypto.DataPath | None
+    deadline: float
+    next_occ_exit: float | None
+    reason: str
+
+
+@dataclass(slots=True)
+class Waiting:
+    until: float
+
+
+@dataclass(slots=True)
+class Ended:
+    pass
+
+
+State = Resolving | Connecting | Handshaking | Pulling | Established | Closing | Waiting | Ended
+
+_TRANSITIONS: dict[type, frozenset[type]] = {
+    Resolving: frozenset({Connecting, Waiting, Ended}),
+    Connecting: frozenset({Handshaking, Waiting, Ended}),
+    Handshaking: frozenset({Pulling, Waiting, Ended}),
+    Pulling: frozenset({Established, Waiting, Ended, Pulling}),
+    Established: frozenset({Waiting, Closing, Ended}),
+    Closing: frozenset({Ended}),
+    Waiting: frozenset({Resolving, Connecting, Ended}),
+    Ended: frozenset(),
+}
+
+
+class Client:
+    """A sans-IO OpenVPN 2.6-compatible client (see the module doc and ARCHITECTURE.md)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        rng: Rng,
+        now: float,
+        credentials: AuthUserPass | None = None,
+    ) -> None:
+        self._config = config
+        self._rng = rng
+        self._credentials = credentials or config.auth_user_pass
+        self._auth_token: Secret | None = None
+        self._auth_token_user: str | None = None
+        self._tls_settings = TlsSettings.from_config(config)
+        build_context(self._tls_settings)  # configuration errors surface now, not at connect
+        self._remotes = RemoteSelector(config, rng)
+        self._events: collections.deque[Event] = collections.deque()
+        self._tunnel: list[bytes] = []
+        self.stats = Stats()
+        self._state: State = Resolving()
+        self._start_attempt(now)
+
+    # ------------------------------------------------------------------ public surface
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def tunnel_packets(self) -> list[bytes]:
+        packets, self._tunnel = self._tunnel, []
+        return packets
+
+    def handle_resolved(self, addresses: Sequence[IPAddress], now: float) -> None:
+        if not isinstance(self._state, Resolving):
+            return
+        address = self._remotes.resolved(addresses)
+        if address is None:
+            self.handle_resolve_failed(now)
+            return
+        self._connect(address, now)
+
+    def handle_resolve_failed(self, now: float) -> None:
+        if not isinstance(self._state, Resolving):
+            return
+        host = self._remotes.remote.host
+        try:
+            pause = self._remotes.resolution_failed(now)
+        except RetriesExhausted as exc:
+            self._end(str(exc), exc)
+            return
+        self._wait(f"cannot resolve {host}", pause, now)
+
+    def handle_connected(self, now: float) -> None:
+        state = self._state
+        if not isinstance(state, Connecting):
+            return
+        remote = self._remotes.remote
+        session = self._new_session(state.address, remote.port, remote.proto.transport, now)
+        poll = now + self._config.server_poll_timeout
+        self._move(Handshaking(session, now + self._config.hand_window, poll))
+        self._progress(f"connected to {state.address} port {remote.port}; sent our reset")
+
+    def handle_connection_failed(self, now: float) -> None:
+        if isinstance(self._state, Connecting):
+            self._fail(f"cannot connect to {self._state.address}", now)
+
+    def receive(self, data: bytes, now: float) -> None:
+        state = self._state
+        if not isinstance(state, Handshaking | Pulling | Established | Closing):
+            self.stats.drop("no session")
+            return
+        session = state.session
+        self.stats.packets_received += 1
+        self.stats.bytes_received += len(data)
+        if session.decoder is None:
+            self._receive_packet(session, data, now)
+            return
+        try:
+            packets = session.decoder.feed(data)
+        except DecodeError as exc:
+            self._fail(f"TCP stream broken: {exc}", now)
+            return
+        for packet in packets:
+            if self._state is not state:
+                return
+            self._receive_packet(session, packet, now)
+
+    def encrypt_tunnel_packet(self, ip_packet: bytes, now: float) -> bytes | None:
+        state = self._state
+        if type(state) is not Established or not ip_packet:
+            return None
+        wire = state.data.encrypt(ip_packet, now)
+        session = state.session
+        session.last_sent = now
+        self.stats.tunnel_packets_out += 1
+        return wire if session.decoder is None else encode_frame(wire)
+
+    def data_to_send(self, now: float) -> list[bytes]:
+        state = self._state
+        if not isinstance(state, Handshaking | Pulling | Established | Closing):
+            return []
+        session = state.session
+        out: list[bytes] = []
+        if session.text_out:
+            primary = self._primary(session)
+            for text in session.text_out:
+                primary.send_text(text)
+            session.text_out.clear()
+        for key_state in session.key_states.values():
+            packets = key_state.reliable.packets_to_send(
+                now, my_session_id=session.my_session_id, their_session_id=session.their_session_id
+            )
+            for packet in packets:
+                out.append(session.wrap.wrap(packet, now))
+        if isinstance(state, Established | Closing):
+            out += self._due_data_packets(state, now)
+        if out:
+            session.last_sent = now
+        self.stats.packets_sent += len(out)
+        self.stats.bytes_sent += sum(len(p) for p in out)
+        if session.decoder is not None:
+            return [encode_frame(p) for p in out]
+        return out
+
+    def get_timer(self) -> float | None:
+        state = self._state
+        deadlines: list[float] = []
+        if isinstance(state, Waiting):
+            return state.until
+        if isinstance(state, Connecting):
+            return state.deadline
+        if isinstance(state, Handshaking):
+            deadlines.append(state.deadline)
+            if state.poll_deadline is not None:
+                deadlines.append(state.poll_deadline)
+        elif isinstance(state, Pulling):
+            deadlines += [state.deadline, state.next_push_request]
+        elif isinstance(state, Established):
+            session = state.session
+            if state.ping:
+                deadlines.append(session.last_sent + state.ping)
+            if state.ping_restart:
+                deadlines.append(session.last_received + state.ping_restart)
+            if state.ping_exit:
+                deadlines.append(session.last_received + state.ping_exit)
+        elif isinstance(state, Closing):
+            deadlines.append(state.deadline)
+            if state.next_occ_exit is not None:
+                deadlines.append(state.next_occ_exit)
+        else:
+            return None
+        for key_state in state.session.key_states.values():
+            deadline = key_state.reliable.next_deadline()
+            if deadline is not None:
+                deadlines.append(deadline)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        state = self._state
+        if isinstance(state, Waiting):
+            if now >= state.until:
+                self._start_attempt(now)
+        elif isinstance(state, Connecting):
+            if now >= state.deadline:
+                self._fail(f"connecting to {state.address} timed out (connect-timeout)", now)
+        elif isinstance(state, Handshaking):
+            if state.poll_deadline is not None and now >= state.poll_deadline:
+                self._fail("no answer from the server (server-poll-timeout)", now)
+            elif now >= state.deadline:
+                self._fail("TLS negotiation did not finish within hand-window", now)
+        elif isinstance(state, Pulling):
+            if now >= state.deadline:
+                self._fail("no PUSH_REPLY within hand-window", now)
+            elif now >= state.next_push_request:
+                self._send_text(state.session, "PUSH_REQUEST")
+                state.next_push_request = now + PUSH_REQUEST_INTERVAL
+        elif isinstance(state, Established):
+            last = state.session.last_received
+            if state.ping_exit and now >= last + state.ping_exit:
+                self._end("no packet from the server for ping-exit seconds", None)
+            elif state.ping_restart and now >= last + state.ping_restart:
+                self._fail("no packet from the server for ping-restart seconds", now)
+        elif isinstance(state, Closing) and now >= state.deadline:
+            self._end(state.reason, None)
+
+    def close(self, now: float) -> None:
+        """Leave in order: EXIT (cc-exit) or OCC_EXIT (explicit-exit-notify), then end."""
+        state = self._state
+        if isinstance(state, Ended | Closing):
+            return
+        if not isinstance(state, Established):
+            self._end("closed", None)
+            return
+        session = state.session
+        seconds = float(max(state.exit_notify, 1))
+        if state.cc_exit:
+            self._send_text(session, "EXIT")
+            self._move(Closing(session, None, now + seconds, None, "closed"))
+        elif state.exit_notify and session.transport is Transport.UDP:
+            self._move(Closing(session, state.data, now + seconds, now, "closed"))
+        else:
+            self._end("closed", None)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _receive_packet(self, session: Session, packet: bytes, now: float) -> None:
+        if not packet:
+            self.stats.drop("empty")
+            return
+        opcode = packet[0] >> 3
+        state = self._state
+        if opcode in (_OP_DATA_V2, _OP_DATA_V1):  # the hot path
+            data = state.data if isinstance(state, Established | Closing) else None
+            if data is None:
+                self.stats.drop("data before keys")
+                return
+            try:
+                payload = data.decrypt(packet, now)
+            except DecodeError as exc:
+                self._bad_packet(session, exc, now)
+                return
+            session.last_received = now
+            if payload is None:
+                self.stats.pings_received += 1
+            else:
+                self._tunnel.append(payload)
+                self.stats.tunnel_packets_in += 1
+            return
+        try:
+            control = session.wrap.unwrap(packet, now)
+        except DecodeError as exc:
+            self._bad_packet(session, exc, now)
+            return
+        self._receive_control(session, control, now)
+
+    def _bad_packet(self, session: Session, exc: DecodeError, now: float) -> None:
+        self.stats.drop(type(exc).__name__)
+        if session.decoder is not None:
+            self._fail(f"bad packet on TCP: {exc}", now)
+
+    def _receive_control(self, session: Session, packet: ControlPacket, now: float) -> None:
+        state = self._state
+        assert isinstance(state, Handshaking | Pulling | Established | Closing)
+        if (
+            packet.opcode is Opcode.P_CONTROL_HARD_RESET_SERVER_V2
+            and session.their_session_id is None
+        ):
+            session.their_session_id = packet.session_id
+            if isinstance(state, Handshaking):
+                state.poll_deadline = None
+        if session.their_session_id is None or packet.session_id != session.their_session_id:
+            self.stats.drop("foreign session id")
+            return
+        if packet.acks and packet.remote_session_id != session.my_session_id:
+            self.stats.drop("bad remote session id")
+            return
+        session.last_received = now
+        key_state = session.key_states.get(packet.key_id)
+        if key_state is None:
+            if packet.opcode is Opcode.P_CONTROL_SOFT_RESET_V1 and isinstance(state, Established):
+                key_state = self._begin_renegotiation(state, packet.key_id, now)
+            else:
+                self.stats.drop("unknown key id")
+                return
+        try:
+            messages = key_state.receive(packet, now)
+        except AuthenticationError as exc:
+            self._end(f"server rejected: {exc}", exc)
+            return
+        except (DecodeError, RemoteProtocolError, LocalProtocolError) as exc:
+            self._fail(f"control channel failed: {exc}", now)
+            return
+        if key_state.tls_just_completed:
+            key_state.tls_just_completed = False
+            tls = key_state.tls
+            self._events.append(
+                TlsEstablished(
+                    version=tls.version, cipher=tls.cipher, peer_subject=tls.peer_subject
+                )
+            )
+        if key_state.negotiated:
+            self._key_state_negotiated(key_state, now)
+        for text in messages:
+            if self._state is not state and not isinstance(self._state, Established):
+                break
+            self._control_message(text, now)
+
+    def _key_state_negotiated(self, key_state: KeyState, now: float) -> None:
+        state = self._state
+        if isinstance(state, Handshaking) and key_state.key_id == 0:
+            self._progress("key exchange done; requesting the configuration (PUSH_REQUEST)")
+            self._send_text(state.session, "PUSH_REQUEST")
+            self._move(
+                Pulling(
+                    state.session, state.deadline, now + PUSH_REQUEST_INTERVAL, PushReplyAssembler()
+                )
+            )
+        elif isinstance(state, Established) and key_state.key_id not in state.data.key_ids:
+            self._finish_renegotiation(state, key_state, now)
+
+    # ------------------------------------------------------------------ control messages
+
+    def _control_message(self, text: str, now: float) -> None:
+        message = parse_control_message(text)
+        state = self._state
+        match message:
+            case PushReply():
+                if isinstance(state, Pulling):
+                    self._push_reply(state, message, now)
+                elif isinstance(state, Established):
+                    self._late_push_reply(state, message)
+            case AuthFailed(reason=reason):
+                self._auth_token = None
+                if message.temporary:
+                    self._fail(f"temporary authentication failure: {reason}", now)
+                else:
+                    self._end(
+                        f"authentication failed: {reason or 'no reason given'}",
+                        AuthenticationError(f"AUTH_FAILED {reason}".strip()),
+                    )
+            case AuthPending(timeout=timeout):
+                if isinstance(state, Pulling) and timeout is not None:
+                    state.deadline = max(state.deadline, now + timeout)
+                self._progress("authentication pending")
+            case Restart(message=why, flags=flags):
+                advance = Advance.REMOTE if "N" in flags else Advance.NO
+                if "P" not in flags:
+                    self._auth_token = None
+                self._fail(f"server asked to restart: {why or 'no reason given'}", now, advance)
+            case Halt(message=why):
+                self._end(
+                    f"server halted: {why or 'no reason given'}",
+                    RemoteProtocolError(f"server halted the session: {why}"),
+                )
+            case Exit():
+                self._fail("server is exiting (EXIT)", now)
+            case Info() | Unrecognised():
+                self._events.append(ControlMessageReceived(message=text))
+
+    def _push_reply(self, state: Pulling, part: PushReply, now: float) -> None:
+        try:
+            lines = state.assembler.add(part)
+            if lines is None:
+                return
+            pushed = parse_pushed_options(lines, self._config)
+        except (DecodeError, RemoteProtocolError) as exc:
+            self._fail(f"unusable PUSH_REPLY: {exc}", now)
+            return
+        session = state.session
+        key_state = session.key_states[0]
+        cipher = pushed.cipher or self._config.data_ciphers_fallback or self._config.cipher
+        if cipher is None:
+            self._end(
+                "server pushed no cipher and no data-ciphers-fallback is configured",
+                RemoteProtocolError("no data channel cipher"),
+            )
+            return
+        use_ekm = pushed.uses_ekm and sessioncrypto.ANNOUNCES_EKM
+        try:
+            data = sessioncrypto.DataPath.create(
+                cipher=cipher,
+                compression=pushed.compression or self._config.compression,
+                peer_id=pushed.peer_id,
+                replay_window=self._config.replay_window,
+            )
+            data.add_key(
+                key_state.key_id,
+                sessioncrypto.derive_key2(
+                    key_state, session.my_session_id, session.their_session_id or b"", use_ekm
+                ),
+            )
+        except MirageVPNError as exc:
+            self._end(f"cannot set up the data channel: {exc}", exc)
+            return
+        self._apply_auth_token(pushed)
+        settings, notes = resolve_tunnel_settings(
+            self._config,
+            pushed,
+            remote_address=session.address,
+            cipher=cipher,
+            key_derivation="tls-ekm" if use_ekm else "tls1-prf",
+        )
+        for note in notes:
+            self._progress(note)
+        for ignored in pushed.ignored:
+            self._progress(f"pushed option ignored: {ignored.text} ({ignored.reason})")
+        config = self._config
+        ping = pushed.ping if pushed.ping is not None else config.ping
+        exit_notify = pushed.explicit_exit_notify or config.explicit_exit_notify
+        self._move(
+            Established(
+                session=session,
+                data=data,
+                pushed=pushed,
+                settings=settings,
+                ping=ping or None,
+                ping_restart=(pushed.ping_restart or config.ping_restart) or None,
+                ping_exit=(pushed.ping_exit or config.ping_exit) or None,
+                cc_exit=pushed.cc_exit,
+                exit_notify=exit_notify,
+            )
+        )
+        session.last_received = now
+        self._remotes.succeeded()
+        self._events.append(TunnelEstablished(settings=settings))
+
+    def _late_push_reply(self, state: Established, part: PushReply) -> None:
+        """After renegotiation 2.6 pushes a fresh auth-token alone; nothing else changes."""
+        try:
+            pushed = parse_pushed_options(part.options, self._config)
+        except (DecodeError, RemoteProtocolError):
+            return
+        self._apply_auth_token(pushed)
+
+    def _apply_auth_token(self, pushed: PushedOptions) -> None:
+        if pushed.auth_token is not None:
+            self._auth_token = pushed.auth_token
+        if pushed.auth_token_user is not None:
+            self._auth_token_user = pushed.auth_token_user
+
+    # ------------------------------------------------------------------ renegotiation
+
+    def _begin_renegotiation(self, state: Established, key_id: int, now: float) -> KeyState:
+        """The server started a soft reset: a new key state answers with its own reset."""
+        session = state.session
+        key_state = self._new_key_state(session, key_id, Opcode.P_CONTROL_SOFT_RESET_V1, now)
+        for old_id in [k for k in session.key_states if k not in (0, key_id)]:
+            if old_id not in state.data.key_ids:
+                del session.key_states[old_id]
+        session.key_states[key_id] = key_state
+        self._progress(f"server renegotiates keys (key id {key_id})")
+        return key_state
+
+    def _finish_renegotiation(self, state: Established, key_state: KeyState, now: float) -> None:
+        session = state.session
+        try:
+            key2 = sessioncrypto.derive_key2(
+                key_state,
+                session.my_session_id,
+                session.their_session_id or b"",
+                state.settings.key_derivation == "tls-ekm",
+            )
+        except MirageVPNError as exc:
+            self._fail(f"renegotiation failed: {exc}", now)
+            return
+        state.data.add_key(key_state.key_id, key2)
+        self._progress(f"new data keys (key id {key_state.key_id})")
+
+    # ------------------------------------------------------------------ sending
+
+    def _primary(self, session: Session) -> KeyState:
+        """The key state control messages go on: the newest negotiated one (else key id 0)."""
+        negotiated = [k for k in session.key_states.values() if k.negotiated]
+        if not negotiated:
+            return session.key_states[0]
+        return max(negotiated, key=lambda k: k.started)
+
+    def _send_text(self, session: Session, text: str) -> None:
+        session.text_out.append(encode_control_message(text))
+
+    def _due_data_packets(self, state: Established | Closing, now: float) -> list[bytes]:
+        out: list[bytes] = []
+        if isinstance(state, Established):
+            if state.ping and now >= state.session.last_sent + state.ping:
+                out.append(state.data.encrypt_ping())
+                self.stats.pings_sent += 1
+        elif (
+            state.data is not None
+            and state.next_occ_exit is not None
+            and now >= state.next_occ_exit
+        ):
+            out.append(state.data.encrypt_occ_exit())
+            state.next_occ_exit = now + OCC_EXIT_INTERVAL
+        return out
+
+    # ------------------------------------------------------------------ session set-up
+
+    def _new_session(
+        self, address: IPAddress, port: int, transport: Transport, now: float
+    ) -> Session:
+        config = self._config
+        wrap = make_wrap(config.tls_protection, config.auth, replay_window=config.replay_window)
+        session = Session(
+            transport=transport,
+            address=address,
+            port=port,
+            my_session_id=self._session_id(),
+            wrap=wrap,
+            decoder=StreamDecoder() if transport is Transport.TCP else None,
+            key_states={},
+            last_received=now,
+            last_sent=now,
+        )
+        reset = (
+            Opcode.P_CONTROL_HARD_RESET_CLIENT_V3
+            if isinstance(wrap, TlsCryptV2Wrap)
+            else Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
+        )
+        session.key_states[0] = self._new_key_state(session, 0, reset, now)
+        return session
+
+    def _session_id(self) -> bytes:
+        for _ in range(16):
+            candidate = self._rng(8)
+            if candidate != bytes(8):
+                return candidate
+        raise LocalProtocolError("rng returned all-zero session ids")
+
+    def _new_key_state(self, session: Session, key_id: int, reset: Opcode, now: float) -> KeyState:
+        config = self._config
+        wrap = session.wrap
+        wkc = wrap.wkc_overhead if isinstance(wrap, TlsCryptV2Wrap) else 0
+        username, password = self._username_password()
+        my_key_method = sessioncrypto.my_key_method(
+            config,
+            self._rng,
+            session.transport,
+            username=username,
+            password=password,
+        )
+        return KeyState(
+            key_id=key_id,
+            tls=TlsSession(self._tls_settings),
+            reset_opcode=reset,
+            my_key_method=my_key_method.encoded,
+            decode_their_key_method=sessioncrypto.decode_their_key_method,
+            tls_timeout=config.tls_timeout,
+            payload_size=control_payload_size(wrap.overhead),
+            wkc_overhead=wkc,
+            started=now,
+            key_source=my_key_method.source,
+        )
+
+    def _username_password(self) -> tuple[str | None, bytes | None]:
+        credentials = self._credentials
+        if credentials is None:
+            return None, None
+        username = self._auth_token_user or credentials.username or ""
+        if self._auth_token is not None:
+            return username, self._auth_token.value
+        password = credentials.password.value if credentials.password is not None else b""
+        return username, password
+
+    # ------------------------------------------------------------------ transitions
+
+    def _move(self, new: State) -> None:
+        allowed = _TRANSITIONS[type(self._state)]
+        if type(new) not in allowed:
+            raise LocalProtocolError(
+                f"illegal transition {type(self._state).__name__} -> {type(new).__name__}"
+            )
+        self._state = new
+
+    def _progress(self, message: str) -> None:
+        self._events.append(ProgressReported(message=message))
+
+    def _start_attempt(self, now: float) -> None:
+        target = self._remotes.target()
+        if target.address is None:
+            self._move(Resolving())
+            self._events.append(
+                ResolutionRequested(host=target.remote.host, family=target.remote.proto.family)
+            )
+        else:
+            self._connect(target.address, now)
+
+    def _connect(self, address: IPAddress, now: float) -> None:
+        remote = self._remotes.remote
+        self._move(Connecting(address, now + self._config.connect_timeout))
+        self._events.append(
+            ConnectionRequested(address=address, port=remote.port, transport=remote.proto.transport)
+        )
+
+    def _fail(self, reason: str, now: float, advance: Advance = Advance.ADDRESS) -> None:
+        """The current attempt or session is lost: disconnect, pause, try again."""
+        had_session = isinstance(self._state, Handshaking | Pulling | Established | Closing)
+        was_established = isinstance(self._state, Established)
+        try:
+            if was_established and advance is Advance.NO:
+                pause = self._remotes.restarted()
+            else:
+                pause = self._remotes.failed(advance)
+        except RetriesExhausted as exc:
+            self._end(f"{reason}; {exc}", exc)
+            return
+        if had_session or isinstance(self._state, Connecting):
+            self._events.append(DisconnectionRequested(reason=reason))
+        self._wait(reason, pause, now)
+
+    def _wait(self, reason: str, pause: float, now: float) -> None:
+        self.stats.restarts += 1
+        self._move(Waiting(now + pause))
+        self._events.append(SessionRestarting(reason=reason, retry_in=pause))
+
+    def _end(self, reason: str, error: MirageVPNError | None) -> None:
+        if isinstance(self._state, Ended):
+            return
+        if isinstance(self._state, Connecting | Handshaking | Pulling | Established | Closing):
+            self._events.append(DisconnectionRequested(reason=reason))
+        self._state = Ended()
+        self._events.append(SessionEnded(reason=reason, error=error))

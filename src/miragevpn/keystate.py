@@ -1,0 +1,178 @@
+"""One key state: its reliable control channel, its TLS session and its key-method-2 exchange.
+
+A key state exists per key id (0 for the hard-reset session, 1..7 for renegotiations). It
+turns control packets in (already unwrapped, session ids checked by the client) into TLS
+records and control-channel text, and queues its own reliable messages (reset, TLS records
+chopped to fit `tls-mtu`). Phases, each with its own data:
+
+    AwaitingReset  our reset is queued; the peer's reset (sequence number 0) not seen yet
+    TlsHandshake   TLS records flow; when the handshake completes our key-method-2 goes out
+    AwaitingTheirs our key-method-2 sent; waiting for the server's
+    Negotiated     both key-method-2 messages known; control text flows
+
+OpenVPN: ssl.c (`tls_process`, `key_method_2_write/read`), ssl_pkt.c (`write_control_auth`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DecodeError, RemoteProtocolError
+from .packet import (
+    EARLY_NEG_FLAG_RESEND_WKC,
+    ControlPacket,
+    Opcode,
+    early_negotiation_flags,
+)
+from .push import split_control_messages
+from .reliable import ReliableChannel
+from .sessioncrypto import KeySource
+from .tls import TlsSession
+
+# Sizes of one control datagram (reference §1.7): tls-mtu 1250 includes IPv6 (40) + UDP (8)
+# headers, byte0 + session id + ack count + 4 piggy-backed acks + remote session id +
+# sequence number.
+TLS_MTU = 1250
+_IP_UDP_OVERHEAD = 48
+_CONTROL_HEADER_MAX = 1 + 8 + 1 + 4 * 4 + 8 + 4
+
+
+def control_payload_size(wrap_overhead: int) -> int:
+    """Largest TLS chunk per P_CONTROL_V1 packet so that the datagram fits tls-mtu."""
+    return TLS_MTU - _IP_UDP_OVERHEAD - _CONTROL_HEADER_MAX - wrap_overhead
+
+
+@dataclass(slots=True)
+class AwaitingReset:
+    pass
+
+
+@dataclass(slots=True)
+class TlsHandshake:
+    pass
+
+
+@dataclass(slots=True)
+class AwaitingTheirs:
+    buffer: bytearray  # TLS plaintext of the server's key-method-2 so far
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    their_key_method: object  # the decoded server key-method-2 message (keymethod.py)
+
+
+Phase = AwaitingReset | TlsHandshake | AwaitingTheirs | Negotiated
+
+
+class KeyState:
+    """The control channel of one key id (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        key_id: int,
+        tls: TlsSession,
+        reset_opcode: Opcode,
+        my_key_method: bytes,
+        decode_their_key_method: object,
+        tls_timeout: float,
+        payload_size: int,
+        wkc_overhead: int,
+        started: float,
+        key_source: KeySource,
+    ) -> None:
+        self.key_id = key_id
+        self.tls = tls
+        self.reliable = ReliableChannel(key_id=key_id, tls_timeout=tls_timeout)
+        self.phase: Phase = AwaitingReset()
+        self.started = started
+        self.key_source = key_source
+        self._my_key_method = my_key_method
+        self._decode_theirs = decode_their_key_method
+        self._payload_size = payload_size
+        self._wkc_overhead = wkc_overhead
+        self._resend_wkc = False
+        self._text = bytearray()
+        self.tls_just_completed = False
+        self.reliable.send(reset_opcode, b"")
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, packet: ControlPacket, now: float) -> list[str]:
+        """Process one unwrapped control packet of this key id; return complete control
+        messages (text) that became readable. Raises `DecodeError`/`AuthenticationError`/
+        `RemoteProtocolError` when the key state cannot go on."""
+        messages: list[str] = []
+        for opcode, payload in self.reliable.receive(packet, now):
+            if opcode in (Opcode.P_CONTROL_HARD_RESET_SERVER_V2, Opcode.P_CONTROL_SOFT_RESET_V1):
+                self._their_reset(opcode, payload)
+            elif opcode in (Opcode.P_CONTROL_V1, Opcode.P_CONTROL_WKC_V1):
+                if isinstance(self.phase, AwaitingReset):
+                    raise RemoteProtocolError("TLS records before the server's reset")
+                self.tls.receive_records(payload)
+                messages += self._after_tls_input()
+            else:
+                raise RemoteProtocolError(f"unexpected {opcode.name} on key id {self.key_id}")
+        self._flush_tls()
+        return messages
+
+    def _their_reset(self, opcode: Opcode, payload: bytes) -> None:
+        if not isinstance(self.phase, AwaitingReset):
+            return  # a second reset with a new sequence number: nothing to do
+        if opcode is Opcode.P_CONTROL_HARD_RESET_SERVER_V2 and payload:
+            self._resend_wkc = bool(early_negotiation_flags(payload) & EARLY_NEG_FLAG_RESEND_WKC)
+        self.phase = TlsHandshake()
+
+    def _after_tls_input(self) -> list[str]:
+        if isinstance(self.phase, TlsHandshake) and self.tls.handshake_complete:
+            self.tls_just_completed = True
+            self.tls.write_application_data(self._my_key_method)
+            self.phase = AwaitingTheirs(bytearray())
+        plaintext = self.tls.read_application_data()
+        if not plaintext:
+            return []
+        if isinstance(self.phase, AwaitingTheirs):
+            self.phase.buffer += plaintext
+            decoded = self._decode_theirs(bytes(self.phase.buffer))  # type: ignore[operator]
+            if decoded is None:
+                if len(self.phase.buffer) > 4096:
+                    raise DecodeError("server key-method-2 message too long")
+                return []
+            message, used = decoded
+            rest = self.phase.buffer[used:]
+            self.phase = Negotiated(message)
+            plaintext = bytes(rest)
+        self._text += plaintext
+        return split_control_messages(self._text)
+
+    # ------------------------------------------------------------------ sending
+
+    def send_text(self, data: bytes) -> None:
+        """Write one control message (already NUL-terminated) as one TLS record."""
+        self.tls.write_application_data(data)
+        self._flush_tls()
+
+    def _flush_tls(self) -> None:
+        """Queue the TLS bytes waiting to go out as reliable P_CONTROL_V1 chunks."""
+        if isinstance(self.phase, AwaitingReset):
+            return  # hold the ClientHello until the server's reset (2.6 HMAC cookie, §1.8)
+        records = self.tls.outgoing_records()
+        position = 0
+        while position < len(records):
+            opcode = Opcode.P_CONTROL_V1
+            size = self._payload_size
+            if self._resend_wkc and self.reliable.my_next_sequence_number == 1:
+                opcode, size = Opcode.P_CONTROL_WKC_V1, size - self._wkc_overhead
+            self.reliable.send(opcode, records[position : position + size])
+            position += size
+
+    @property
+    def negotiated(self) -> bool:
+        return isinstance(self.phase, Negotiated)
+
+    @property
+    def their_key_method(self) -> object:
+        if not isinstance(self.phase, Negotiated):
+            raise RemoteProtocolError("server key-method-2 not received yet")
+        return self.phase.their_key_method

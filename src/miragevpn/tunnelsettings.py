@@ -1,0 +1,92 @@
+"""From a configuration plus a PUSH_REPLY to the `TunnelSettings` the runtime applies.
+
+Pushed values override configured ones (OpenVPN applies pushed options on top of its
+options). `topology` decides how `ifconfig`'s second address is read (reference §7.3):
+subnet → a netmask; net30/p2p → the point-to-point peer, which is also the default route
+gateway. Route gateways are resolved here; `net_gateway`/`remote_host` routes need the
+runtime's original gateway and are left out (reported by the caller).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from .config.model import Config, Route, RouteGatewayKeyword, Topology
+from .events import IPAddress, RouteSpec, TunnelSettings
+from .push import PushedOptions
+
+DEFAULT_TOPOLOGY = Topology.NET30  # OpenVPN 2.6 default (options.c)
+
+
+def resolve_tunnel_settings(
+    config: Config,
+    pushed: PushedOptions,
+    *,
+    remote_address: IPAddress,
+    cipher: str,
+    key_derivation: str,
+) -> tuple[TunnelSettings, tuple[str, ...]]:
+    """The settings, and the notes (routes that could not be resolved) for the log."""
+    notes: list[str] = []
+    topology = pushed.topology or config.topology or DEFAULT_TOPOLOGY
+    ifconfig = pushed.ifconfig or config.ifconfig
+    ipv4: ipaddress.IPv4Interface | None = None
+    ipv4_peer: ipaddress.IPv4Address | None = None
+    gateway = pushed.route_gateway
+    if gateway is None and isinstance(config.route_gateway, ipaddress.IPv4Address):
+        gateway = config.route_gateway
+    if ifconfig is not None:
+        if topology is Topology.SUBNET:
+            try:
+                ipv4 = ipaddress.IPv4Interface(f"{ifconfig.local}/{ifconfig.remote_or_netmask}")
+            except ValueError:
+                notes.append(f"ifconfig netmask {ifconfig.remote_or_netmask} is not a netmask")
+                ipv4 = ipaddress.IPv4Interface(f"{ifconfig.local}/32")
+        else:
+            ipv4 = ipaddress.IPv4Interface(f"{ifconfig.local}/32")
+            ipv4_peer = ifconfig.remote_or_netmask
+            gateway = gateway or ipv4_peer
+
+    routes: list[RouteSpec] = []
+    for route in (*config.routes, *pushed.routes):
+        spec = _route(route, gateway, notes)
+        if spec is not None:
+            routes.append(spec)
+
+    ifconfig6 = pushed.ifconfig_ipv6 or config.ifconfig_ipv6
+    gateway6 = ifconfig6.remote if ifconfig6 is not None else None
+    for route6 in (*config.routes_ipv6, *pushed.routes_ipv6):
+        routes.append(
+            RouteSpec(
+                network=route6.network, gateway=route6.gateway or gateway6, metric=route6.metric
+            )
+        )
+
+    redirect = pushed.redirect_gateway or config.redirect_gateway
+    flags = redirect.flags if redirect is not None else frozenset()
+    settings = TunnelSettings(
+        ipv4=ipv4,
+        ipv4_peer=ipv4_peer,
+        ipv6=ifconfig6.interface if ifconfig6 is not None else None,
+        mtu=pushed.tun_mtu or config.tun_mtu,
+        routes=tuple(routes),
+        redirect_gateway_ipv4=redirect is not None and "!ipv4" not in flags,
+        redirect_gateway_ipv6=redirect is not None and "ipv6" in flags,
+        remote_address=remote_address,
+        dhcp_options=(*config.dhcp_options, *pushed.dhcp_options),
+        cipher=cipher,
+        key_derivation=key_derivation,
+    )
+    return settings, tuple(notes)
+
+
+def _route(
+    route: Route, gateway: ipaddress.IPv4Address | None, notes: list[str]
+) -> RouteSpec | None:
+    target = route.gateway
+    if target is None or target is RouteGatewayKeyword.VPN_GATEWAY:
+        return RouteSpec(network=route.network, gateway=gateway, metric=route.metric)
+    if isinstance(target, ipaddress.IPv4Address):
+        return RouteSpec(network=route.network, gateway=target, metric=route.metric)
+    notes.append(f"route {route.network} via {target.value} is left to the system")
+    return None

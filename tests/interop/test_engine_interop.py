@@ -1,0 +1,253 @@
+"""The engine's `Client` against a real OpenVPN 2.6 server, driven by a tiny synchronous loop.
+
+No tun device and no runtime: the test process starts the server in one namespace and runs this
+module as a program (`python -m tests.interop.test_engine_interop CONFIG`) inside the client
+namespace. The program drives `Client` with a plain socket until `TunnelEstablished`, then sends
+an ICMP echo request to the server's tun address (10.8.0.1) through `encrypt_tunnel_packet` and
+waits for the decrypted echo reply. It prints one JSON line and exits 0 on success. Every loop
+is bounded by a wall-clock deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DRIVER_TIMEOUT = 40.0
+
+
+# --------------------------------------------------------------------------- ICMP helpers
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def icmp_echo_request(source: bytes, destination: bytes, ident: int, seq: int) -> bytes:
+    payload = b"miragevpn-engine-interop" * 2
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
+    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), ident, 0, 64, 1, 0, source, destination
+    )
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return header + icmp
+
+
+def is_echo_reply(packet: bytes, ident: int, seq: int) -> bool:
+    if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != 1:
+        return False
+    ihl = (packet[0] & 0x0F) * 4
+    icmp_type, _code, _sum, got_ident, got_seq = struct.unpack_from("!BBHHH", packet, ihl)
+    return icmp_type == 0 and got_ident == ident and got_seq == seq
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def drive(config_path: str) -> dict[str, Any]:
+    """Run our Client against the server named in the config; returns what happened."""
+    from miragevpn.client import Client
+    from miragevpn.config.model import Transport
+    from miragevpn.config.parse import parse_config
+    from miragevpn.events import (
+        ConnectionRequested,
+        SessionEnded,
+        SessionRestarting,
+        TlsEstablished,
+        TunnelEstablished,
+    )
+
+    base = Path(config_path).parent
+
+    def read_file(name: str) -> bytes:
+        path = Path(name)
+        return (path if path.is_absolute() else base / path).read_bytes()
+
+    config = parse_config(Path(config_path).read_text(), read_file=read_file)
+    client = Client(config, rng=os.urandom, now=time.time())
+    result: dict[str, Any] = {"events": []}
+    sock: socket.socket | None = None
+    transport = Transport.UDP
+    settings = None
+    ident, seq = os.getpid() & 0xFFFF, 1
+    echo_sent_at: float | None = None
+    deadline = time.monotonic() + DRIVER_TIMEOUT
+
+    def send_all(now: float) -> None:
+        assert sock is not None
+        for wire in client.data_to_send(now):
+            if transport is Transport.UDP:
+                sock.send(wire)
+            else:
+                sock.sendall(wire)
+
+    while time.monotonic() < deadline:
+        now = time.time()
+        while (event := client.next_event()) is not None:
+            result["events"].append(type(event).__name__)
+            if isinstance(event, ConnectionRequested):
+                transport = event.transport
+                kind = socket.SOCK_DGRAM if transport is Transport.UDP else socket.SOCK_STREAM
+                if sock is not None:
+                    sock.close()
+                sock = socket.socket(socket.AF_INET, kind)
+                sock.settimeout(10)
+                sock.connect((str(event.address), event.port))
+                sock.setblocking(False)
+                client.handle_connected(time.time())
+            elif isinstance(event, TlsEstablished):
+                result["tls"] = f"{event.version} {event.cipher}"
+            elif isinstance(event, TunnelEstablished):
+                settings = event.settings
+                result["cipher"] = settings.cipher
+                result["key_derivation"] = settings.key_derivation
+                result["ipv4"] = str(settings.ipv4)
+            elif isinstance(event, SessionRestarting | SessionEnded):
+                result["failure"] = event.reason
+                return result
+        if sock is None:
+            raise RuntimeError("the client asked for no connection")
+        send_all(now)
+        if settings is not None and settings.ipv4 is not None and echo_sent_at is None:
+            request = icmp_echo_request(
+                settings.ipv4.ip.packed, socket.inet_aton("10.8.0.1"), ident, seq
+            )
+            wire = client.encrypt_tunnel_packet(request, now)
+            assert wire is not None, "no data key after TunnelEstablished"
+            sock.send(wire)
+            echo_sent_at = now
+        timer = client.get_timer()
+        wait = 0.2 if timer is None else min(max(timer - time.time(), 0.0), 0.2)
+        readable, _, _ = select.select([sock], [], [], wait)
+        if readable:
+            data = sock.recv(65536)
+            if not data:
+                result["failure"] = "server closed the connection"
+                return result
+            client.receive(data, time.time())
+            for packet in client.tunnel_packets():
+                if is_echo_reply(packet, ident, seq):
+                    result["echo_reply"] = True
+                    result["stats"] = {
+                        "dropped": dict(client.stats.dropped),
+                        "tunnel_packets_in": client.stats.tunnel_packets_in,
+                    }
+                    client.close(time.time())
+                    send_all(time.time())
+                    return result
+        timer = client.get_timer()
+        if timer is not None and time.time() >= timer:
+            client.handle_timer(time.time())
+        if echo_sent_at is not None and time.time() - echo_sent_at > 3:
+            echo_sent_at = None  # resend the echo request (a fresh packet id)
+            seq += 1
+    result["failure"] = "timed out"
+    return result
+
+
+def main() -> int:
+    result = drive(sys.argv[1])
+    print(json.dumps(result))
+    return 0 if result.get("echo_reply") else 1
+
+
+# --------------------------------------------------------------------------- the tests
+
+if __name__ != "__main__":
+    from tests.helpers.netns import NetnsPair, netns_pair_context
+    from tests.helpers.openvpn import OpenVpnServer, Protection, Scenario, client_config
+    from tests.helpers.pki import PkiFiles, make_pki, write_pki
+
+    pytestmark = pytest.mark.interop
+
+    REPO = Path(__file__).resolve().parents[2]
+    PYTHON = str(REPO / ".venv" / "bin" / "python")
+
+    CASES = [
+        Scenario(transport="udp", protection=Protection.TLS_AUTH, data_ciphers=("AES-256-GCM",)),
+        Scenario(transport="tcp", protection=Protection.TLS_AUTH, data_ciphers=("AES-256-GCM",)),
+        Scenario(transport="udp", protection=Protection.TLS_CRYPT, data_ciphers=("AES-128-GCM",)),
+        Scenario(transport="tcp", protection=Protection.TLS_CRYPT, data_ciphers=("AES-128-GCM",)),
+        Scenario(
+            transport="udp", protection=Protection.TLS_AUTH, data_ciphers=("CHACHA20-POLY1305",)
+        ),
+        Scenario(transport="udp", protection=Protection.NONE, data_ciphers=("AES-256-GCM",)),
+        Scenario(
+            transport="udp",
+            protection=Protection.TLS_CRYPT,
+            data_ciphers=("AES-256-GCM",),
+            force_ekm=True,
+        ),
+        Scenario(
+            transport="udp", protection=Protection.TLS_CRYPT_V2, data_ciphers=("AES-256-GCM",)
+        ),
+        Scenario(
+            transport="tcp", protection=Protection.TLS_CRYPT_V2, data_ciphers=("AES-128-GCM",)
+        ),
+        Scenario(
+            transport="udp",
+            protection=Protection.TLS_AUTH,
+            data_ciphers=("AES-256-GCM",),
+            topology="net30",
+        ),
+    ]
+
+    @pytest.fixture(scope="module")
+    def pki_files(tmp_path_factory: pytest.TempPathFactory) -> PkiFiles:
+        return write_pki(make_pki(), tmp_path_factory.mktemp("pki"))
+
+    def run_engine(
+        pair: NetnsPair, scenario: Scenario, files: PkiFiles, tmp: Path
+    ) -> dict[str, Any]:
+        config = tmp / "engine-client.conf"
+        config.write_text(client_config(scenario, files, pair.server_address, real=False))
+        completed = pair.client.run(
+            [PYTHON, "-m", "tests.interop.test_engine_interop", str(config)],
+            timeout=DRIVER_TIMEOUT + 10,
+            check=False,
+        )
+        lines = completed.stdout.strip().splitlines()
+        assert lines, f"driver printed nothing; stderr:\n{completed.stderr}"
+        result: dict[str, Any] = json.loads(lines[-1])
+        result["returncode"] = completed.returncode
+        return result
+
+    @pytest.mark.parametrize("scenario", CASES, ids=lambda s: f"{s.label}-{s.topology}")
+    def test_engine_reaches_the_tunnel_and_pings(
+        scenario: Scenario, pki_files: PkiFiles, tmp_path: Path
+    ) -> None:
+        with (
+            netns_pair_context() as pair,
+            OpenVpnServer.start(
+                pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
+            ) as server,
+        ):
+            result = run_engine(pair, scenario, pki_files, tmp_path)
+            print(result)
+            assert result.get("echo_reply"), f"{result}\nserver log:\n{server.log_text()[-3000:]}"
+            assert result["cipher"] == scenario.data_ciphers[0]
+            assert result["key_derivation"] == "tls-ekm"  # the 2.6 server agrees to EKM
+            assert result["events"][:2] in (
+                ["ConnectionRequested", "ProgressReported"],
+                ["ResolutionRequested", "ConnectionRequested"],
+            )
+            assert "TunnelEstablished" in result["events"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
