@@ -200,6 +200,7 @@ TABLE: dict[str, Spec] = {
     "mark": ignored(PLATFORM, 1, 1),
     "mtu-disc": ignored(PLATFORM, 1, 1),
     "tun-mtu-extra": ignored(PLATFORM, 0, 1),
+    "inactive": ignored("no inactivity exit; the tunnel stays up until stopped", 1, 2),
     "ping-timer-rem": ignored("timers here are always active", 0, 0),
     "persist-remote-ip": ignored(PLATFORM, 0, 0),
     "persist-local-ip": ignored(PLATFORM, 0, 0),

@@ -307,7 +307,9 @@ def _at(glob: dict[str, list[Setting]], key: str) -> Setting | None:
 
 
 def _fail(glob: dict[str, list[Setting]], key: str | None, message: str) -> ConfigError:
+    """An error at `key`'s line; for something missing, at the line that makes this a client."""
     s = _at(glob, key) if key else None
+    s = s or _at(glob, "tls_client") or _at(glob, "pull")
     if s is None:
         return ConfigError(message)
     return ConfigError(message, line=s.line, column=s.column, directive=s.directive)
@@ -332,7 +334,9 @@ def validate(c: Config, glob: dict[str, list[Setting]]) -> None:
     if not c.tls_client:
         raise _fail(glob, "pull", "not a client config: add 'client' (or 'tls-client' and 'pull')")
     if not c.remotes:
-        raise ConfigError("no server: add a 'remote HOST [PORT] [PROTO]' line")
+        raise _fail(glob, None, "no server: add a 'remote HOST [PORT] [PROTO]' line")
+    if "dev" not in glob:
+        raise _fail(glob, None, "no tunnel device: add 'dev tun' (OpenVPN requires it too)")
     if c.pkcs12 is not None:
         for other in ("cert", "key"):
             if other in glob:
@@ -344,12 +348,16 @@ def validate(c: Config, glob: dict[str, list[Setting]]) -> None:
     if c.cert is not None and c.key is not None and not keys.cert_matches_key(c.cert, c.key):
         raise _fail(glob, "key", "the private key does not belong to the client certificate")
     if c.ca is None and not c.peer_fingerprints:
-        raise ConfigError(
-            "no way to check the server: add 'ca' (the CA certificate) or 'peer-fingerprint'"
+        raise _fail(
+            glob,
+            None,
+            "no way to check the server: add 'ca' (the CA certificate) or 'peer-fingerprint'",
         )
     if c.cert is None and c.pkcs12 is None and c.auth_user_pass is None:
-        raise ConfigError(
-            "no client authentication: add 'cert' and 'key', 'pkcs12', or 'auth-user-pass'"
+        raise _fail(
+            glob,
+            None,
+            "no client authentication: add 'cert' and 'key', 'pkcs12', or 'auth-user-pass'",
         )
     dev_type = _at(glob, "dev_type")
     if c.dev != "null" and not c.dev.startswith("tun") and dev_type is None:

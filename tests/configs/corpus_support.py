@@ -1,0 +1,121 @@
+"""Materialise corpus configs with generated key material, and run the real OpenVPN on them.
+
+Corpus files keep their original shape but hold placeholders instead of key material
+(`{{CA}}`, `{{CERT}}`, `{{KEY}}`, `{{STATIC_KEY}}`, `{{TLS_CRYPT_V2_CLIENT}}`, `{{PKCS12_B64}}`,
+`{{SERVER_FINGERPRINT}}`); files they reference are written next to them, with content chosen
+by the directive that names them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from miragevpn.config.lexer import decode_config, lex
+from tests.helpers.pki import Pki
+
+CORPUS = Path(__file__).parent / "corpus"
+OPENVPN = "/usr/sbin/openvpn"
+FILE_DIRECTIVES = (
+    "ca cert key tls-auth tls-crypt tls-crypt-v2 secret pkcs12 auth-user-pass extra-certs"
+).split()
+
+
+def pkcs12_der(pki: Pki) -> bytes:
+    return pkcs12.serialize_key_and_certificates(
+        b"client", pki.client.key, pki.client.cert, None, serialization.NoEncryption()
+    )
+
+
+def placeholders(pki: Pki) -> dict[str, str]:
+    fingerprint = pki.server.cert.fingerprint(hashes.SHA256())
+    b64 = base64.b64encode(pkcs12_der(pki)).decode()
+    return {
+        "{{CA}}": pki.ca.cert_pem.strip(),
+        "{{CERT}}": pki.client.cert_pem.strip(),
+        "{{KEY}}": pki.client.key_pem.strip(),
+        "{{STATIC_KEY}}": pki.ta_key.strip(),
+        "{{TLS_CRYPT_V2_CLIENT}}": pki.tls_crypt_v2_client.strip(),
+        "{{PKCS12_B64}}": "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64)),
+        "{{SERVER_FINGERPRINT}}": ":".join(f"{b:02X}" for b in fingerprint),
+    }
+
+
+def file_content(directive: str, pki: Pki) -> bytes:
+    return {
+        "ca": pki.ca.cert_pem.encode(),
+        "extra-certs": pki.ca.cert_pem.encode(),
+        "cert": pki.client.cert_pem.encode(),
+        "key": pki.client.key_pem.encode(),
+        "tls-auth": pki.ta_key.encode(),
+        "tls-crypt": pki.ta_key.encode(),
+        "secret": pki.ta_key.encode(),
+        "tls-crypt-v2": pki.tls_crypt_v2_client.encode(),
+        "pkcs12": pkcs12_der(pki),
+        "auth-user-pass": b"someuser\nsomepassword\n",
+    }[directive]
+
+
+def materialise(name: str, pki: Pki, directory: Path) -> Path:
+    """Write corpus config `name` with real key material, and the files it names, into dir."""
+    raw = (CORPUS / f"{name}.ovpn").read_bytes()
+    text = raw.decode("utf-8")
+    for marker, value in placeholders(pki).items():
+        text = text.replace(marker, value)
+    config = directory / f"{name}.ovpn"
+    config.write_bytes(text.encode("utf-8"))
+    for d in lex(decode_config(text)):
+        if d.name in FILE_DIRECTIVES and d.inline is None and d.args:
+            ref = d.args[0].text
+            if ref and ref != "[inline]" and not os.path.isabs(ref):
+                path = directory / ref
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(file_content(d.name, pki))
+                path.chmod(0o600)
+    return config
+
+
+# --------------------------------------------------------------------------- the real openvpn
+
+# OpenVPN reports option and file errors, then exits, before it resolves or connects.
+_FATAL = re.compile(r"Options error:|Exiting due to fatal error|Use --help for more information")
+# ... except when it only wants to prompt for credentials, which needs no config change.
+_PROMPT = "can't ask for"
+
+
+def openvpn_verdict(config: Path, timeout: float = 4.0) -> tuple[str, str]:
+    """("usable"|"rejected", log): run openvpn in a fresh empty network namespace."""
+    ns = f"mvpncfg-{uuid.uuid4().hex[:10]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=10)
+    try:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, OPENVPN, "--config", config.name, "--verb", "3"],
+            cwd=config.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate(timeout=10)
+        log = out.decode("utf-8", "replace")
+    finally:
+        for _ in range(20):
+            if subprocess.run(["ip", "netns", "del", ns], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+    if _PROMPT in log or not _FATAL.search(log):
+        return "usable", log
+    return "rejected", log
