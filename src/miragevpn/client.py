@@ -206,8 +206,12 @@ class Client:
         rng: Rng,
         now: float,
         credentials: AuthUserPass | None = None,
+        tls_ekm: bool = True,
     ) -> None:
+        """`tls_ekm=False` does not announce TLS-EKM (IV_PROTO bit 3): data keys then come
+        from OpenVPN's TLS 1.0 PRF, as with servers that mishandle the exporter."""
         self._config = config
+        self._tls_ekm = tls_ekm
         self._rng = rng
         self._credentials = credentials or config.auth_user_pass
         self._auth_token: Secret | None = None
@@ -555,7 +559,7 @@ class Client:
                 RemoteProtocolError("no data channel cipher"),
             )
             return
-        use_ekm = pushed.uses_ekm and sessioncrypto.ANNOUNCES_EKM
+        use_ekm = pushed.uses_ekm and self._tls_ekm
         try:
             data = sessioncrypto.DataPath.create(
                 cipher=cipher,
@@ -717,6 +721,7 @@ class Client:
             session.transport,
             username=username,
             password=password,
+            tls_ekm=self._tls_ekm,
         )
         return KeyState(
             key_id=key_id,

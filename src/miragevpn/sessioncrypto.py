@@ -29,9 +29,8 @@ IV_PROTO_DATA_V2 = 2
 IV_PROTO_REQUEST_PUSH = 4
 IV_PROTO_TLS_KEY_EXPORT = 8
 IV_PROTO_CC_EXIT_NOTIFY = 128
-ANNOUNCES_EKM = True
-IV_PROTO = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | IV_PROTO_TLS_KEY_EXPORT
-IV_PROTO |= IV_PROTO_CC_EXIT_NOTIFY
+IV_PROTO_PRF_ONLY = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | IV_PROTO_CC_EXIT_NOTIFY  # 134
+IV_PROTO = IV_PROTO_PRF_ONLY | IV_PROTO_TLS_KEY_EXPORT  # 142
 IV_VER = "2.6.0"  # informational for the server; we speak 2.6's protocol
 IV_MTU = 1600
 
@@ -106,13 +105,13 @@ def occ_options_string(config: Config, transport: Transport) -> str:
     return ",".join(items)
 
 
-def peer_info(config: Config) -> str:
+def peer_info(config: Config, *, tls_ekm: bool = True) -> str:
     ciphers = [c.upper() for c in config.data_ciphers]
     lines = [f"IV_VER={IV_VER}", "IV_PLAT=linux", "IV_TCPNL=1", f"IV_MTU={IV_MTU}"]
     if "AES-128-GCM" in ciphers and "AES-256-GCM" in ciphers:
         lines.append("IV_NCP=2")
     lines.append("IV_CIPHERS=" + ":".join(ciphers))
-    lines.append(f"IV_PROTO={IV_PROTO}")
+    lines.append(f"IV_PROTO={IV_PROTO if tls_ekm else IV_PROTO_PRF_ONLY}")
     lines += ["IV_LZO_STUB=1", "IV_COMP_STUB=1", "IV_COMP_STUBv2=1"]
     return "".join(line + "\n" for line in lines)
 
@@ -124,6 +123,7 @@ def my_key_method(
     *,
     username: str | None,
     password: bytes | None,
+    tls_ekm: bool = True,
 ) -> MyKeyMethod:
     """The client's key-method-2 message (§4.2), with fresh randoms from `rng`."""
     source = KeySource(rng(_PRE_MASTER), rng(_RANDOM), rng(_RANDOM))
@@ -138,7 +138,7 @@ def my_key_method(
             _string(occ_options_string(config, transport).encode("ascii")),
             _string(user if username is not None else None),
             _string(password if username is not None else None),
-            _string(peer_info(config).encode("ascii")),
+            _string(peer_info(config, tls_ekm=tls_ekm).encode("ascii")),
         ]
     )
     return MyKeyMethod(encoded, source)

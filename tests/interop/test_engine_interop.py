@@ -59,7 +59,7 @@ def is_echo_reply(packet: bytes, ident: int, seq: int) -> bool:
 # --------------------------------------------------------------------------- the driver
 
 
-def drive(config_path: str) -> dict[str, Any]:
+def drive(config_path: str, *, tls_ekm: bool = True) -> dict[str, Any]:
     """Run our Client against the server named in the config; returns what happened."""
     from miragevpn.client import Client
     from miragevpn.config.model import Transport
@@ -79,7 +79,7 @@ def drive(config_path: str) -> dict[str, Any]:
         return (path if path.is_absolute() else base / path).read_bytes()
 
     config = parse_config(Path(config_path).read_text(), read_file=read_file)
-    client = Client(config, rng=os.urandom, now=time.time())
+    client = Client(config, rng=os.urandom, now=time.time(), tls_ekm=tls_ekm)
     result: dict[str, Any] = {"events": []}
     sock: socket.socket | None = None
     transport = Transport.UDP
@@ -161,7 +161,7 @@ def drive(config_path: str) -> dict[str, Any]:
 
 
 def main() -> int:
-    result = drive(sys.argv[1])
+    result = drive(sys.argv[1], tls_ekm="--prf" not in sys.argv[2:])
     print(json.dumps(result))
     return 0 if result.get("echo_reply") else 1
 
@@ -212,12 +212,12 @@ if __name__ != "__main__":
         return write_pki(make_pki(), tmp_path_factory.mktemp("pki"))
 
     def run_engine(
-        pair: NetnsPair, scenario: Scenario, files: PkiFiles, tmp: Path
+        pair: NetnsPair, scenario: Scenario, files: PkiFiles, tmp: Path, *extra: str
     ) -> dict[str, Any]:
         config = tmp / "engine-client.conf"
         config.write_text(client_config(scenario, files, pair.server_address, real=False))
         completed = pair.client.run(
-            [PYTHON, "-m", "tests.interop.test_engine_interop", str(config)],
+            [PYTHON, "-m", "tests.interop.test_engine_interop", str(config), *extra],
             timeout=DRIVER_TIMEOUT + 10,
             check=False,
         )
@@ -238,7 +238,6 @@ if __name__ != "__main__":
             ) as server,
         ):
             result = run_engine(pair, scenario, pki_files, tmp_path)
-            print(result)
             assert result.get("echo_reply"), f"{result}\nserver log:\n{server.log_text()[-3000:]}"
             assert result["cipher"] == scenario.data_ciphers[0]
             assert result["key_derivation"] == "tls-ekm"  # the 2.6 server agrees to EKM
@@ -247,6 +246,35 @@ if __name__ != "__main__":
                 ["ResolutionRequested", "ConnectionRequested"],
             )
             assert "TunnelEstablished" in result["events"]
+
+    @pytest.mark.parametrize("transport", ["udp", "tcp"])
+    def test_engine_with_the_tls1_prf(transport: str, pki_files: PkiFiles, tmp_path: Path) -> None:
+        """Without IV_PROTO bit 3 the server does not push tls-ekm: keys come from the PRF."""
+        scenario = Scenario(transport=transport, protection=Protection.TLS_AUTH)
+        with (
+            netns_pair_context() as pair,
+            OpenVpnServer.start(
+                pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
+            ) as server,
+        ):
+            result = run_engine(pair, scenario, pki_files, tmp_path, "--prf")
+            assert result.get("echo_reply"), f"{result}\nserver log:\n{server.log_text()[-3000:]}"
+            assert result["key_derivation"] == "tls1-prf"
+
+    def test_engine_without_ekm_is_refused_by_a_server_forcing_it(
+        pki_files: PkiFiles, tmp_path: Path
+    ) -> None:
+        scenario = Scenario(protection=Protection.TLS_AUTH, force_ekm=True)
+        with (
+            netns_pair_context() as pair,
+            OpenVpnServer.start(
+                pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
+            ),
+        ):
+            result = run_engine(pair, scenario, pki_files, tmp_path, "--prf")
+            assert not result.get("echo_reply")
+            assert "authentication failed" in result.get("failure", ""), result
+            assert result["events"][-1] == "SessionEnded"
 
 
 if __name__ == "__main__":
