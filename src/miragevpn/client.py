@@ -222,7 +222,7 @@ class Client:
         self._events: collections.deque[Event] = collections.deque()
         self._tunnel: list[bytes] = []
         self.stats = Stats()
-        self._state: State = Resolving()
+        self._state: State = Waiting(now)  # the first attempt starts at once
         self._start_attempt(now)
 
     # ------------------------------------------------------------------ public surface
