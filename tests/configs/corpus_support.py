@@ -25,9 +25,18 @@ from tests.helpers.pki import Pki
 
 CORPUS = Path(__file__).parent / "corpus"
 OPENVPN = "/usr/sbin/openvpn"
-FILE_DIRECTIVES = (
-    "ca cert key tls-auth tls-crypt tls-crypt-v2 secret pkcs12 auth-user-pass extra-certs"
-).split()
+FILE_DIRECTIVES = [
+    "ca",
+    "cert",
+    "key",
+    "tls-auth",
+    "tls-crypt",
+    "tls-crypt-v2",
+    "secret",
+    "pkcs12",
+    "auth-user-pass",
+    "extra-certs",
+]
 
 
 def pkcs12_der(pki: Pki) -> bytes:
