@@ -61,6 +61,8 @@ __all__ = [
     "TlsCryptWrap",
     "make_wrap",
     "static_key_slices",
+    "tls_crypt_open",
+    "tls_crypt_seal",
 ]
 
 # `auth` digests usable for tls-auth, with their output sizes (= HMAC key sizes, crypto.c).
@@ -97,6 +99,28 @@ def static_key_slices(key: StaticKey, direction: KeyDirection | None) -> tuple[b
     if direction is KeyDirection.NORMAL:
         return keys[0], keys[1]
     return keys[1], keys[0]
+
+
+def tls_crypt_seal(*, cipher_key: bytes, auth_key: bytes, clear: bytes, plaintext: bytes) -> bytes:
+    """The tls-crypt primitive (tls_crypt.c: tls_crypt_wrap): `tag || ciphertext` with
+    tag = HMAC-SHA256(auth_key, clear || plaintext), ciphertext = AES-256-CTR(cipher_key,
+    IV = tag[:16], plaintext). `clear` is what travels in clear before the tag (for control
+    packets: byte0 | session id | replay id | time). Also how a tls-crypt-v2 WKc is made."""
+    tag = hmac.digest(auth_key, clear + plaintext, "sha256")
+    encryptor = Cipher(algorithms.AES(cipher_key), modes.CTR(tag[:16])).encryptor()
+    return tag + encryptor.update(plaintext) + encryptor.finalize()
+
+
+def tls_crypt_open(*, cipher_key: bytes, auth_key: bytes, clear: bytes, sealed: bytes) -> bytes:
+    """Inverse of `tls_crypt_seal`: the plaintext, or AuthenticationError."""
+    if len(sealed) < TLS_CRYPT_TAG_SIZE:
+        raise DecodeError("tls-crypt data shorter than its tag")
+    tag = sealed[:TLS_CRYPT_TAG_SIZE]
+    decryptor = Cipher(algorithms.AES(cipher_key), modes.CTR(tag[:16])).decryptor()
+    plaintext = decryptor.update(sealed[TLS_CRYPT_TAG_SIZE:]) + decryptor.finalize()
+    if not hmac.compare_digest(tag, hmac.digest(auth_key, clear + plaintext, "sha256")):
+        raise AuthenticationError("tls-crypt tag mismatch")
+    return plaintext
 
 
 class ControlChannelWrap(Protocol):
@@ -217,7 +241,8 @@ class TlsCryptWrap:
     """tls-crypt: AES-256-CTR + HMAC-SHA256 (SIV-like), fixed roles (reference §3.1, §3.2).
 
     The client is INVERSE (sends with keys[1]); `direction=KeyDirection.NORMAL` gives the
-    server's view, for tests and for a dynamic tls-crypt key built from another 256 bytes."""
+    server's view, for tests. Dynamic tls-crypt (reference §3.5) is this class over the
+    EKM-derived 256 bytes XOR the original key, with its own counter and window."""
 
     __slots__ = (
         "_counter",
@@ -239,9 +264,9 @@ class TlsCryptWrap:
         time: int | None = None,
     ) -> None:
         out_slot, in_slot = static_key_slices(key, direction)
-        self._out_cipher = algorithms.AES(out_slot[:_TLS_CRYPT_KEY_SIZE])
+        self._out_cipher = out_slot[:_TLS_CRYPT_KEY_SIZE]
         self._out_auth = out_slot[64 : 64 + 32]
-        self._in_cipher = algorithms.AES(in_slot[:_TLS_CRYPT_KEY_SIZE])
+        self._in_cipher = in_slot[:_TLS_CRYPT_KEY_SIZE]
         self._in_auth = in_slot[64 : 64 + 32]
         self._counter = _LongFormCounter(next_replay_id, time)
         self._replay = LongReplayWindow(replay_window.packets, replay_window.seconds)
@@ -254,21 +279,24 @@ class TlsCryptWrap:
             + packet.session_id
             + _REPLAY.pack(replay_id, time)
         )
-        body = encode_control_body(packet)
-        tag = hmac.digest(self._out_auth, clear + body, "sha256")
-        encryptor = Cipher(self._out_cipher, modes.CTR(tag[:16])).encryptor()
-        return clear + tag + encryptor.update(body) + encryptor.finalize()
+        sealed = tls_crypt_seal(
+            cipher_key=self._out_cipher,
+            auth_key=self._out_auth,
+            clear=clear,
+            plaintext=encode_control_body(packet),
+        )
+        return clear + sealed
 
     def unwrap(self, data: bytes, now: float) -> ControlPacket:
         clear_size = _HEADER_SIZE + _REPLAY_SIZE
         opcode, key_id = _split_header(data, clear_size + TLS_CRYPT_TAG_SIZE)
         clear = data[:clear_size]
-        tag = data[clear_size : clear_size + TLS_CRYPT_TAG_SIZE]
-        decryptor = Cipher(self._in_cipher, modes.CTR(tag[:16])).decryptor()
-        body = decryptor.update(data[clear_size + TLS_CRYPT_TAG_SIZE :]) + decryptor.finalize()
-        expected = hmac.digest(self._in_auth, clear + body, "sha256")
-        if not hmac.compare_digest(tag, expected):
-            raise AuthenticationError("tls-crypt tag mismatch")
+        body = tls_crypt_open(
+            cipher_key=self._in_cipher,
+            auth_key=self._in_auth,
+            clear=clear,
+            sealed=data[clear_size:],
+        )
         replay_id, time = _REPLAY.unpack_from(clear, _HEADER_SIZE)
         self._replay.check_and_record(replay_id, time, now)
         return decode_control_body(opcode, key_id, clear[1:_HEADER_SIZE], body)

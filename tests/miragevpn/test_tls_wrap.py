@@ -38,6 +38,8 @@ from miragevpn.tls_wrap import (
     TlsCryptV2Wrap,
     TlsCryptWrap,
     make_wrap,
+    tls_crypt_open,
+    tls_crypt_seal,
 )
 
 # tests/unit_tests/openvpn/test_pkt.c (OpenVPN release/2.6): `static_key` and the captured
@@ -305,3 +307,89 @@ def test_authenticated_garbage_body_is_a_decode_error(body: bytes, digest: str) 
     name = digest.lower()
     wire = header + hmac.digest(key, replay + header + body, name) + replay + body
     _hostile(TlsAuthWrap(STATIC_KEY, None, digest), wire)
+
+
+# ---------------------------------------------------------------------------- the primitive
+
+# tests/unit_tests/openvpn/test_tls_crypt.c (release/2.6): test_tls_crypt_secure_reneg_key.
+# The EKM is mocked to all 0xba, so both dynamic tls-crypt keys are 0xba * 32; packet id 1,
+# time 0, no opcode/session id in front; output = pid | time | tag | ciphertext.
+SECURE_RENEG_OUTPUT = bytes.fromhex(
+    "0000000100000000e319277f1c8d6e6a7796a855337b9cfb56e1f13a870e6647dfa195c92c17a015"
+    "ba4967a11d55ea1a06a7"
+)
+
+
+def test_tls_crypt_primitive_openvpn_vector() -> None:
+    clear = bytes.fromhex("00000001 00000000")
+    sealed = tls_crypt_seal(
+        cipher_key=b"\xba" * 32, auth_key=b"\xba" * 32, clear=clear, plaintext=b"1234567890"
+    )
+    assert clear + sealed == SECURE_RENEG_OUTPUT
+    opened = tls_crypt_open(
+        cipher_key=b"\xba" * 32, auth_key=b"\xba" * 32, clear=clear, sealed=sealed
+    )
+    assert opened == b"1234567890"
+    with pytest.raises(AuthenticationError):
+        tls_crypt_open(cipher_key=b"\xba" * 32, auth_key=b"\xba" * 32, clear=b"x", sealed=sealed)
+
+
+def test_dynamic_tls_crypt_key_is_a_tls_crypt_wrap() -> None:
+    """The dynamic key of the same vector, used as a 256-byte tls-crypt key: the wrap adds
+    byte0 | session id in front, so only the ciphertext length and round trip are comparable."""
+    key = StaticKey(Secret(b"\xba" * 256))
+    client = TlsCryptWrap(key, time=0)
+    server = TlsCryptWrap(key, direction=KeyDirection.NORMAL)
+    p = ControlPacket(Opcode.P_CONTROL_SOFT_RESET_V1, 1, b"cccccccc", (), None, 0)
+    assert server.unwrap(client.wrap(p, NOW), NOW) == p
+
+
+# test_tls_crypt.c: test_server_key (bytes 00..7f: Ke = 00..1f, Ka = 40..5f) and the WKc of
+# test_client_key (default TIMESTAMP metadata, time 0) and test_client_key_metadata (USER
+# metadata, base64 AABBCCDD), taken from the PEM bodies after Kc = 00..ff (reference §11.3).
+WKC_TIMESTAMP = bytes.fromhex(
+    "177da5c074a94619b16be4acb71f1a6ccf24f33c6bbaf498459d5f06c369d495"
+    "2c78396efd93c2598f4771e068cafca3d2d387d87151392b1f74b43df2913707"
+    "2ca3ceae6bf741153c97b0cf6d8386b0ddd4baa201fd024693fa44510e035c29"
+    "691009bc2624ad8995f9171c1c1b02d9a7efc02436e868e90085a8276a19a6f7"
+    "ce1daf85e16a18c3dd1a9ba46c5ad3deb70edd52f151e1be45dcd788c4c2a494"
+    "a8bc504fd650e46306093e7cfa75a1218f44f3277055aeef56dc2a68b5d36dee"
+    "ed3d927c407e90b18edacfdec7a6b037b0fe04c1b5c7d0fcea131721479cde64"
+    "459faad7b482e276dadcfa7cfc5b34fa149bbf6b49a33a03f1212516aed22162"
+    "6c7224d887cabc7f9c90c6376de16c6efd9e70b4f080674b4ece3e08b5323bed"
+    "f04e6114df11acb31e012b"
+)
+WKC_USER = bytes.fromhex(
+    "69eda75582aa170b8c9418fe28248cdb7761bea2d277aa1647eb3a9d94083733"
+    "e91489b4f2d96ef38e2941e4daac313d852c1429f3fc8595ebf6622d1ada6f35"
+    "294bca123751d2e8feeaa8076b1ca81f8554c76ac7527f651d3133c2ec70609c"
+    "ff4b97416128dd21eef4b36dbb7b40cef01fd9abd5e71cfccb744985b6969c00"
+    "68939b6064f293a8538169b483f30baf0a2b2eb7b34ea507059cd5b2ef8b0f2a"
+    "8b58ad65cc935deba32e34eb060386057db0ac0e1f27dc7f82c3593960d0590d"
+    "86093ad55480159785e3babe0a0e9aa0dd234740437855a3d0c4f9290216381f"
+    "978158db22c487d655659ae5d5e0f53b087f5f5efc0a41eb049625f4b3504b24"
+    "042a50c65b004b43fa58deab6372daf7a55eb630f41d068fb595cb230c225540"
+    "0e9753296d6ace0129"
+)
+
+
+@pytest.mark.parametrize(
+    ("wkc", "metadata"),
+    [(WKC_TIMESTAMP, b"\x01" + bytes(8)), (WKC_USER, bytes.fromhex("000000410820c3"))],
+)
+def test_openvpn_wkc_unwraps_with_the_primitive(wkc: bytes, metadata: bytes) -> None:
+    """WKc = T | AES-256-CTR(Ke, T[:16], Kc | metadata) | len, T = HMAC(Ka, len | Kc | meta)."""
+    length = wkc[-2:]
+    assert int.from_bytes(length, "big") == len(wkc)
+    plain = tls_crypt_open(
+        cipher_key=bytes(range(32)), auth_key=bytes(range(64, 96)), clear=length, sealed=wkc[:-2]
+    )
+    assert plain == bytes(range(256)) + metadata
+    rewrapped = tls_crypt_seal(
+        cipher_key=bytes(range(32)), auth_key=bytes(range(64, 96)), clear=length, plaintext=plain
+    )
+    assert rewrapped + length == wkc
+    # and the client sends it verbatim after its V3 reset
+    client = TlsCryptV2Wrap(StaticKey(Secret(bytes(range(256)))), wkc)
+    v3 = ControlPacket(Opcode.P_CONTROL_HARD_RESET_CLIENT_V3, 0, b"cccccccc", (), None, 0)
+    assert client.wrap(v3, NOW)[-len(wkc) :] == wkc
