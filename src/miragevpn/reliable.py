@@ -35,13 +35,35 @@ from .packet import (
     Opcode,
 )
 
-__all__ = ["ACK_MRU_SIZE", "RECEIVE_WINDOW", "SEND_WINDOW", "ReliableChannel"]
+__all__ = [
+    "ACK_MRU_SIZE",
+    "DEFAULT_TLS_MTU",
+    "RECEIVE_WINDOW",
+    "SEND_WINDOW",
+    "ReliableChannel",
+    "max_control_payload",
+]
 
 SEND_WINDOW = 6  # ssl_pkt.h: TLS_RELIABLE_N_SEND_BUFFERS
 RECEIVE_WINDOW = 12  # ssl_pkt.h: TLS_RELIABLE_N_REC_BUFFERS
 FAST_RETRANSMIT_ACKS = 3  # reliable.h: N_ACK_RETRANSMIT
 ACK_MRU_SIZE = ACK_V1_MAX_ACKS  # reliable.h: the ack MRU holds RELIABLE_ACK_SIZE ids
 DUE_NOW = 0.0  # next_deadline() when output is waiting for the next packets_to_send call
+DEFAULT_TLS_MTU = 1250  # options.c: --tls-mtu default (whole IP datagram of a control packet)
+_IP_UDP_OVERHEAD = {False: 28, True: 48}  # IPv4 + UDP, IPv6 + UDP (reference §1.7)
+
+
+def max_control_payload(
+    *, wrap_overhead: int, tls_mtu: int = DEFAULT_TLS_MTU, ipv6: bool = False, extra: int = 0
+) -> int:
+    """The largest TLS chunk for one P_CONTROL_V1 so that the IP datagram fits `tls_mtu`
+    (reference §1.7): opcode, session id, 4 piggy-backed acks with the remote session id, the
+    sequence number, the wrap's overhead and `extra` (e.g. a tls-crypt-v2 WKc)."""
+    header = 1 + 8 + 1 + 4 * CONTROL_MAX_ACKS + 8 + 4
+    budget = tls_mtu - _IP_UDP_OVERHEAD[ipv6] - header - wrap_overhead - extra
+    if budget <= 0:
+        raise ValueError("tls-mtu too small for a control packet")
+    return budget
 
 
 @dataclass(slots=True)

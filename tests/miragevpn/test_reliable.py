@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from miragevpn.packet import ControlPacket, Opcode, decode_control, encode_control
-from miragevpn.reliable import RECEIVE_WINDOW, SEND_WINDOW, ReliableChannel
+from miragevpn.reliable import (
+    RECEIVE_WINDOW,
+    SEND_WINDOW,
+    ReliableChannel,
+    max_control_payload,
+)
 
 ME = b"client00"
 THEM = b"server00"
@@ -211,3 +216,12 @@ def test_lossy_network_delivers_everything_in_order(
     assert got[id(b)] == sent[id(a)]
     assert got[id(a)] == sent[id(b)]
     assert a.all_sent_acknowledged and b.all_sent_acknowledged
+
+
+def test_max_control_payload_fits_tls_mtu() -> None:
+    budget = max_control_payload(wrap_overhead=40)  # tls-crypt, IPv4
+    p = ControlPacket(C, 0, ME, (1, 2, 3, 4), THEM, 9, bytes(budget))
+    assert 28 + len(encode_control(p)) + 40 == 1250
+    assert max_control_payload(wrap_overhead=28, ipv6=True) == budget + 40 - 28 - 20
+    with pytest.raises(ValueError):
+        max_control_payload(wrap_overhead=40, tls_mtu=100)
