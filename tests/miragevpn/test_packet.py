@@ -214,3 +214,21 @@ def test_tlv_round_trip(tlvs: list[tuple[int, bytes]]) -> None:
 def test_tlv_hostile(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         early_negotiation_flags(data)
+
+
+control_byte0 = st.sampled_from(
+    [(op << 3) | kid for op in Opcode if is_control(op) for kid in (0, 1, 7)]
+)
+
+
+@given(control_byte0, st.binary(min_size=8, max_size=8), st.integers(0, 12), st.binary(max_size=90))
+def test_decode_control_hostile_plausible_headers(
+    byte0: int, sid: bytes, ack_count: int, rest: bytes
+) -> None:
+    """Bytes that get past the opcode and session id, so the ack and sequence parsing is hit."""
+    data = bytes([byte0]) + sid + bytes([ack_count]) + rest
+    try:
+        p = decode_control(data)
+    except DecodeError:
+        return
+    assert encode_control(p) == data

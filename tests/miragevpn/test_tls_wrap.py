@@ -393,3 +393,24 @@ def test_openvpn_wkc_unwraps_with_the_primitive(wkc: bytes, metadata: bytes) -> 
     client = TlsCryptV2Wrap(StaticKey(Secret(bytes(range(256)))), wkc)
     v3 = ControlPacket(Opcode.P_CONTROL_HARD_RESET_CLIENT_V3, 0, b"cccccccc", (), None, 0)
     assert client.wrap(v3, NOW)[-len(wkc) :] == wkc
+
+
+@given(
+    st.sampled_from([0x20, 0x28, 0x38, 0x40, 0x18, 0x50, 0x58, 0x30, 0x48, 0x00]),
+    st.binary(min_size=8, max_size=8),
+    st.binary(max_size=120),
+)
+def test_unwrap_hostile_plausible_headers(byte0: int, sid: bytes, rest: bytes) -> None:
+    data = bytes([byte0]) + sid + rest
+    _hostile(PlainWrap(), data)
+    _hostile(TlsAuthWrap(STATIC_KEY, KeyDirection.NORMAL, "SHA256"), data)
+    _hostile(TlsCryptWrap(STATIC_KEY, direction=KeyDirection.NORMAL), data)
+
+
+@given(st.binary(min_size=1, max_size=60))
+def test_tls_crypt_authenticated_garbage_body(body: bytes) -> None:
+    """A peer with the tls-crypt key sends a malformed body: DecodeError, nothing else."""
+    clear = bytes.fromhex("20") + b"abcdefgh" + bytes.fromhex("00000001 00000001")
+    raw = STATIC_KEY.key.value
+    sealed = tls_crypt_seal(cipher_key=raw[:32], auth_key=raw[64:96], clear=clear, plaintext=body)
+    _hostile(TlsCryptWrap(STATIC_KEY, direction=KeyDirection.INVERSE), clear + sealed)
