@@ -1,0 +1,267 @@
+"""Small extensions of the test helpers for `bench/compare.py` (not a test module).
+
+- `Pinger`: ICMP echo from inside a namespace on a raw socket (no process spawn per probe), so
+  "time to tunnel up" has ~5 ms resolution and costs the same for every client.
+- `iperf3`: one iperf3 run between two namespaces (a one-off server per run, so a broken run
+  never leaves a busy server behind), returning the parsed JSON.
+- `ProcStats`: CPU seconds and peak RSS of a process from /proc.
+- `PySpy`: optional py-spy sampling of a process, reduced to "top functions by self time".
+
+Everything is bounded by timeouts; processes are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.netns import Netns, stop_process, wait_until
+
+IPERF3 = shutil.which("iperf3") or "/usr/bin/iperf3"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- ping
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+class Pinger:
+    """ICMP echo requests to `address` from a raw socket created inside `ns`."""
+
+    def __init__(self, ns: Netns, address: str) -> None:
+        self.address = address
+        self.sock: socket.socket = ns.call(
+            lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        )
+        self.sock.setblocking(False)
+        self.ident = (os.getpid() ^ id(self)) & 0xFFFF
+        self.seq = 0
+
+    def probe(self, wait: float) -> bool:
+        """Send one echo request; True if any echo reply of ours arrives within `wait` seconds.
+
+        While the tunnel is down, sending fails (no route): that is a "no"."""
+        self.seq = (self.seq + 1) & 0xFFFF
+        body = struct.pack("!HH", self.ident, self.seq) + b"miragevpn-bench!"
+        header = struct.pack("!BBH", 8, 0, 0)
+        packet = struct.pack("!BBH", 8, 0, _checksum(header + body)) + body
+        try:
+            self.sock.sendto(packet, (self.address, 0))
+        except OSError:
+            time.sleep(wait)
+            return False
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                break
+            for _ in range(64):  # bounded drain
+                try:
+                    data, (source, _) = self.sock.recvfrom(2048)
+                except BlockingIOError:
+                    break
+                ihl = (data[0] & 0x0F) * 4
+                if len(data) < ihl + 8 or source != self.address:
+                    continue
+                kind, _, _, ident = struct.unpack("!BBHH", data[ihl : ihl + 6])
+                if kind == 0 and ident == self.ident:
+                    return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# --------------------------------------------------------------------------- iperf3
+
+
+def _listening(ns: Netns, port: int) -> bool:
+    out = ns.run(["ss", "-Hltn", f"sport = :{port}"], timeout=10, check=False).stdout
+    return bool(out.strip())
+
+
+def iperf3(
+    server_ns: Netns,
+    client_ns: Netns,
+    address: str,
+    seconds: float,
+    args: tuple[str, ...] = (),
+    *,
+    port: int = 5201,
+) -> dict[str, Any]:
+    """Run `iperf3 -c address -t seconds -J *args` in client_ns against a one-off server.
+
+    Raises RuntimeError with iperf3's message if the run fails."""
+    server = server_ns.spawn([IPERF3, "-s", "-1", "-B", address, "-p", str(port)])
+    try:
+        wait_until(lambda: _listening(server_ns, port), 10, what="iperf3 server listening")
+        argv = [IPERF3, "-c", address, "-p", str(port), "-t", f"{seconds:g}", "-J", *args]
+        result = client_ns.run(argv, timeout=seconds + 40, check=False)
+    finally:
+        stop_process(server, 3.0)
+    try:
+        report: dict[str, Any] = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"iperf3 {' '.join(args)}: {result.stderr or result.stdout}") from None
+    if "error" in report:
+        raise RuntimeError(f"iperf3 {' '.join(args)}: {report['error']}")
+    return report
+
+
+def tcp_mbits(report: dict[str, Any]) -> tuple[float, int]:
+    """(Mbit/s measured by the receiver, TCP retransmissions by the sender)."""
+    end = report["end"]
+    return end["sum_received"]["bits_per_second"] / 1e6, int(end["sum_sent"].get("retransmits", 0))
+
+
+@dataclass(frozen=True)
+class UdpResult:
+    offered_pps: float  # packets/s the sender wrote
+    received_pps: float  # packets/s that reached the far iperf3
+    loss_percent: float
+
+
+def udp_rates(report: dict[str, Any]) -> UdpResult:
+    """Packet rates of a `-u` run (either direction): iperf3's end summary counts, for the
+    receiving side, `packets` sent and `lost_packets` of those."""
+    summary = report["end"]["sum"]
+    seconds = float(summary["seconds"]) or 1.0
+    sent = int(summary["packets"])
+    lost = max(0, int(summary["lost_packets"]))
+    return UdpResult(sent / seconds, (sent - lost) / seconds, 100.0 * lost / max(sent, 1))
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+@dataclass
+class ProcStats:
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """utime + stime so far (0 if the process is gone)."""
+        try:
+            text = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = text[text.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def status_kib(self, key: str) -> int | None:
+        """A `VmHWM`/`VmRSS`-style line of /proc/PID/status, in KiB."""
+        try:
+            lines = Path(f"/proc/{self.pid}/status").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return None
+
+
+class CpuMeter:
+    """CPU percent of some processes over an interval: `with CpuMeter(stats) as m: ...`."""
+
+    def __init__(self, *procs: ProcStats) -> None:
+        self.procs = procs
+        self.percent: list[float] = [0.0] * len(procs)
+
+    def __enter__(self) -> CpuMeter:
+        self._t0 = time.monotonic()
+        self._c0 = [p.cpu_seconds() for p in self.procs]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = max(time.monotonic() - self._t0, 1e-6)
+        self.percent = [
+            100.0 * (p.cpu_seconds() - c0) / elapsed
+            for p, c0 in zip(self.procs, self._c0, strict=True)
+        ]
+
+
+# --------------------------------------------------------------------------- py-spy
+
+
+def find_py_spy() -> str | None:
+    here = Path(sys.executable).with_name("py-spy")  # the venv's, if installed there
+    return str(here) if here.exists() else shutil.which("py-spy")
+
+
+class PySpy:
+    """`py-spy record --format raw` of one process for a while; `top_self()` afterwards."""
+
+    def __init__(
+        self, exe: str, pid: int, seconds: float, out: Path, *, native: bool = False
+    ) -> None:
+        self.out = out
+        argv = [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, int(seconds))),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ]
+        argv += ["--native"] if native else ["--nonblocking"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.timeout = seconds + 30
+
+    def finish(self) -> None:
+        try:
+            self.proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc, 2.0)
+        if self.proc.stderr is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stderr.close()
+
+    def stop(self) -> None:
+        stop_process(self.proc, 2.0)
+
+    def top_self(self, n: int = 15) -> list[tuple[str, float]]:
+        """(function (file:line), percent of samples) with the most self time."""
+        return top_self(self.out, n)
+
+
+def top_self(collapsed: Path, n: int = 15) -> list[tuple[str, float]]:
+    """Top `n` leaf frames of a collapsed-stack file ("a;b;c count" per line) by self time."""
+    counts: Counter[str] = Counter()
+    total = 0
+    try:
+        lines = collapsed.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        counts[leaf] += int(count)
+        total += int(count)
+    return [(leaf, 100.0 * c / total) for leaf, c in counts.most_common(n)] if total else []
