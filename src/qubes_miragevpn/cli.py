@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='tun device name (default: the config\'s "dev"; "tun" lets the kernel pick tunN)',
     )
     parser.add_argument(
+        "--no-tls-ekm",
+        action="store_true",
+        help="do not offer TLS-EKM key derivation: data keys come from OpenVPN's TLS 1.0 PRF "
+        "(for servers with a broken exporter; a server with force-tls-key-material-export "
+        "then refuses us)",
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -144,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.SETUP_FAILED
     service = Service(
         config,
-        client_factory=default_client_factory(credentials),
+        client_factory=default_client_factory(credentials, tls_ekm=not args.no_tls_ekm),
         network=network,
         tun_name=tun_name_pattern(args.dev or config.dev),
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import importlib
 import ipaddress
 import logging
 import os
@@ -31,7 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, assert_never
 
-from miragevpn.config.model import AddressFamily, Config, Transport
+from miragevpn.client import Client
+from miragevpn.config.model import AddressFamily, AuthUserPass, Config, Transport
 from miragevpn.events import (
     ConnectionRequested,
     ControlMessageReceived,
@@ -427,14 +427,12 @@ class Service:
             self._network.close()
 
 
-def default_client_factory(credentials: object = None) -> ClientFactory:
-    """Build the real engine client (imported here so the service can be tested without it)."""
+def default_client_factory(
+    credentials: AuthUserPass | None = None, *, tls_ekm: bool = True
+) -> ClientFactory:
+    """Build the real engine client; `tls_ekm=False` keeps to the TLS 1.0 PRF key derivation."""
 
     def factory(config: Config, now: float) -> EngineClient:
-        client_class: Any = importlib.import_module("miragevpn.client").Client
-        client: EngineClient = client_class(
-            config, rng=os.urandom, now=now, credentials=credentials
-        )
-        return client
+        return Client(config, rng=os.urandom, now=now, credentials=credentials, tls_ekm=tls_ekm)
 
     return factory
