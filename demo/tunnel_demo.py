@@ -132,7 +132,7 @@ def tour(workdir: Path, *, real_client: bool) -> int:
             with client:
                 if isinstance(client, OurClient):
                     client.wait_tunnel_up()
-                show(f"tunnel up after {time.monotonic() - started:.2f}s; the client's log:")
+                show(f"started, tunnel up after {time.monotonic() - started:.2f}s; its log:")
                 lines = client.log_text().splitlines()
                 show("\n".join(lines[-14:]))
 

@@ -131,7 +131,7 @@ def open_tun(name: str) -> Tun:
     encoded = name.encode()
     if len(encoded) >= IFNAMSIZ:
         raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes")
-    log.info("creating tun device %s", name)
+    log.info("creating tun device %s", name if "%d" not in name else f"{name} (next free number)")
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         result = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(encoded, IFF_TUN | IFF_NO_PI))

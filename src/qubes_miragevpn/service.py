@@ -282,8 +282,9 @@ class Service:
                     log.info("session ended: %s", reason)
                     self._finish(Outcome(ExitCode.OK, reason))
                 else:
-                    log.error("session ended: %s (%s)", reason, error)
-                    self._finish(Outcome(ExitCode.SESSION_FAILED, f"{reason}: {error}"))
+                    detail = reason if str(error) in reason else f"{reason} ({error})"
+                    log.error("session ended: %s", detail)
+                    self._finish(Outcome(ExitCode.SESSION_FAILED, detail))
             case _:
                 assert_never(event)
 
