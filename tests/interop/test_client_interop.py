@@ -8,6 +8,7 @@ Then the failure cases: server restart, a rejected certificate, a wrong tls-auth
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +174,11 @@ def test_redirect_gateway_def1(pki_files: PkiFiles, workdir: Path) -> None:
         assert tun_routes(pair.client) == before
 
 
-def test_server_restart_reconnects(pki_files: PkiFiles, workdir: Path) -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_server_restart_reconnects(pki_files: PkiFiles, workdir: Path, transport: str) -> None:
+    """UDP: the server's RESTART (explicit-exit-notify) triggers it; TCP: the closed stream."""
     scenario = Scenario(
-        transport="udp",
+        transport=transport,
         protection=Protection.TLS_AUTH,
         keepalive=(2, 10),
         server_explicit_exit_notify=True,
@@ -188,7 +191,9 @@ def test_server_restart_reconnects(pki_files: PkiFiles, workdir: Path) -> None:
         c.wait_tunnel_up()
         traffic(pair)
         server.restart()
+        restarted = time.monotonic()
         c.wait_tunnel_up(count=2, timeout=60)
+        print(f"{transport}: tunnel up again {time.monotonic() - restarted:.1f}s after restart")
         traffic(pair)
         assert c.stop() == 0
 
