@@ -244,24 +244,100 @@ class PySpy:
     def stop(self) -> None:
         stop_process(self.proc, 2.0)
 
-    def top_self(self, n: int = 15) -> list[tuple[str, float]]:
-        """(function (file:line), percent of samples) with the most self time."""
-        return top_self(self.out, n)
+    def summary(self, n: int = 15) -> dict[str, list[tuple[str, float]]]:
+        return profile_summary(self.out, n)
 
 
-def top_self(collapsed: Path, n: int = 15) -> list[tuple[str, float]]:
-    """Top `n` leaf frames of a collapsed-stack file ("a;b;c count" per line) by self time."""
-    counts: Counter[str] = Counter()
+# Where a leaf frame's self time goes: syscalls are attributed by py-spy to the Python line
+# that calls into C, so the lines doing IO are named here.
+_SYSCALL_LINES = {
+    "sendto (asyncio/selector_events.py": "syscall: UDP send",
+    "_read_ready (asyncio/selector_events.py": "syscall: UDP recv",
+    "Tun.write (qubes_miragevpn/netlink.py": "syscall: tun write",
+    "Tun.read (qubes_miragevpn/netlink.py": "syscall: tun read",
+    "EpollSelector.select (selectors.py": "syscall: epoll",
+}
+_SYSCALL_CALLS = (".send(", ".recvfrom(", "os.write(", "os.read(", ".poll(", ".recv(")
+
+
+def _category(leaf: str) -> str:
+    file = leaf[leaf.find("(") + 1 : leaf.rfind(":")] if "(" in leaf else leaf
+    if "cryptography/" in file:
+        return "cryptography (AEAD calls)"
+    if "asyncio/" in file or "selectors.py" in file:
+        return "asyncio event loop"
+    if "qubes_miragevpn/" in file:
+        return "runtime (service/transport)"
+    if "miragevpn/" in file:
+        return "engine (client/sessioncrypto)"
+    return "other"
+
+
+def profile_summary(collapsed: Path, n: int = 15) -> dict[str, list[tuple[str, float]]]:
+    """From a collapsed-stack file ("f (file:line);g (file:line) count" per line):
+
+    - "self": the top `n` functions by self time (lines merged into their function);
+    - "lines": the top `n` (function, line) leaves, which name the syscall lines;
+    - "categories": self time by area, syscalls (identified by line) apart;
+    - "inclusive": the top `n` functions by time including callees."""
+    functions: Counter[str] = Counter()
+    lines_: Counter[str] = Counter()
+    categories: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
     total = 0
     try:
-        lines = collapsed.read_text(errors="replace").splitlines()
+        text = collapsed.read_text(errors="replace").splitlines()
     except OSError:
-        return []
-    for line in lines:
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        return {}
+    for line in text:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        counts[leaf] += int(count)
-        total += int(count)
-    return [(leaf, 100.0 * c / total) for leaf, c in counts.most_common(n)] if total else []
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        leaf = frames[-1]
+        lines_[leaf] += count
+        functions[_strip_line(leaf)] += count
+        for frame in {_strip_line(f) for f in frames}:
+            inclusive[frame] += count
+        category = _category(leaf)
+        for prefix, name in _SYSCALL_LINES.items():
+            if prefix in leaf and _is_io_line(leaf):
+                category = name
+        categories[category] += count
+    if not total:
+        return {}
+
+    def top(counter: Counter[str], k: int) -> list[tuple[str, float]]:
+        return [(key, 100.0 * c / total) for key, c in counter.most_common(k)]
+
+    return {
+        "samples": [("samples", float(total))],
+        "categories": top(categories, 20),
+        "self": top(functions, n),
+        "lines": top(lines_, n),
+        "inclusive": top(inclusive, n + 10),
+    }
+
+
+def _strip_line(frame: str) -> str:
+    """ "f (file.py:12)" -> "f (file.py)"."""
+    head, sep, _ = frame.rpartition(":")
+    return head + ")" if sep and frame.endswith(")") else frame
+
+
+def _is_io_line(leaf: str) -> bool:
+    """Is the source line of this frame a call into the kernel (read, write, send, ...)?"""
+    import linecache
+
+    file = leaf[leaf.find("(") + 1 : leaf.rfind(":")]
+    try:
+        number = int(leaf[leaf.rfind(":") + 1 : -1])
+    except ValueError:
+        return False
+    for base in (*sys.path, str(Path(__file__).resolve().parents[1] / "src")):
+        source = linecache.getline(str(Path(base) / file), number)
+        if source:
+            return any(call in source for call in _SYSCALL_CALLS)
+    return True  # source not found: trust the function name

@@ -281,7 +281,7 @@ def run_contender(
                     + cpu_text(cpu)
                 )
             if profiler is not None:
-                extra["profiles"][test] = profiler.top_self(args.profile_top)
+                extra["profiles"][test] = profiler.summary(args.profile_top)
         hwm = stats.status_kib("VmHWM")
         metrics["rss_peak_mb"] = hwm / 1024 if hwm is not None else None
     finally:
@@ -351,6 +351,20 @@ def table(results: dict[str, dict[str, float | None]]) -> tuple[str, list[dict[s
         if n == 0:
             out.append("-+-".join("-" * w for w in widths))
     return "\n".join(out), rows
+
+
+def print_profile(test: str, summary: dict[str, list[tuple[str, float]]]) -> None:
+    samples = int(summary["samples"][0][1]) if summary.get("samples") else 0
+    print(f"\nours, {test}: py-spy, {samples} samples (RESULTS/profile-{test}.txt)")
+    for title, key in (
+        ("self time by area", "categories"),
+        ("top functions by self time", "self"),
+        ("top lines by self time", "lines"),
+        ("top functions including callees", "inclusive"),
+    ):
+        print(f"  {title}:")
+        for frame, percent in summary.get(key, []):
+            print(f"    {percent:5.1f}%  {frame}")
 
 
 def versions() -> dict[str, str]:
@@ -439,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         "protection": args.protection,
         "small_size": args.small_size,
         "profiled": args.profile,
+        "loadavg_before": os.getloadavg()[0],
         **versions(),
     }
     with tempfile.TemporaryDirectory(prefix="mvpn-bench-") as tmp, netns_pair_context() as pair:
@@ -466,22 +481,22 @@ def main(argv: list[str] | None = None) -> int:
             for name, extra in extras.items():
                 if "log" in extra:
                     (logs / f"{name}.log").write_text(extra.pop("log"))
+    meta["loadavg_after"] = os.getloadavg()[0]
     text, rows = table(results)
     print()
     print(
         f"{args.proto.upper()} tunnel, {meta['cipher']}, {args.protection}, server DCO "
         f"{meta['server_dco']}, {meta['cpus']} CPUs, {args.seconds:g}s per run, "
-        f"small packets {args.small_size} B UDP payload"
+        f"small packets {args.small_size} B UDP payload, load average "
+        f"{meta['loadavg_before']:.2f} before (other work on this machine skews the numbers)"
         + (" (PROFILED: ours slowed by py-spy)" if args.profile else "")
     )
     print(text)
     for name, extra in extras.items():
         for test, error in extra.get("errors", {}).items():
             print(f"{name} {test}: ERROR {error.splitlines()[0] if error else ''}")
-        for test, top in extra.get("profiles", {}).items():
-            print(f"\nours, {test}: top functions by self time (py-spy)")
-            for frame, percent in top:
-                print(f"  {percent:5.1f}%  {frame}")
+        for test, summary in extra.get("profiles", {}).items():
+            print_profile(test, summary)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps({"meta": meta, "rows": rows, "raw": results, "extra": extras}, indent=2) + "\n"
