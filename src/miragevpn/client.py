@@ -1,19 +1,17 @@
 """The OpenVPN client state machine: the one object a runtime drives (docs/ARCHITECTURE.md).
 
-States (per-state data in per-state dataclasses; `_TRANSITIONS` lists the legal moves):
-
-    Resolving ─resolved─▶ Connecting ─connected─▶ Handshaking ─key-method-2─▶ Pulling
-        ▲                      │ failed/timeout        │ hand-window, TLS error...   │ PUSH_REPLY
-        └──────── Waiting ◀────┴───────────────────────┴─────────────────────────────┤
-                     ▲                                                          Established
-                     └── ping-restart, RESTART, EXIT, TCP decode error ◀────────────┘
-    any ─close()/HALT/AUTH_FAILED/ping-exit/retries exhausted─▶ Closing ─▶ Ended
+The states, their data and the legal moves are in clientstate.py; this module is the behaviour.
 
 Receive pipeline (`receive`): [TCP: deframe] → opcode byte → data packet: key by key id →
 decrypt (AEAD + replay) → ping? drop : tunnel packet; control packet: unwrap (tls-auth /
 tls-crypt: authenticate, replay) → session ids → key state (reliable → TLS → text) → control
 messages. Send pipeline: key states' reliable packets → wrap → [TCP: frame] (`data_to_send`);
-`encrypt_tunnel_packet` → data key → encrypt → [TCP: frame].
+`encrypt_tunnel_packet` → send key → encrypt → [TCP: frame].
+
+Renegotiation (reference §8): the server's P_CONTROL_SOFT_RESET_V1 for a new key id, or our
+own trigger (reneg-sec since the key became active, reneg-bytes, reneg-pkts, replay ids near
+exhaustion), starts a new key state; the old data key becomes the lame duck (datakeys.py says
+which key we send with, and when the lame duck dies).
 
 UDP: a bad, unauthenticated or replayed packet is dropped and counted in `stats`; TCP: a
 broken frame ends the session (restart), as OpenVPN does.
@@ -23,10 +21,26 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-from . import sessioncrypto
+from .clientstate import (
+    TRANSITIONS,
+    Closing,
+    Connecting,
+    Ended,
+    Established,
+    Handshaking,
+    Pulling,
+    Renegotiation,
+    Resolving,
+    Session,
+    State,
+    Stats,
+    Waiting,
+    next_key_id,
+)
 from .config.model import AuthUserPass, Config, Secret, Transport
+from .datachannel import OCC_EXIT_MESSAGE, OCC_MAGIC, PING_MAGIC
+from .datakeys import DataChannelParams, DataKeys, derive_key2
 from .errors import (
     AuthenticationError,
     DecodeError,
@@ -46,10 +60,9 @@ from .events import (
     SessionRestarting,
     TlsEstablished,
     TunnelEstablished,
-    TunnelSettings,
 )
 from .framing import StreamDecoder, encode_frame
-from .keystate import KeyState, control_payload_size
+from .keystate import KeyState, client_key_method_2
 from .packet import ControlPacket, Opcode
 from .push import (
     AuthFailed,
@@ -66,10 +79,13 @@ from .push import (
     parse_control_message,
     parse_pushed_options,
 )
+from .reliable import max_control_payload
 from .remotes import Advance, RemoteSelector, RetriesExhausted
 from .tls import TlsSession, TlsSettings, build_context
-from .tls_wrap import ControlChannelWrap, TlsCryptV2Wrap, make_wrap
+from .tls_wrap import TlsCryptV2Wrap, make_wrap
 from .tunnelsettings import resolve_tunnel_settings
+
+__all__ = ["Client", "Stats"]
 
 Rng = Callable[[int], bytes]
 
@@ -77,123 +93,7 @@ PUSH_REQUEST_INTERVAL = 5.0  # push.c: PUSH_REQUEST_INTERVAL
 OCC_EXIT_INTERVAL = 1.0  # §6.8: one OCC_EXIT per second
 _OP_DATA_V1 = int(Opcode.P_DATA_V1)
 _OP_DATA_V2 = int(Opcode.P_DATA_V2)
-
-
-# --------------------------------------------------------------------------- stats
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters for status pages and tests (monotonic over the client's life)."""
-
-    packets_received: int = 0
-    packets_sent: int = 0
-    bytes_received: int = 0
-    bytes_sent: int = 0
-    tunnel_packets_in: int = 0  # decrypted, handed to tun
-    tunnel_packets_out: int = 0  # encrypted from tun
-    pings_sent: int = 0
-    pings_received: int = 0
-    restarts: int = 0
-    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
-
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] += 1
-
-
-# --------------------------------------------------------------------------- session
-
-
-@dataclass(slots=True)
-class Session:
-    """One connection to one server address: ids, wrapping, key states, link timers."""
-
-    transport: Transport
-    address: IPAddress
-    port: int
-    my_session_id: bytes
-    wrap: ControlChannelWrap
-    decoder: StreamDecoder | None  # TCP only
-    key_states: dict[int, KeyState]
-    their_session_id: bytes | None = None  # learnt from the server's reset
-    last_received: float = 0.0
-    last_sent: float = 0.0
-    text_out: list[bytes] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- states
-
-
-@dataclass(slots=True)
-class Resolving:
-    pass
-
-
-@dataclass(slots=True)
-class Connecting:
-    address: IPAddress
-    deadline: float  # connect-timeout
-
-
-@dataclass(slots=True)
-class Handshaking:
-    session: Session
-    deadline: float  # hand-window
-    poll_deadline: float | None  # server-poll-timeout until the server's reset arrives
-
-
-@dataclass(slots=True)
-class Pulling:
-    session: Session
-    deadline: float  # hand-window (AUTH_PENDING may extend it)
-    next_push_request: float
-    assembler: PushReplyAssembler
-
-
-@dataclass(slots=True)
-class Established:
-    session: Session
-    data: sessioncrypto.DataPath
-    pushed: PushedOptions
-    settings: TunnelSettings
-    ping: float | None
-    ping_restart: float | None
-    ping_exit: float | None
-    cc_exit: bool
-    exit_notify: int
-
-
-@dataclass(slots=True)
-class Closing:
-    session: Session
-    data: sessioncrypto.DataPath | None
-    deadline: float
-    next_occ_exit: float | None
-    reason: str
-
-
-@dataclass(slots=True)
-class Waiting:
-    until: float
-
-
-@dataclass(slots=True)
-class Ended:
-    pass
-
-
-State = Resolving | Connecting | Handshaking | Pulling | Established | Closing | Waiting | Ended
-
-_TRANSITIONS: dict[type, frozenset[type]] = {
-    Resolving: frozenset({Connecting, Waiting, Ended}),
-    Connecting: frozenset({Handshaking, Waiting, Ended}),
-    Handshaking: frozenset({Pulling, Waiting, Ended}),
-    Pulling: frozenset({Established, Waiting, Ended, Pulling}),
-    Established: frozenset({Waiting, Closing, Ended}),
-    Closing: frozenset({Ended}),
-    Waiting: frozenset({Resolving, Connecting, Ended}),
-    Ended: frozenset(),
-}
+_SESSION_STATES = (Handshaking, Pulling, Established, Closing)
 
 
 class Client:
@@ -270,12 +170,13 @@ class Client:
 
     def receive(self, data: bytes, now: float) -> None:
         state = self._state
-        if not isinstance(state, Handshaking | Pulling | Established | Closing):
+        if not isinstance(state, _SESSION_STATES):
             self.stats.drop("no session")
             return
         session = state.session
-        self.stats.packets_received += 1
-        self.stats.bytes_received += len(data)
+        stats = self.stats
+        stats.packets_received += 1
+        stats.bytes_received += len(data)
         if session.decoder is None:
             self._receive_packet(session, data, now)
             return
@@ -293,7 +194,10 @@ class Client:
         state = self._state
         if type(state) is not Established or not ip_packet:
             return None
-        wire = state.data.encrypt(ip_packet, now)
+        key = state.data.send_key
+        if key is None:
+            return None
+        wire = key.encrypt(ip_packet)
         session = state.session
         session.last_sent = now
         self.stats.tunnel_packets_out += 1
@@ -301,8 +205,10 @@ class Client:
 
     def data_to_send(self, now: float) -> list[bytes]:
         state = self._state
-        if not isinstance(state, Handshaking | Pulling | Established | Closing):
+        if not isinstance(state, _SESSION_STATES):
             return []
+        if isinstance(state, Established) and state.renegotiation is None:
+            self._maybe_renegotiate(state, now)
         session = state.session
         out: list[bytes] = []
         if session.text_out:
@@ -347,6 +253,13 @@ class Client:
                 deadlines.append(session.last_received + state.ping_restart)
             if state.ping_exit:
                 deadlines.append(session.last_received + state.ping_exit)
+            data_deadline = state.data.next_deadline()
+            if data_deadline is not None:
+                deadlines.append(data_deadline)
+            if state.renegotiation is not None:
+                deadlines.append(state.renegotiation.deadline)
+            else:
+                deadlines.append(self._renegotiation_deadline(state))
         elif isinstance(state, Closing):
             deadlines.append(state.deadline)
             if state.next_occ_exit is not None:
@@ -384,6 +297,10 @@ class Client:
                 self._end("no packet from the server for ping-exit seconds", None)
             elif state.ping_restart and now >= last + state.ping_restart:
                 self._fail("no packet from the server for ping-restart seconds", now)
+            elif state.renegotiation is not None and now >= state.renegotiation.deadline:
+                self._fail("key renegotiation did not finish within hand-window", now)
+            else:
+                self._data_keys_timer(state, now)
         elif isinstance(state, Closing) and now >= state.deadline:
             self._end(state.reason, None)
 
@@ -412,20 +329,26 @@ class Client:
             self.stats.drop("empty")
             return
         opcode = packet[0] >> 3
-        state = self._state
         if opcode in (_OP_DATA_V2, _OP_DATA_V1):  # the hot path
-            data = state.data if isinstance(state, Established | Closing) else None
+            state = self._state
+            data = state.data if isinstance(state, (Established, Closing)) else None
             if data is None:
                 self.stats.drop("data before keys")
                 return
+            key = data.by_key_id[packet[0] & 7]
+            if key is None:
+                self.stats.drop("unknown key id")
+                return
             try:
-                payload = data.decrypt(packet, now)
+                payload = key.decrypt(packet, now)
             except DecodeError as exc:
                 self._bad_packet(session, exc, now)
                 return
             session.last_received = now
-            if payload is None:
+            if payload == PING_MAGIC:
                 self.stats.pings_received += 1
+            elif payload.startswith(OCC_MAGIC):
+                self._occ_message(payload, now)
             else:
                 self._tunnel.append(payload)
                 self.stats.tunnel_packets_in += 1
@@ -437,6 +360,14 @@ class Client:
             return
         self._receive_control(session, control, now)
 
+    def _occ_message(self, payload: bytes, now: float) -> None:
+        """OCC_EXIT: the server is going away (occ.c: process_received_occ_msg); other OCC
+        messages (replies, MTU tests) are not for a pull client."""
+        if payload == OCC_EXIT_MESSAGE:
+            self._fail("server is exiting (OCC_EXIT)", now)
+        else:
+            self.stats.drop("OCC message")
+
     def _bad_packet(self, session: Session, exc: DecodeError, now: float) -> None:
         self.stats.drop(type(exc).__name__)
         if session.decoder is not None:
@@ -444,7 +375,7 @@ class Client:
 
     def _receive_control(self, session: Session, packet: ControlPacket, now: float) -> None:
         state = self._state
-        assert isinstance(state, Handshaking | Pulling | Established | Closing)
+        assert isinstance(state, _SESSION_STATES)
         if (
             packet.opcode is Opcode.P_CONTROL_HARD_RESET_SERVER_V2
             and session.their_session_id is None
@@ -461,8 +392,13 @@ class Client:
         session.last_received = now
         key_state = session.key_states.get(packet.key_id)
         if key_state is None:
-            if packet.opcode is Opcode.P_CONTROL_SOFT_RESET_V1 and isinstance(state, Established):
-                key_state = self._begin_renegotiation(state, packet.key_id, now)
+            if (
+                packet.opcode is Opcode.P_CONTROL_SOFT_RESET_V1
+                and isinstance(state, Established)
+                and state.renegotiation is None
+                and packet.key_id != 0
+            ):
+                key_state = self._begin_renegotiation(state, packet.key_id, now, by_us=False)
             else:
                 self.stats.drop("unknown key id")
                 return
@@ -499,7 +435,11 @@ class Client:
                     state.session, state.deadline, now + PUSH_REQUEST_INTERVAL, PushReplyAssembler()
                 )
             )
-        elif isinstance(state, Established) and key_state.key_id not in state.data.key_ids:
+        elif (
+            isinstance(state, Established)
+            and state.renegotiation is not None
+            and state.renegotiation.key_state is key_state
+        ):
             self._finish_renegotiation(state, key_state, now)
 
     # ------------------------------------------------------------------ control messages
@@ -561,18 +501,17 @@ class Client:
             return
         use_ekm = pushed.uses_ekm and self._tls_ekm
         try:
-            data = sessioncrypto.DataPath.create(
+            params = DataChannelParams.create(
                 cipher=cipher,
                 compression=pushed.compression or self._config.compression,
                 peer_id=pushed.peer_id,
                 replay_window=self._config.replay_window,
+                ekm=use_ekm,
             )
-            data.add_key(
-                key_state.key_id,
-                sessioncrypto.derive_key2(
-                    key_state, session.my_session_id, session.their_session_id or b"", use_ekm
-                ),
-            )
+            data = DataKeys(params, key_state.key_id, self._key2(session, key_state, use_ekm))
+        except ValueError as exc:  # e.g. a pushed peer-id out of range
+            self._end(f"cannot set up the data channel: {exc}", RemoteProtocolError(str(exc)))
+            return
         except MirageVPNError as exc:
             self._end(f"cannot set up the data channel: {exc}", exc)
             return
@@ -602,6 +541,8 @@ class Client:
                 ping_exit=(pushed.ping_exit or config.ping_exit) or None,
                 cc_exit=pushed.cc_exit,
                 exit_notify=exit_notify,
+                primary_key_id=key_state.key_id,
+                key_active_since=now,
             )
         )
         session.last_received = now
@@ -624,31 +565,78 @@ class Client:
 
     # ------------------------------------------------------------------ renegotiation
 
-    def _begin_renegotiation(self, state: Established, key_id: int, now: float) -> KeyState:
-        """The server started a soft reset: a new key state answers with its own reset."""
+    def _key2(self, session: Session, key_state: KeyState, ekm: bool) -> bytes:
+        return derive_key2(
+            key_state.tls,
+            ekm=ekm,
+            mine=key_state.key_source,
+            theirs=key_state.their_key_method,
+            my_session_id=session.my_session_id,
+            their_session_id=session.their_session_id or b"",
+        )
+
+    def _renegotiation_deadline(self, state: Established) -> float:
+        """When our own triggers fire (reference §8): reneg-sec after the key became active,
+        or now-ish (0.0) once reneg-bytes / reneg-pkts / the replay-id limit is reached."""
+        config = self._config
+        key = state.data.primary
+        if key is not None:
+            if key.should_renegotiate:
+                return 0.0
+            if config.reneg_bytes and key.bytes_sent + key.bytes_received >= config.reneg_bytes:
+                return 0.0
+            packets = key.packets_sent + key.packets_received
+            if config.reneg_pkts and packets >= config.reneg_pkts:
+                return 0.0
+        if config.reneg_sec:
+            return state.key_active_since + config.reneg_sec
+        return float("inf")
+
+    def _maybe_renegotiate(self, state: Established, now: float) -> None:
+        if now >= self._renegotiation_deadline(state):
+            key_id = next_key_id(state.primary_key_id)
+            self._begin_renegotiation(state, key_id, now, by_us=True)
+
+    def _begin_renegotiation(
+        self, state: Established, key_id: int, now: float, *, by_us: bool
+    ) -> KeyState:
+        """A soft reset (ssl.c: key_state_soft_reset): the primary key state becomes the lame
+        duck (the previous lame duck goes), and a new key state sends its own soft reset."""
         session = state.session
+        primary = session.key_states[state.primary_key_id]
+        state.data.retire(now + self._config.tran_window)
         key_state = self._new_key_state(session, key_id, Opcode.P_CONTROL_SOFT_RESET_V1, now)
-        for old_id in [k for k in session.key_states if k not in (0, key_id)]:
-            if old_id not in state.data.key_ids:
-                del session.key_states[old_id]
-        session.key_states[key_id] = key_state
-        self._progress(f"server renegotiates keys (key id {key_id})")
+        session.key_states = {primary.key_id: primary, key_id: key_state}
+        state.renegotiation = Renegotiation(key_state, now + self._config.hand_window, by_us)
+        who = "we renegotiate" if by_us else "server renegotiates"
+        self._progress(f"{who} keys (key id {key_id})")
         return key_state
 
     def _finish_renegotiation(self, state: Established, key_state: KeyState, now: float) -> None:
         session = state.session
         try:
-            key2 = sessioncrypto.derive_key2(
-                key_state,
-                session.my_session_id,
-                session.their_session_id or b"",
-                state.settings.key_derivation == "tls-ekm",
-            )
-        except MirageVPNError as exc:
+            key2 = self._key2(session, key_state, state.data.params.ekm)
+        except (MirageVPNError, ValueError) as exc:
             self._fail(f"renegotiation failed: {exc}", now)
             return
-        state.data.add_key(key_state.key_id, key2)
+        config = self._config
+        window = config.hand_window  # ssl.c: auth_deferred_expire_window
+        if config.reneg_sec:
+            window = min(window, config.reneg_sec / 2)
+        state.data.install(key_state.key_id, key2, send_from=key_state.started + window, now=now)
+        state.primary_key_id = key_state.key_id
+        state.key_active_since = now
+        state.renegotiation = None
+        self.stats.renegotiations += 1
         self._progress(f"new data keys (key id {key_state.key_id})")
+
+    def _data_keys_timer(self, state: Established, now: float) -> None:
+        dead = state.data.handle_timer(now)
+        if dead is not None:
+            state.session.key_states.pop(dead, None)
+            self._progress(f"lame-duck key (key id {dead}) expired (tran-window)")
+        if state.renegotiation is None:
+            self._maybe_renegotiate(state, now)
 
     # ------------------------------------------------------------------ sending
 
@@ -663,19 +651,19 @@ class Client:
         session.text_out.append(encode_control_message(text))
 
     def _due_data_packets(self, state: Established | Closing, now: float) -> list[bytes]:
-        out: list[bytes] = []
+        packet: bytes | None = None
         if isinstance(state, Established):
             if state.ping and now >= state.session.last_sent + state.ping:
-                out.append(state.data.encrypt_ping())
-                self.stats.pings_sent += 1
+                packet = state.data.encrypt_ping()
+                self.stats.pings_sent += packet is not None
         elif (
             state.data is not None
             and state.next_occ_exit is not None
             and now >= state.next_occ_exit
         ):
-            out.append(state.data.encrypt_occ_exit())
+            packet = state.data.encrypt_occ_exit()
             state.next_occ_exit = now + OCC_EXIT_INTERVAL
-        return out
+        return [] if packet is None else [packet]
 
     # ------------------------------------------------------------------ session set-up
 
@@ -715,7 +703,7 @@ class Client:
         wrap = session.wrap
         wkc = wrap.wkc_overhead if isinstance(wrap, TlsCryptV2Wrap) else 0
         username, password = self._username_password()
-        my_key_method = sessioncrypto.my_key_method(
+        message, source = client_key_method_2(
             config,
             self._rng,
             session.transport,
@@ -727,13 +715,12 @@ class Client:
             key_id=key_id,
             tls=TlsSession(self._tls_settings),
             reset_opcode=reset,
-            my_key_method=my_key_method.encoded,
-            decode_their_key_method=sessioncrypto.decode_their_key_method,
+            my_key_method=message,
+            key_source=source,
             tls_timeout=config.tls_timeout,
-            payload_size=control_payload_size(wrap.overhead),
+            payload_size=max_control_payload(wrap_overhead=wrap.overhead, ipv6=True),
             wkc_overhead=wkc,
             started=now,
-            key_source=my_key_method.source,
         )
 
     def _username_password(self) -> tuple[str | None, bytes | None]:
@@ -749,7 +736,7 @@ class Client:
     # ------------------------------------------------------------------ transitions
 
     def _move(self, new: State) -> None:
-        allowed = _TRANSITIONS[type(self._state)]
+        allowed = TRANSITIONS[type(self._state)]
         if type(new) not in allowed:
             raise LocalProtocolError(
                 f"illegal transition {type(self._state).__name__} -> {type(new).__name__}"
@@ -778,7 +765,7 @@ class Client:
 
     def _fail(self, reason: str, now: float, advance: Advance = Advance.ADDRESS) -> None:
         """The current attempt or session is lost: disconnect, pause, try again."""
-        had_session = isinstance(self._state, Handshaking | Pulling | Established | Closing)
+        had_session = isinstance(self._state, _SESSION_STATES)
         was_established = isinstance(self._state, Established)
         try:
             if was_established and advance is Advance.NO:
@@ -800,7 +787,7 @@ class Client:
     def _end(self, reason: str, error: MirageVPNError | None) -> None:
         if isinstance(self._state, Ended):
             return
-        if isinstance(self._state, Connecting | Handshaking | Pulling | Established | Closing):
+        if isinstance(self._state, (Connecting, *_SESSION_STATES)):
             self._events.append(DisconnectionRequested(reason=reason))
         self._state = Ended()
         self._events.append(SessionEnded(reason=reason, error=error))

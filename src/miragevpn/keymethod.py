@@ -41,6 +41,7 @@ __all__ = [
     "decode_server_key_method_2",
     "encode_client_key_method_2",
     "link_mtu",
+    "server_key_method_2_length",
 ]
 
 KEY_METHOD_2 = 2
@@ -202,6 +203,28 @@ def decode_server_key_method_2(data: bytes) -> ServerKeyMethod2:
         password=password,
         peer_info=None if peer_info is None else peer_info.decode("utf-8", "replace"),
     )
+
+
+def server_key_method_2_length(data: bytes) -> int | None:
+    """The length of the server's key-method-2 message at the start of `data` (TLS plaintext
+    that may go on with control messages), or None while it is incomplete.
+
+    Complete means all four strings are there, as a 2.6 server always writes them (it writes
+    empty username, password and peer-info as length 0). DecodeError if the fixed head is
+    malformed; `decode_server_key_method_2(data[:length])` then decodes it."""
+    head = 4 + 1 + 2 * RANDOM_LENGTH
+    if len(data) < head:
+        return None
+    if data[:4] != b"\x00\x00\x00\x00":
+        raise DecodeError("key-method-2 message does not start with 4 zero bytes")
+    if data[4] & KEY_METHOD_MASK != KEY_METHOD_2:
+        raise DecodeError(f"unknown key method/flags {data[4]}")
+    position = head
+    for _ in range(4):  # options, username, password, peer-info
+        if len(data) < position + 2:
+            return None
+        position += 2 + _U16.unpack_from(data, position)[0]
+    return position if position <= len(data) else None
 
 
 # --------------------------------------------------------------------------- peer-info

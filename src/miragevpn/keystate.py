@@ -15,9 +15,25 @@ OpenVPN: ssl.c (`tls_process`, `key_method_2_write/read`), ssl_pkt.c (`write_con
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from .config.model import Compression, Config, TlsAuth, Transport
 from .errors import DecodeError, RemoteProtocolError
+from .keymethod import (
+    IV_PROTO_CC_EXIT_NOTIFY,
+    IV_PROTO_DATA_V2,
+    IV_PROTO_REQUEST_PUSH,
+    IV_PROTO_TLS_KEY_EXPORT,
+    MAX_KEY_METHOD_2_MESSAGE,
+    ClientKeySource,
+    ServerKeyMethod2,
+    build_options_string,
+    build_peer_info,
+    decode_server_key_method_2,
+    encode_client_key_method_2,
+    server_key_method_2_length,
+)
 from .packet import (
     EARLY_NEG_FLAG_RESEND_WKC,
     ControlPacket,
@@ -26,20 +42,56 @@ from .packet import (
 )
 from .push import split_control_messages
 from .reliable import ReliableChannel
-from .sessioncrypto import KeySource
 from .tls import TlsSession
 
-# Sizes of one control datagram (reference §1.7): tls-mtu 1250 includes IPv6 (40) + UDP (8)
-# headers, byte0 + session id + ack count + 4 piggy-backed acks + remote session id +
-# sequence number.
-TLS_MTU = 1250
-_IP_UDP_OVERHEAD = 48
-_CONTROL_HEADER_MAX = 1 + 8 + 1 + 4 * 4 + 8 + 4
+# IV_PROTO bits we implement (reference §4.4): a PRF-only client leaves out TLS_KEY_EXPORT.
+IV_PROTO_PRF_ONLY = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | IV_PROTO_CC_EXIT_NOTIFY  # 134
+IV_PROTO = IV_PROTO_PRF_ONLY | IV_PROTO_TLS_KEY_EXPORT  # 142
+IV_VER = "2.6.0"  # informational for the server; we speak 2.6's protocol
+IV_MTU = 1600  # the largest tun MTU we accept; what a 2.6 client sends (reference §4.4)
 
 
-def control_payload_size(wrap_overhead: int) -> int:
-    """Largest TLS chunk per P_CONTROL_V1 packet so that the datagram fits tls-mtu."""
-    return TLS_MTU - _IP_UDP_OVERHEAD - _CONTROL_HEADER_MAX - wrap_overhead
+def client_key_method_2(
+    config: Config,
+    rng: Callable[[int], bytes],
+    transport: Transport,
+    *,
+    username: str | None,
+    password: bytes | None,
+    tls_ekm: bool,
+) -> tuple[bytes, ClientKeySource]:
+    """Our key-method-2 message for one key state, with fresh randoms (reference §4.2-§4.4):
+    the options string of a 2.6 client, and peer-info announcing only what we implement."""
+    protection = config.tls_protection
+    tls_auth = isinstance(protection, TlsAuth)
+    cipher = config.cipher.upper() if config.cipher else None
+    if cipher not in [c.upper() for c in config.data_ciphers]:
+        cipher = None  # 2.6 announces `cipher` only if it is in data-ciphers (reference §4.3)
+    options = build_options_string(
+        cipher=cipher,
+        auth=config.auth,
+        tun_mtu=config.tun_mtu,
+        transport=transport,
+        compression=config.compression is not Compression.NONE,
+        tls_auth=tls_auth,
+        key_direction=protection.direction if isinstance(protection, TlsAuth) else None,
+    )
+    peer_info = build_peer_info(
+        version=IV_VER,
+        platform="linux",
+        ciphers=[c.upper() for c in config.data_ciphers],
+        iv_proto=IV_PROTO if tls_ekm else IV_PROTO_PRF_ONLY,
+        mtu=IV_MTU,
+    )
+    source = ClientKeySource.from_rng(rng)
+    message = encode_client_key_method_2(
+        source,
+        options=options,
+        username=username,
+        password=password if username is not None else None,
+        peer_info=peer_info,
+    )
+    return message, source
 
 
 @dataclass(slots=True)
@@ -59,7 +111,7 @@ class AwaitingTheirs:
 
 @dataclass(frozen=True, slots=True)
 class Negotiated:
-    their_key_method: object  # the decoded server key-method-2 message (keymethod.py)
+    their_key_method: ServerKeyMethod2
 
 
 Phase = AwaitingReset | TlsHandshake | AwaitingTheirs | Negotiated
@@ -75,12 +127,11 @@ class KeyState:
         tls: TlsSession,
         reset_opcode: Opcode,
         my_key_method: bytes,
-        decode_their_key_method: object,
+        key_source: ClientKeySource,
         tls_timeout: float,
         payload_size: int,
         wkc_overhead: int,
         started: float,
-        key_source: KeySource,
     ) -> None:
         self.key_id = key_id
         self.tls = tls
@@ -89,7 +140,6 @@ class KeyState:
         self.started = started
         self.key_source = key_source
         self._my_key_method = my_key_method
-        self._decode_theirs = decode_their_key_method
         self._payload_size = payload_size
         self._wkc_overhead = wkc_overhead
         self._resend_wkc = False
@@ -134,15 +184,14 @@ class KeyState:
             return []
         if isinstance(self.phase, AwaitingTheirs):
             self.phase.buffer += plaintext
-            decoded = self._decode_theirs(bytes(self.phase.buffer))  # type: ignore[operator]
-            if decoded is None:
-                if len(self.phase.buffer) > 4096:
+            buffer = bytes(self.phase.buffer)
+            used = server_key_method_2_length(buffer)
+            if used is None:
+                if len(buffer) > MAX_KEY_METHOD_2_MESSAGE:
                     raise DecodeError("server key-method-2 message too long")
                 return []
-            message, used = decoded
-            rest = self.phase.buffer[used:]
-            self.phase = Negotiated(message)
-            plaintext = bytes(rest)
+            self.phase = Negotiated(decode_server_key_method_2(buffer[:used]))
+            plaintext = buffer[used:]
         self._text += plaintext
         return split_control_messages(self._text)
 
@@ -172,7 +221,7 @@ class KeyState:
         return isinstance(self.phase, Negotiated)
 
     @property
-    def their_key_method(self) -> object:
+    def their_key_method(self) -> ServerKeyMethod2:
         if not isinstance(self.phase, Negotiated):
             raise RemoteProtocolError("server key-method-2 not received yet")
         return self.phase.their_key_method

@@ -1,8 +1,8 @@
 """Engine scenarios: packets in → packets and events out, against an in-memory server.
 
-`MiniServer` plays a 2.6 UDP server's side of the control channel without wrapping: its own
-reliable channel, a pyOpenSSL server over memory BIOs, a key-method-2 reply and a scripted
-PUSH_REPLY. Time is a plain float the tests move forward.
+`MiniServer` (miniserver.py) plays a 2.6 UDP server's side of the control channel without
+wrapping: its own reliable channel per key id, a pyOpenSSL server over memory BIOs, a
+key-method-2 reply and a scripted PUSH_REPLY. Time is a plain float the tests move forward.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import itertools
 from collections.abc import Callable
 
 import pytest
-from OpenSSL import SSL, crypto
 
 from miragevpn.client import Client
 from miragevpn.config.model import Config, Proto, Remote, Transport
+from miragevpn.datachannel import PING_MAGIC
 from miragevpn.errors import AuthenticationError, RemoteProtocolError
 from miragevpn.events import (
     ConnectionRequested,
@@ -31,17 +31,10 @@ from miragevpn.events import (
 )
 from miragevpn.framing import encode_frame
 from miragevpn.packet import ControlPacket, Opcode, decode_control, encode_control
-from miragevpn.reliable import ReliableChannel
-from miragevpn.sessioncrypto import EKM_LABEL, DataPath
 from tests.helpers.pki import Pki, make_pki
+from tests.miragevpn.miniserver import SERVER_SID, MiniServer
 
 T0 = 1_700_000_000.0
-SERVER_SID = bytes.fromhex("5e5e5e5e5e5e5e5e")
-REPLY = (
-    "PUSH_REPLY,route-gateway 10.8.0.1,topology subnet,ping 10,ping-restart 60,"
-    "ifconfig 10.8.0.2 255.255.255.0,peer-id 7,cipher AES-256-GCM,"
-    "protocol-flags cc-exit tls-ekm,route 192.168.100.0 255.255.255.0,dhcp-option DNS 10.8.0.1"
-)
 
 
 @pytest.fixture(scope="module")
@@ -79,92 +72,6 @@ def drain(client: Client) -> list[Event]:
             break
         events.append(event)
     return events
-
-
-class MiniServer:
-    """The server half of one session (kid 0), plain control packets."""
-
-    def __init__(self, pki: Pki, *, reply: str = REPLY) -> None:
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.use_certificate(crypto.X509.from_cryptography(pki.server.cert))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(pki.server.key))
-        self.tls = SSL.Connection(ctx, None)
-        self.tls.set_accept_state()
-        self.reliable = ReliableChannel(key_id=0, tls_timeout=2.0)
-        self.client_sid: bytes | None = None
-        self.reply = reply
-        self.plaintext = b""
-        self.km2_done = False
-        self.texts: list[str] = []
-
-    def receive(self, wire: bytes, now: float) -> None:
-        packet = decode_control(wire)
-        self.client_sid = packet.session_id
-        for opcode, payload in self.reliable.receive(packet, now):
-            if opcode is Opcode.P_CONTROL_HARD_RESET_CLIENT_V2:
-                self.reliable.send(Opcode.P_CONTROL_HARD_RESET_SERVER_V2, b"")
-            elif opcode is Opcode.P_CONTROL_V1:
-                self.tls.bio_write(payload)
-                self._pump()
-
-    def _pump(self) -> None:
-        try:
-            self.tls.do_handshake()
-        except SSL.WantReadError:
-            pass
-        else:
-            try:
-                while True:
-                    self.plaintext += self.tls.recv(65536)
-            except SSL.WantReadError:
-                pass
-            if not self.km2_done and len(self.plaintext) > 117:
-                self.km2_done = True
-                self.plaintext = b""  # the client's key-method-2 (its layout: test_sessioncrypto)
-                self.send_text_raw(
-                    b"\0\0\0\0\x02" + b"\x11" * 64 + b"\x00\x03V4\x00" + b"\x00\x00" * 3
-                )
-            while b"\0" in self.plaintext:
-                text, _, self.plaintext = self.plaintext.partition(b"\0")
-                self.texts.append(text.decode())
-                if text == b"PUSH_REQUEST":
-                    self.send_text(self.reply)
-        self._flush()
-
-    def send_text_raw(self, data: bytes) -> None:
-        self.tls.send(data)
-        self._flush()
-
-    def send_text(self, text: str) -> None:
-        self.send_text_raw(text.encode() + b"\0")
-
-    def _flush(self) -> None:
-        out = b""
-        try:
-            while True:
-                out += self.tls.bio_read(65536)
-        except SSL.WantReadError:
-            pass
-        for position in range(0, len(out), 1000):
-            self.reliable.send(Opcode.P_CONTROL_V1, out[position : position + 1000])
-
-    def to_send(self, now: float) -> list[bytes]:
-        packets = self.reliable.packets_to_send(
-            now, my_session_id=SERVER_SID, their_session_id=self.client_sid
-        )
-        return [encode_control(p) for p in packets]
-
-    def data_path(self) -> DataPath:
-        """The server's data channel: the client's key2 with the halves swapped."""
-        key2 = self.tls.export_keying_material(EKM_LABEL, 256)
-        path = DataPath.create(
-            cipher="AES-256-GCM",
-            compression=Config().compression,
-            peer_id=7,
-            replay_window=Config().replay_window,
-        )
-        path.add_key(0, key2[128:] + key2[:128])
-        return path
 
 
 def exchange(client: Client, server: MiniServer, now: float, rounds: int = 20) -> None:
@@ -261,12 +168,12 @@ def test_handshake_push_reply_and_tunnel_settings(pki: Pki) -> None:
 
 def test_data_round_trip_and_bad_packets_are_counted(pki: Pki) -> None:
     client, server, _ = established(pki)
-    path = server.data_path()
+    path = server.data_key()
     wire = client.encrypt_tunnel_packet(b"\x45" + b"x" * 40, T0 + 1)
     assert wire is not None
     assert wire[0] == 0x48 and wire[1:4] == b"\x00\x00\x07"  # P_DATA_V2, pushed peer-id 7
     assert path.decrypt(wire, T0 + 1) == b"\x45" + b"x" * 40
-    reply = path.encrypt(b"\x45reply", T0 + 1)
+    reply = path.encrypt(b"\x45reply")
     client.receive(reply, T0 + 1)
     assert client.tunnel_packets() == [b"\x45reply"]
     client.receive(reply, T0 + 1)  # a replay
@@ -276,18 +183,18 @@ def test_data_round_trip_and_bad_packets_are_counted(pki: Pki) -> None:
     assert client.stats.dropped["ReplayError"] == 1
     assert client.stats.dropped["AuthenticationError"] == 1
     assert client.stats.dropped["DecodeError"] == 1
-    client.receive(path.encrypt(b"\x45again", T0 + 2), T0 + 2)  # the tunnel keeps working
+    client.receive(path.encrypt(b"\x45again"), T0 + 2)  # the tunnel keeps working
     assert client.tunnel_packets() == [b"\x45again"]
 
 
 def test_ping_when_silent_and_ping_restart(pki: Pki) -> None:
     client, server, _ = established(pki)
-    path = server.data_path()
+    path = server.data_key()
     timer = client.get_timer()
     assert timer is not None and timer <= T0 + 10
     client.handle_timer(T0 + 10)
     [ping] = client.data_to_send(T0 + 10)
-    assert path.decrypt(ping, T0 + 10) is None  # the ping magic is not a tunnel packet
+    assert path.decrypt(ping, T0 + 10) == PING_MAGIC
     assert client.stats.pings_sent == 1
     client.handle_timer(T0 + 60)
     events = drain(client)

@@ -23,6 +23,7 @@ from miragevpn.keymethod import (
     decode_server_key_method_2,
     encode_client_key_method_2,
     link_mtu,
+    server_key_method_2_length,
 )
 
 SOURCE = ClientKeySource(b"P" * 48, b"1" * 32, b"2" * 32)
@@ -145,6 +146,21 @@ def test_server_message_hostile(data: bytes) -> None:
 def test_server_message_hostile_after_a_valid_prefix(tail: bytes) -> None:
     with contextlib.suppress(DecodeError):
         decode_server_key_method_2(b"\x00\x00\x00\x00\x02" + bytes(64) + tail)
+
+
+def test_server_message_length_finds_the_end_before_control_text() -> None:
+    message = server_message(b"\x00\x00" * 3)
+    data = message + b"PUSH_REPLY,ping 10\x00"
+    assert server_key_method_2_length(data) == len(message)
+    assert decode_server_key_method_2(data[: len(message)]).options == "V4,server opts"
+    for cut in range(len(message)):  # every proper prefix is incomplete
+        assert server_key_method_2_length(message[:cut]) is None
+    with_strings = server_message(s(b"u") + s(b"p") + s(b"X=1\n"))
+    assert server_key_method_2_length(with_strings + b"rest") == len(with_strings)
+    with pytest.raises(DecodeError):
+        server_key_method_2_length(b"\x00\x00\x00\x01\x02" + bytes(64))
+    with pytest.raises(DecodeError):
+        server_key_method_2_length(b"\x00\x00\x00\x00\x01" + bytes(64))
 
 
 def test_peer_info_like_openvpn_2_6() -> None:

@@ -1,0 +1,159 @@
+"""The client's states and per-session data: the table half of the state machine in client.py.
+
+States (per-state data in per-state dataclasses; `TRANSITIONS` lists the legal moves):
+
+    Resolving ─resolved─▶ Connecting ─connected─▶ Handshaking ─key-method-2─▶ Pulling
+        ▲                      │ failed/timeout        │ hand-window, TLS error...   │ PUSH_REPLY
+        └──────── Waiting ◀────┴───────────────────────┴─────────────────────────────┤
+                     ▲                                                          Established
+                     └── ping-restart, RESTART, EXIT, TCP decode error ◀────────────┘
+    any ─close()/HALT/AUTH_FAILED/ping-exit/retries exhausted─▶ Closing ─▶ Ended
+
+Within Established, renegotiation (reference §8) keeps the state: a `Renegotiation` records
+the key state being negotiated; `DataKeys` (datakeys.py) holds the primary and lame-duck keys.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from .config.model import Transport
+from .datakeys import DataKeys
+from .events import IPAddress, TunnelSettings
+from .framing import StreamDecoder
+from .keystate import KeyState
+from .push import PushedOptions, PushReplyAssembler
+from .tls_wrap import ControlChannelWrap
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters for status pages and tests (monotonic over the client's life)."""
+
+    packets_received: int = 0
+    packets_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    tunnel_packets_in: int = 0  # decrypted, handed to tun
+    tunnel_packets_out: int = 0  # encrypted from tun
+    pings_sent: int = 0
+    pings_received: int = 0
+    restarts: int = 0
+    renegotiations: int = 0  # key states negotiated after the first (key id > 0)
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+
+@dataclass(slots=True)
+class Session:
+    """One connection to one server address: ids, wrapping, key states, link timers.
+
+    `key_states` holds at most the primary key state and the lame duck (ssl_common.h:
+    KS_PRIMARY, KS_LAME_DUCK), keyed by key id."""
+
+    transport: Transport
+    address: IPAddress
+    port: int
+    my_session_id: bytes
+    wrap: ControlChannelWrap
+    decoder: StreamDecoder | None  # TCP only
+    key_states: dict[int, KeyState]
+    their_session_id: bytes | None = None  # learnt from the server's reset
+    last_received: float = 0.0
+    last_sent: float = 0.0
+    text_out: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Renegotiation:
+    """A soft reset under way (either side began it): the new key state must negotiate
+    before `deadline` (hand-window)."""
+
+    key_state: KeyState
+    deadline: float
+    initiated_by_us: bool
+
+
+@dataclass(slots=True)
+class Resolving:
+    pass
+
+
+@dataclass(slots=True)
+class Connecting:
+    address: IPAddress
+    deadline: float  # connect-timeout
+
+
+@dataclass(slots=True)
+class Handshaking:
+    session: Session
+    deadline: float  # hand-window
+    poll_deadline: float | None  # server-poll-timeout until the server's reset arrives
+
+
+@dataclass(slots=True)
+class Pulling:
+    session: Session
+    deadline: float  # hand-window (AUTH_PENDING may extend it)
+    next_push_request: float
+    assembler: PushReplyAssembler
+
+
+@dataclass(slots=True)
+class Established:
+    session: Session
+    data: DataKeys
+    pushed: PushedOptions
+    settings: TunnelSettings
+    ping: float | None
+    ping_restart: float | None
+    ping_exit: float | None
+    cc_exit: bool
+    exit_notify: int
+    primary_key_id: int  # the key state whose data keys are the primary
+    key_active_since: float  # when the primary became ACTIVE (reneg-sec counts from here)
+    renegotiation: Renegotiation | None = None
+
+
+@dataclass(slots=True)
+class Closing:
+    session: Session
+    data: DataKeys | None  # None: nothing more to send on the data channel
+    deadline: float
+    next_occ_exit: float | None
+    reason: str
+
+
+@dataclass(slots=True)
+class Waiting:
+    until: float
+
+
+@dataclass(slots=True)
+class Ended:
+    pass
+
+
+State = Resolving | Connecting | Handshaking | Pulling | Established | Closing | Waiting | Ended
+SessionState = Handshaking | Pulling | Established | Closing
+
+TRANSITIONS: dict[type, frozenset[type]] = {
+    Resolving: frozenset({Connecting, Waiting, Ended}),
+    Connecting: frozenset({Handshaking, Waiting, Ended}),
+    Handshaking: frozenset({Pulling, Waiting, Ended}),
+    Pulling: frozenset({Established, Waiting, Ended, Pulling}),
+    Established: frozenset({Waiting, Closing, Ended}),
+    Closing: frozenset({Ended}),
+    Waiting: frozenset({Resolving, Connecting, Ended}),
+    Ended: frozenset(),
+}
+
+
+def next_key_id(key_id: int) -> int:
+    """The key id of the next renegotiation: 1, 2, ..., 7, then 1 again; 0 belongs to the
+    hard reset only (ssl.c: key_state_soft_reset, `session->key_id` wraps to 1)."""
+    return key_id % 7 + 1

@@ -1,0 +1,153 @@
+"""An in-memory OpenVPN 2.6 UDP server for engine scenarios (no wrapping, no sockets, no clock).
+
+`MiniServer` plays the server's side of the control channel: one key state per key id (its
+own reliable channel and a pyOpenSSL server over memory BIOs), the hard reset and soft resets
+(answering the client's, or starting its own with `soft_reset`), a key-method-2 reply and a
+scripted PUSH_REPLY. `data_key(key_id)` is the server's data channel key of a negotiated key
+id: the client's EKM key2 with the halves swapped. Time is a plain float the tests move.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL, crypto
+
+from miragevpn.config.model import Compression, ReplayWindow
+from miragevpn.datachannel import DataChannelKey
+from miragevpn.kdf import EKM_LABEL, client_data_keys
+from miragevpn.packet import Opcode, decode_control, encode_control
+from miragevpn.reliable import ReliableChannel
+from tests.helpers.pki import Pki
+
+SERVER_SID = bytes.fromhex("5e5e5e5e5e5e5e5e")
+REPLY = (
+    "PUSH_REPLY,route-gateway 10.8.0.1,topology subnet,ping 10,ping-restart 60,"
+    "ifconfig 10.8.0.2 255.255.255.0,peer-id 7,cipher AES-256-GCM,"
+    "protocol-flags cc-exit tls-ekm,route 192.168.100.0 255.255.255.0,dhcp-option DNS 10.8.0.1"
+)
+# A 2.6 server's key-method-2 message: zeros, method 2, randoms, options "V4", three empty
+# strings (reference §4.2).
+SERVER_KEY_METHOD_2 = b"\0\0\0\0\x02" + b"\x11" * 64 + b"\x00\x03V4\x00" + b"\x00\x00" * 3
+CLIENT_KEY_METHOD_2_MIN = 4 + 1 + 48 + 64 + 2  # up to the options length
+
+
+class ServerKeyState:
+    """The server side of one key id."""
+
+    def __init__(self, ctx: SSL.Context, key_id: int) -> None:
+        self.key_id = key_id
+        self.tls = SSL.Connection(ctx, None)
+        self.tls.set_accept_state()
+        self.reliable = ReliableChannel(key_id=key_id, tls_timeout=2.0)
+        self.reset_sent = False
+        self.plaintext = b""
+        self.km2_done = False
+
+    def send_reset(self, opcode: Opcode) -> None:
+        if not self.reset_sent:
+            self.reset_sent = True
+            self.reliable.send(opcode, b"")
+
+
+class MiniServer:
+    """The server half of one session, plain control packets (see the module doc)."""
+
+    def __init__(self, pki: Pki, *, reply: str = REPLY, peer_id: int | None = 7) -> None:
+        self.ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self.ctx.use_certificate(crypto.X509.from_cryptography(pki.server.cert))
+        self.ctx.use_privatekey(crypto.PKey.from_cryptography_key(pki.server.key))
+        self.keys: dict[int, ServerKeyState] = {0: ServerKeyState(self.ctx, 0)}
+        self.client_sid: bytes | None = None
+        self.reply = reply
+        self.peer_id = peer_id
+        self.texts: list[str] = []
+        self.client_soft_resets: list[int] = []  # key ids the client began
+
+    @property
+    def tls(self) -> SSL.Connection:
+        return self.keys[0].tls
+
+    def soft_reset(self, key_id: int) -> None:
+        """Begin a renegotiation with `key_id` (the server's P_CONTROL_SOFT_RESET_V1)."""
+        key = self.keys[key_id] = ServerKeyState(self.ctx, key_id)
+        key.send_reset(Opcode.P_CONTROL_SOFT_RESET_V1)
+
+    def negotiated(self, key_id: int) -> bool:
+        key = self.keys.get(key_id)
+        return key is not None and key.km2_done
+
+    def receive(self, wire: bytes, now: float) -> None:
+        packet = decode_control(wire)
+        self.client_sid = packet.session_id
+        key = self.keys.get(packet.key_id)
+        if key is None:
+            if packet.opcode is not Opcode.P_CONTROL_SOFT_RESET_V1:
+                return
+            key = self.keys[packet.key_id] = ServerKeyState(self.ctx, packet.key_id)
+            self.client_soft_resets.append(packet.key_id)
+        for opcode, payload in key.reliable.receive(packet, now):
+            if opcode is Opcode.P_CONTROL_HARD_RESET_CLIENT_V2:
+                key.send_reset(Opcode.P_CONTROL_HARD_RESET_SERVER_V2)
+            elif opcode is Opcode.P_CONTROL_SOFT_RESET_V1:
+                key.send_reset(Opcode.P_CONTROL_SOFT_RESET_V1)
+            elif opcode is Opcode.P_CONTROL_V1:
+                key.tls.bio_write(payload)
+                self._pump(key)
+
+    def _pump(self, key: ServerKeyState) -> None:
+        try:
+            key.tls.do_handshake()
+        except SSL.WantReadError:
+            pass
+        else:
+            try:
+                while True:
+                    key.plaintext += key.tls.recv(65536)
+            except SSL.WantReadError:
+                pass
+            if not key.km2_done and len(key.plaintext) > CLIENT_KEY_METHOD_2_MIN:
+                key.km2_done = True
+                key.plaintext = b""  # the client's key-method-2 (its layout: test_keymethod)
+                key.tls.send(SERVER_KEY_METHOD_2)
+            while b"\0" in key.plaintext:
+                text, _, key.plaintext = key.plaintext.partition(b"\0")
+                self.texts.append(text.decode())
+                if text == b"PUSH_REQUEST":
+                    key.tls.send(self.reply.encode() + b"\0")
+        self._flush(key)
+
+    def send_text(self, text: str) -> None:
+        """One control message on the newest negotiated key id."""
+        key = max((k for k in self.keys.values() if k.km2_done), key=lambda k: k.key_id)
+        key.tls.send(text.encode() + b"\0")
+        self._flush(key)
+
+    def _flush(self, key: ServerKeyState) -> None:
+        out = b""
+        try:
+            while True:
+                out += key.tls.bio_read(65536)
+        except SSL.WantReadError:
+            pass
+        for position in range(0, len(out), 1000):
+            key.reliable.send(Opcode.P_CONTROL_V1, out[position : position + 1000])
+
+    def to_send(self, now: float) -> list[bytes]:
+        out = []
+        for key in self.keys.values():
+            packets = key.reliable.packets_to_send(
+                now, my_session_id=SERVER_SID, their_session_id=self.client_sid
+            )
+            out += [encode_control(p) for p in packets]
+        return out
+
+    def data_key(self, key_id: int = 0, cipher: str = "AES-256-GCM") -> DataChannelKey:
+        """The server's data channel of `key_id`: the client's key2 with the halves swapped."""
+        key2 = self.keys[key_id].tls.export_keying_material(EKM_LABEL.encode(), 256)
+        return DataChannelKey(
+            cipher=cipher,
+            keys=client_data_keys(key2[128:] + key2[:128], cipher),
+            key_id=key_id,
+            peer_id=self.peer_id,
+            compression=Compression.NONE,
+            replay_window=ReplayWindow(),
+        )
