@@ -12,7 +12,7 @@ from __future__ import annotations
 from OpenSSL import SSL, crypto
 
 from miragevpn.config.model import Compression, ReplayWindow
-from miragevpn.datachannel import DataChannelKey
+from miragevpn.datachannel import PING_MAGIC, DataChannelKey
 from miragevpn.kdf import EKM_LABEL, client_data_keys
 from miragevpn.packet import Opcode, decode_control, encode_control
 from miragevpn.reliable import ReliableChannel
@@ -41,6 +41,7 @@ class ServerKeyState:
         self.reset_sent = False
         self.plaintext = b""
         self.km2_done = False
+        self.data: DataChannelKey | None = None  # made on first use (data_key)
 
     def send_reset(self, opcode: Opcode) -> None:
         if not self.reset_sent:
@@ -61,6 +62,7 @@ class MiniServer:
         self.peer_id = peer_id
         self.texts: list[str] = []
         self.client_soft_resets: list[int] = []  # key ids the client began
+        self.data_packets: list[bytes] = []  # data packets from the client (not decrypted)
 
     @property
     def tls(self) -> SSL.Connection:
@@ -76,6 +78,9 @@ class MiniServer:
         return key is not None and key.km2_done
 
     def receive(self, wire: bytes, now: float) -> None:
+        if wire[0] >> 3 in (Opcode.P_DATA_V1, Opcode.P_DATA_V2):
+            self.data_packets.append(wire)
+            return
         packet = decode_control(wire)
         self.client_sid = packet.session_id
         key = self.keys.get(packet.key_id)
@@ -140,13 +145,24 @@ class MiniServer:
             out += [encode_control(p) for p in packets]
         return out
 
+    def keepalive(self) -> list[bytes]:
+        """A ping on the newest negotiated key (keeps the client's ping-restart away)."""
+        newest = max(k.key_id for k in self.keys.values() if k.km2_done)
+        return [self.data_key(newest).encrypt(PING_MAGIC)]
+
     def data_key(self, key_id: int = 0, cipher: str = "AES-256-GCM") -> DataChannelKey:
         """The server's data channel of `key_id`: the client's key2 with the halves swapped."""
-        key2 = self.keys[key_id].tls.export_keying_material(EKM_LABEL.encode(), 256)
+        key = self.keys[key_id]
+        if key.data is None:
+            key.data = self._data_key(key, cipher)
+        return key.data
+
+    def _data_key(self, key: ServerKeyState, cipher: str) -> DataChannelKey:
+        key2 = key.tls.export_keying_material(EKM_LABEL.encode(), 256)
         return DataChannelKey(
             cipher=cipher,
             keys=client_data_keys(key2[128:] + key2[:128], cipher),
-            key_id=key_id,
+            key_id=key.key_id,
             peer_id=self.peer_id,
             compression=Compression.NONE,
             replay_window=ReplayWindow(),
