@@ -11,6 +11,7 @@ STAMP := $(VENV)/.setup-done
 APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables \
 	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps
 PYTEST_ARGS ?=
+BENCH_ARGS ?=  # e.g. BENCH_ARGS="--seconds 5 --proto tcp --profile"
 
 .PHONY: help setup test unit interop lint demo check-config bench soak clean
 
@@ -58,7 +59,7 @@ check-config: setup
 	$(VENV)/bin/miragevpn-config-check $(CONFIG)
 
 bench: setup
-	$(PY) bench/compare.py
+	$(PY) bench/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build src/*.egg-info

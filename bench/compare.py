@@ -34,6 +34,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,22 +169,29 @@ class Running:
     log_text: Callable[[], str]
     log_path: Path
     ready_marker: str
+    ready_before: int = 0  # marker lines already in the log (earlier rounds append to it)
+
+    def ready(self) -> bool:
+        return self.log_text().count(self.ready_marker) > self.ready_before
 
 
 def spawn_client(
     name: str, pair: NetnsPair, scenario: Scenario, files: PkiFiles, workdir: Path
 ) -> Running:
     workdir.mkdir(parents=True, exist_ok=True)
+    marker = READY_LINE if name == "openvpn" else TUNNEL_UP
+    log_path = workdir / ("openvpn-client.log" if name == "openvpn" else "miragevpn-client.log")
+    before = log_path.read_text(errors="replace").count(marker) if log_path.exists() else 0
     if name == "openvpn":
         config = workdir / "openvpn-client.conf"
         config.write_text(client_config(scenario, files, pair.server_address, real=True))
         real = OpenVpnClient(pair.client, config, workdir / "openvpn-client.log")
         real.spawn()
         assert real.proc is not None
-        return Running(name, real.proc, real.log_text, real.log_path, READY_LINE)
+        return Running(name, real.proc, real.log_text, real.log_path, marker, before)
     text = client_config(scenario, files, pair.server_address, real=False)
     ours = OurClient.start(pair.client, text, workdir)
-    return Running(name, ours.proc, ours.log_text, ours.log_path, TUNNEL_UP)
+    return Running(name, ours.proc, ours.log_text, ours.log_path, marker, before)
 
 
 def cpu_text(cpu: CpuMeter) -> str:
@@ -207,10 +215,10 @@ def wait_up(client: Running, pinger: Pinger, t0: float) -> tuple[float, float | 
             )
         if pinger.probe(PROBE_INTERVAL):
             up = time.monotonic() - t0
-            if log_seconds is None and client.ready_marker in client.log_text():
+            if log_seconds is None and client.ready():
                 log_seconds = up
             return up, log_seconds
-        if log_seconds is None and client.ready_marker in client.log_text():
+        if log_seconds is None and client.ready():
             log_seconds = time.monotonic() - t0
     raise TimeoutError(
         f"{client.name}: no ping through the tunnel after {UP_TIMEOUT:g}s:\n"
@@ -292,6 +300,16 @@ def run_contender(
 
 
 # --------------------------------------------------------------------------- report
+
+
+def median_metrics(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Per metric, the median over the rounds that measured it."""
+    keys = {key for run in runs for key in run}
+    out: dict[str, float | None] = {}
+    for key in sorted(keys):
+        values = [v for run in runs if (v := run.get(key)) is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
 
 
 def ratio(ours: float | None, theirs: float | None) -> float | None:
@@ -404,6 +422,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--only", choices=CONTENDERS, help="run one client only")
     p.add_argument(
+        "--rounds", type=int, default=1, help="alternate the clients N times, report medians (1)"
+    )
+    p.add_argument(
         "--small-size", type=int, default=64, help="UDP payload bytes of the small packets"
     )
     p.add_argument(
@@ -418,6 +439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 1 <= args.seconds <= 600:
         p.error("--seconds must be between 1 and 600")
+    if not 1 <= args.rounds <= 20:
+        p.error("--rounds must be between 1 and 20")
     if not 16 <= args.small_size <= 1400:
         p.error("--small-size must be between 16 and 1400")
     return args
@@ -465,16 +488,23 @@ def main(argv: list[str] | None = None) -> int:
             assert server.proc is not None
             meta["server_dco"] = server_dco_state(server)
             server_stats = ProcStats(server.proc.pid)
+            rounds: dict[str, list[dict[str, float | None]]] = {name: [] for name in names}
+            for round_ in range(args.rounds):  # alternate the clients: load drifts hit both
+                for name in names:
+                    if args.rounds > 1:
+                        log(f"round {round_ + 1} of {args.rounds}")
+                    try:
+                        metrics, extras[name] = run_contender(
+                            name, pair, scenario, files, workdir / name, server_stats, args
+                        )
+                        rounds[name].append(metrics)
+                    except (RuntimeError, TimeoutError) as e:
+                        log(f"{name}: FAILED: {e}")
+                        extras[name] = {"errors": {"start": str(e)}}
+                    time.sleep(1.0)
             for name in names:
-                try:
-                    results[name], extras[name] = run_contender(
-                        name, pair, scenario, files, workdir / name, server_stats, args
-                    )
-                except (RuntimeError, TimeoutError) as e:
-                    log(f"{name}: FAILED: {e}")
-                    results[name] = {}
-                    extras[name] = {"errors": {"start": str(e)}}
-                time.sleep(1.0)
+                results[name] = median_metrics(rounds[name])
+            meta["rounds"] = {name: rounds[name] for name in names}
         finally:
             (logs / "server.log").write_text(server.log_text())
             server.stop()
@@ -487,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.proto.upper()} tunnel, {meta['cipher']}, {args.protection}, server DCO "
         f"{meta['server_dco']}, {meta['cpus']} CPUs, {args.seconds:g}s per run, "
+        f"{args.rounds} round(s) (medians), "
         f"small packets {args.small_size} B UDP payload, load average "
         f"{meta['loadavg_before']:.2f} before (other work on this machine skews the numbers)"
         + (" (PROFILED: ours slowed by py-spy)" if args.profile else "")
