@@ -8,7 +8,8 @@ The engine (`miragevpn.client.Client`) does no IO; this loop does all of it:
     tun in      tun readable → client.encrypt_tunnel_packet() → transport
     timer       exactly one asyncio timer, re-armed from client.get_timer() after every call
     signals     SIGTERM/SIGINT → client.close(now) (explicit-exit-notify), bounded wait for
-                SessionEnded; a second signal stops at once
+                SessionEnded; a second signal stops at once; SIGUSR1 (and OpenVPN's SIGUSR2)
+                → one statistics line (`describe_stats`), which is also logged at exit
 
 The tun device is opened on the first `TunnelEstablished` and kept through reconnects (packets
 for the tunnel are dropped while it is down instead of leaking elsewhere); the network changes
@@ -26,7 +27,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, assert_never
 
@@ -55,6 +56,15 @@ log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 TUN_BATCH = 64  # packets read from the tun per wake-up, so the wire side is never starved
 CLOSE_TIMEOUT = 5.0  # seconds to wait for SessionEnded after close() (explicit-exit-notify)
+STATS_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # log one statistics line (SIGUSR2: OpenVPN's)
+
+# The engine counts a dropped packet under a plain reason ("unknown key id") or, for a packet
+# that failed to decode, the error's class name (errors.py); the log says the latter in words.
+DROP_REASON_WORDS = {
+    "DecodeError": "malformed",
+    "AuthenticationError": "failed authentication",
+    "ReplayError": "replayed",
+}
 
 
 class ExitCode(enum.IntEnum):
@@ -122,6 +132,40 @@ def describe_settings(ifname: str, s: TunnelSettings) -> str:
     return ", ".join(parts)
 
 
+def describe_stats(stats: object) -> str:
+    """One line a person can read: the counters of the engine's `client.stats`.
+
+    Read by name and defensively (a counter the engine does not have is left out), so the
+    runtime keeps working while the engine's `Stats` grows or moves. No addresses, no keys."""
+
+    def count(name: str) -> int | None:
+        value = getattr(stats, name, None)
+        return value if isinstance(value, int) else None
+
+    parts: list[str] = []
+    for direction, packets, size in (
+        ("in", "packets_received", "bytes_received"),
+        ("out", "packets_sent", "bytes_sent"),
+    ):
+        n, b = count(packets), count(size)
+        if n is not None:
+            parts.append(f"{direction} {n} packets" + (f" ({b} bytes)" if b is not None else ""))
+    tunnel_in, tunnel_out = count("tunnel_packets_in"), count("tunnel_packets_out")
+    if tunnel_in is not None and tunnel_out is not None:
+        parts.append(f"tunnel packets in {tunnel_in} out {tunnel_out}")
+    dropped = getattr(stats, "dropped", None)
+    if isinstance(dropped, Mapping):
+        reasons = sorted(
+            (DROP_REASON_WORDS.get(str(reason), str(reason)), int(n))
+            for reason, n in dropped.items()
+            if n
+        )
+        total = sum(n for _, n in reasons)
+        detail = ", ".join(f"{reason} {n}" for reason, n in reasons)
+        parts.append(f"dropped {total}" + (f" ({detail})" if detail else ""))
+    return "statistics: " + (", ".join(parts) if parts else "not available")
+
+
 class Service:
     """Runs one client session until it ends; `run()` returns the outcome."""
 
@@ -167,7 +211,12 @@ class Service:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(signum, self.stop, signum)
                     cleanup.callback(loop.remove_signal_handler, signum)
+            for signum in STATS_SIGNALS:
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(signum, self.log_stats)
+                    cleanup.callback(loop.remove_signal_handler, signum)
             self._client = self._client_factory(self._config, self._clock())
+            cleanup.callback(self.log_stats)  # the same line at exit, whatever the reason
             self._notify("STATUS=starting")
             self._pump()
             outcome = await self._done
@@ -193,6 +242,11 @@ class Service:
             Outcome(ExitCode.OK, f"{name}; the server did not confirm within the close timeout"),
         )
         self._call(lambda c, now: c.close(now))
+
+    def log_stats(self) -> None:
+        """Log the client's counters in one line (SIGUSR1, SIGUSR2, and at exit)."""
+        if self._client is not None:
+            log.info("%s", describe_stats(getattr(self._client, "stats", None)))
 
     # ------------------------------------------------------------------ the pump
 

@@ -9,12 +9,16 @@ ends in `SessionEnded`), over a toy wire protocol that a test can play the serve
     server → client   b"WELCOME" (tunnel up), b"D" + packet (to the tun), b"RESTART" (session
                       lost, reconnect after `retry_in`), b"HALT" (terminal error)
 
+Like the engine, it keeps `stats` (the engine's counter names: packets/bytes in and out, tunnel
+packets, drops by reason); a datagram it does not understand is dropped as "unknown packet".
+
 `FakeTun` is a SOCK_DGRAM socketpair (a real fd for `add_reader`; one datagram = one packet);
 `FakeNetwork` records `apply`/`revert` calls instead of touching the kernel.
 """
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import socket
 from collections import deque
@@ -53,6 +57,22 @@ SETTINGS = TunnelSettings(
 )
 
 
+@dataclass
+class FakeStats:
+    """The counters of the engine's `client.stats`, by the same names."""
+
+    packets_received: int = 0
+    packets_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    tunnel_packets_in: int = 0
+    tunnel_packets_out: int = 0
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+
 class ScriptedClient:
     def __init__(
         self,
@@ -73,12 +93,15 @@ class ScriptedClient:
         self.state = "resolving"
         self.deadline: float | None = None
         self.calls: list[str] = []
+        self.stats = FakeStats()
         self._request_resolution()
 
     # ---- the documented surface
 
     def receive(self, data: bytes, now: float) -> None:
         self.calls.append("receive")
+        self.stats.packets_received += 1
+        self.stats.bytes_received += len(data)
         if self.state == "connected" and data == b"WELCOME":
             self.state = "established"
             self.events.append(TlsEstablished(version="TLSv1.3", cipher="X", peer_subject="CN=s"))
@@ -86,6 +109,7 @@ class ScriptedClient:
             self.deadline = now + self.ping_interval
         elif self.state == "established" and data.startswith(b"D"):
             self.inbox.append(data[1:])
+            self.stats.tunnel_packets_in += 1
         elif self.state == "established" and data == b"RESTART":
             self.state = "waiting"
             self.events.append(SessionRestarting(reason="server restart", retry_in=self.retry_in))
@@ -98,14 +122,20 @@ class ScriptedClient:
                 SessionEnded(reason="server halted", error=RemoteProtocolError("HALT"))
             )
             self.deadline = None
-        # anything else: a bad packet, dropped (as the engine does)
+        else:  # anything else: a bad packet, dropped and counted (as the engine does)
+            self.stats.drop("unknown packet")
 
     def data_to_send(self, now: float) -> list[bytes]:
         out, self.outbox = self.outbox, []
+        self.stats.packets_sent += len(out)
+        self.stats.bytes_sent += sum(map(len, out))
         return out
 
     def encrypt_tunnel_packet(self, ip_packet: bytes, now: float) -> bytes | None:
-        return b"D" + ip_packet if self.state == "established" else None
+        if self.state != "established":
+            return None
+        self.stats.tunnel_packets_out += 1
+        return b"D" + ip_packet
 
     def tunnel_packets(self) -> list[bytes]:
         out, self.inbox = self.inbox, []

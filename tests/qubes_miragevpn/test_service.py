@@ -7,15 +7,19 @@ The test plays the server side of the double's toy protocol over a real UDP or T
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from miragevpn.config.model import Config, Proto, Remote, Transport
 from qubes_miragevpn.sdnotify import sd_notify
-from qubes_miragevpn.service import ExitCode, Outcome, Service
-from tests.helpers.fake_client import FakeNetwork, ScriptedClient
+from qubes_miragevpn.service import ExitCode, Outcome, Service, describe_stats
+from tests.helpers.fake_client import FakeNetwork, FakeStats, ScriptedClient
 
 TIMEOUT = 5.0
 
@@ -208,3 +212,66 @@ def test_sd_notify_sends_to_the_socket(tmp_path: Path) -> None:
         sock.bind(b"\0" + abstract[1:].encode())
         assert sd_notify("STATUS=x", environ={"NOTIFY_SOCKET": abstract})
         assert sock.recv(100) == b"STATUS=x"
+
+
+def test_sigusr1_logs_statistics_and_again_at_exit(caplog: pytest.LogCaptureFixture) -> None:
+    network = FakeNetwork()
+    caplog.set_level(logging.INFO, logger="qubes_miragevpn.service")
+
+    def stats_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("statistics:")]
+
+    async def body(server: UdpServer, port: int) -> None:
+        service, clients = make_service(port, Transport.UDP, network, [])
+        run = asyncio.create_task(service.run())
+        await server.expect(b"HELLO")
+        server.send(b"WELCOME")
+        await server.expect(b"PING")
+        for junk in (b"junk", b"\x00", b"\xff" * 40):
+            server.send(junk)
+        server.send(b"Dip-packet")
+        assert network.tun is not None
+        await asyncio.wait_for(asyncio.to_thread(network.tun.peer.recv, 100), TIMEOUT)
+        before = len(stats_lines())
+        os.kill(os.getpid(), signal.SIGUSR1)  # handled by the running loop
+        for _ in range(100):
+            if len(stats_lines()) > before:
+                break
+            await asyncio.sleep(0.02)
+        line = stats_lines()[-1]
+        stats = clients[0].stats
+        assert line == (
+            f"statistics: in {stats.packets_received} packets ({stats.bytes_received} bytes), "
+            f"out {stats.packets_sent} packets ({stats.bytes_sent} bytes), "
+            "tunnel packets in 1 out 0, dropped 3 (unknown packet 3)"
+        )
+        server.send(b"more junk")
+        await asyncio.sleep(0.05)
+        service.stop(signal.SIGTERM)
+        await asyncio.wait_for(run, TIMEOUT)
+
+    asyncio.run(with_udp_server(body))
+    lines = stats_lines()
+    assert len(lines) == 2, lines
+    assert lines[-1].endswith("dropped 4 (unknown packet 4)")  # the same line, at exit
+
+
+def test_describe_stats_in_words_and_defensive() -> None:
+    stats = FakeStats(packets_received=5, bytes_received=700, packets_sent=2, bytes_sent=90)
+    stats.drop("AuthenticationError")
+    stats.drop("AuthenticationError")
+    stats.drop("ReplayError")
+    stats.drop("DecodeError")
+    stats.drop("unknown key id")
+    assert describe_stats(stats) == (
+        "statistics: in 5 packets (700 bytes), out 2 packets (90 bytes), "
+        "tunnel packets in 0 out 0, dropped 5 (failed authentication 2, malformed 1, "
+        "replayed 1, unknown key id 1)"
+    )
+
+    class Partial:  # an engine whose Stats lacks some counters (or has moved them)
+        packets_received = 3
+        dropped: dict[str, int] = {}  # noqa: RUF012
+
+    assert describe_stats(Partial()) == "statistics: in 3 packets, dropped 0"
+    assert describe_stats(None) == "statistics: not available"
