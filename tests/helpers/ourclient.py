@@ -2,15 +2,17 @@
 
 It logs to a file; `wait_tunnel_up(n)` waits (bounded) for the n-th "tunnel up:" line the
 service logs when a tunnel is configured, and fails with the log's tail if the process exits.
+`stats()` sends SIGUSR1 and returns the "statistics:" line it makes the client log, parsed.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers.netns import Netns, stop_process
@@ -18,6 +20,48 @@ from tests.helpers.netns import Netns, stop_process
 MIRAGEVPN_CLIENT = str(Path(sys.executable).with_name("miragevpn-client"))
 TUNNEL_UP = "tunnel up:"
 UP_TIMEOUT = 30.0
+STATS = "statistics: "
+STATS_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """One "statistics:" line of the service (service.describe_stats), parsed."""
+
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    tunnel_in: int
+    tunnel_out: int
+    dropped: dict[str, int] = field(default_factory=dict)  # reason in words -> count
+
+    @classmethod
+    def parse(cls, line: str) -> ClientStats:
+        text = line[line.index(STATS) + len(STATS) :]
+        match = re.fullmatch(
+            r"in (\d+) packets \((\d+) bytes\), out (\d+) packets \((\d+) bytes\), "
+            r"tunnel packets in (\d+) out (\d+), dropped (\d+)(?: \((.*)\))?",
+            text.strip(),
+        )
+        if match is None:
+            raise AssertionError(f"not a statistics line: {line!r}")
+        numbers = [int(n) for n in match.groups()[:7]]
+        dropped: dict[str, int] = {}
+        for item in (match.group(8) or "").split(", "):
+            if item:
+                reason, count = item.rsplit(" ", 1)
+                dropped[reason] = int(count)
+        assert sum(dropped.values()) == numbers[6], f"drops do not add up: {line!r}"
+        return cls(*numbers[:6], dropped=dropped)
+
+    def drops_since(self, before: ClientStats) -> dict[str, int]:
+        """Reasons whose count grew since `before`, with how much."""
+        return {
+            reason: n - before.dropped.get(reason, 0)
+            for reason, n in self.dropped.items()
+            if n > before.dropped.get(reason, 0)
+        }
 
 
 def engine_ready() -> bool:
@@ -70,6 +114,26 @@ class OurClient:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"tunnel not up after {timeout:g}s:\n" + self.tail())
             time.sleep(0.05)
+
+    def stats_lines(self) -> list[str]:
+        return [line for line in self.log_text().splitlines() if STATS in line]
+
+    def stats(self, timeout: float = STATS_TIMEOUT) -> ClientStats:
+        """SIGUSR1 (by PID), then the statistics line it logs (bounded wait), parsed."""
+        before = len(self.stats_lines())
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while len(lines := self.stats_lines()) <= before:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"miragevpn-client exited {self.proc.returncode}:\n" + self.tail()
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"no statistics line {timeout:g}s after SIGUSR1:\n" + self.tail()
+                )
+            time.sleep(0.02)
+        return ClientStats.parse(lines[before])
 
     def wait_exit(self, timeout: float) -> int:
         try:
