@@ -17,8 +17,10 @@ socket, headers built by `tests.helpers.inject`), one kind per burst:
 
 During each burst the tunnel carries a ping and a checksummed TCP transfer; after it, a ping.
 The client's statistics line (SIGUSR1) must show the burst counted under the expected reasons
-only, and all of it but what the client's kernel itself dropped (UDP InErrors) — so a client that
-accepts any of these packets fails here. The server must keep the one session throughout.
+only, and all of it but what the client's kernel itself dropped (UDP InErrors in the client
+namespace, which also counts the tunnel traffic the client was too slow for; a burst the kernel
+dropped nothing of must be counted exactly) — so a client that accepts these packets fails here.
+The server must keep the one session throughout.
 
 Everything stays inside the two namespaces this test creates.
 """
@@ -91,6 +93,8 @@ class Kind:
     build: Callable[[Captured, random.Random], list[bytes]]
     allowed: frozenset[str]  # the reasons this burst may be counted under
     required: frozenset[str]  # the reasons that must grow
+    few: frozenset[str] = frozenset()  # required only if the kernel dropped nothing: so few
+    # packets of the burst are counted under these that the kernel may have dropped them all
 
 
 def _unknown_opcode(c: Captured, rng: random.Random) -> list[bytes]:
@@ -118,13 +122,15 @@ KINDS = [
         "garbage",
         lambda c, rng: garbage(rng, BURST),
         frozenset({MALFORMED, AUTHENTICATION, UNKNOWN_KEY_ID}),
-        frozenset({MALFORMED, AUTHENTICATION, UNKNOWN_KEY_ID}),
+        frozenset({MALFORMED, AUTHENTICATION}),
+        few=frozenset({UNKNOWN_KEY_ID}),  # 7 in 128: P_DATA_V1/V2 with a key id not 0
     ),
     Kind(
         "truncated",
         _truncated,
         frozenset({EMPTY, MALFORMED, AUTHENTICATION}),
-        frozenset({EMPTY, MALFORMED, AUTHENTICATION}),
+        frozenset({MALFORMED, AUTHENTICATION}),
+        few=frozenset({EMPTY}),  # the two 0-byte prefixes
     ),
     Kind(
         "data flipped",
@@ -229,7 +235,8 @@ def test_hostile_wire(pki_files: PkiFiles, workdir: Path, scenario: Scenario) ->
                         f"kernel dropped {kernel_lost:3}, counted {counted:3}: {grown}"
                     )
                     assert set(grown) <= kind.allowed, f"{kind.name}: counted as {grown}"
-                    assert kind.required <= set(grown), f"{kind.name}: counted as {grown}"
+                    required = kind.required | (kind.few if kernel_lost == 0 else frozenset())
+                    assert required <= set(grown), f"{kind.name}: counted as {grown}"
                     assert sent - kernel_lost <= counted <= sent, (
                         f"{kind.name}: {sent} sent, {kernel_lost} dropped by the kernel, "
                         f"{counted} counted by the client: {grown}"
