@@ -30,7 +30,6 @@ from .clientstate import (
     Established,
     Handshaking,
     Pulling,
-    Renegotiation,
     Resolving,
     Session,
     State,
@@ -38,9 +37,8 @@ from .clientstate import (
     Waiting,
     next_key_id,
 )
-from .config.model import AuthUserPass, Config, Secret, Transport
+from .config.model import AuthUserPass, Config, Transport
 from .datachannel import OCC_EXIT_MESSAGE, OCC_MAGIC, PING_MAGIC
-from .datakeys import DataChannelParams, DataKeys, derive_key2
 from .errors import (
     AuthenticationError,
     DecodeError,
@@ -61,8 +59,9 @@ from .events import (
     TlsEstablished,
     TunnelEstablished,
 )
-from .framing import StreamDecoder, encode_frame
-from .keystate import KeyState, client_key_method_2
+from .framing import encode_frame
+from .keying import Keying
+from .keystate import KeyState
 from .packet import ControlPacket, Opcode
 from .push import (
     AuthFailed,
@@ -70,7 +69,6 @@ from .push import (
     Exit,
     Halt,
     Info,
-    PushedOptions,
     PushReply,
     PushReplyAssembler,
     Restart,
@@ -79,10 +77,7 @@ from .push import (
     parse_control_message,
     parse_pushed_options,
 )
-from .reliable import max_control_payload
 from .remotes import Advance, RemoteSelector, RetriesExhausted
-from .tls import TlsSession, TlsSettings, build_context
-from .tls_wrap import TlsCryptV2Wrap, make_wrap
 from .tunnelsettings import resolve_tunnel_settings
 
 __all__ = ["Client", "Stats"]
@@ -111,13 +106,9 @@ class Client:
         """`tls_ekm=False` does not announce TLS-EKM (IV_PROTO bit 3): data keys then come
         from OpenVPN's TLS 1.0 PRF, as with servers that mishandle the exporter."""
         self._config = config
-        self._tls_ekm = tls_ekm
-        self._rng = rng
-        self._credentials = credentials or config.auth_user_pass
-        self._auth_token: Secret | None = None
-        self._auth_token_user: str | None = None
-        self._tls_settings = TlsSettings.from_config(config)
-        build_context(self._tls_settings)  # configuration errors surface now, not at connect
+        self._keying = Keying(
+            config, rng=rng, credentials=credentials or config.auth_user_pass, tls_ekm=tls_ekm
+        )
         self._remotes = RemoteSelector(config, rng)
         self._events: collections.deque[Event] = collections.deque()
         self._tunnel: list[bytes] = []
@@ -159,7 +150,7 @@ class Client:
         if not isinstance(state, Connecting):
             return
         remote = self._remotes.remote
-        session = self._new_session(state.address, remote.port, remote.proto.transport, now)
+        session = self._keying.new_session(state.address, remote.port, remote.proto.transport, now)
         poll = now + self._config.server_poll_timeout
         self._move(Handshaking(session, now + self._config.hand_window, poll))
         self._progress(f"connected to {state.address} port {remote.port}; sent our reset")
@@ -212,7 +203,7 @@ class Client:
         session = state.session
         out: list[bytes] = []
         if session.text_out:
-            primary = self._primary(session)
+            primary = self._keying.primary(session)
             for text in session.text_out:
                 primary.send_text(text)
             session.text_out.clear()
@@ -253,13 +244,9 @@ class Client:
                 deadlines.append(session.last_received + state.ping_restart)
             if state.ping_exit:
                 deadlines.append(session.last_received + state.ping_exit)
-            data_deadline = state.data.next_deadline()
-            if data_deadline is not None:
-                deadlines.append(data_deadline)
-            if state.renegotiation is not None:
-                deadlines.append(state.renegotiation.deadline)
-            else:
-                deadlines.append(self._renegotiation_deadline(state))
+            keying = self._keying.next_deadline(state)
+            if keying is not None:
+                deadlines.append(keying)
         elif isinstance(state, Closing):
             deadlines.append(state.deadline)
             if state.next_occ_exit is not None:
@@ -396,7 +383,7 @@ class Client:
                 packet.opcode is Opcode.P_CONTROL_SOFT_RESET_V1
                 and isinstance(state, Established)
                 and state.renegotiation is None
-                and packet.key_id != 0
+                and packet.key_id == next_key_id(state.primary_key_id)
             ):
                 key_state = self._begin_renegotiation(state, packet.key_id, now, by_us=False)
             else:
@@ -454,7 +441,7 @@ class Client:
                 elif isinstance(state, Established):
                     self._late_push_reply(state, message)
             case AuthFailed(reason=reason):
-                self._auth_token = None
+                self._keying.forget_auth_token()
                 if message.temporary:
                     self._fail(f"temporary authentication failure: {reason}", now)
                 else:
@@ -469,7 +456,7 @@ class Client:
             case Restart(message=why, flags=flags):
                 advance = Advance.REMOTE if "N" in flags else Advance.NO
                 if "P" not in flags:
-                    self._auth_token = None
+                    self._keying.forget_auth_token()
                 self._fail(f"server asked to restart: {why or 'no reason given'}", now, advance)
             case Halt(message=why):
                 self._end(
@@ -499,23 +486,23 @@ class Client:
                 RemoteProtocolError("no data channel cipher"),
             )
             return
-        use_ekm = pushed.uses_ekm and self._tls_ekm
+        use_ekm = pushed.uses_ekm and self._keying.tls_ekm
         try:
-            params = DataChannelParams.create(
+            data = self._keying.first_data_keys(
+                session,
+                key_state,
                 cipher=cipher,
-                compression=pushed.compression or self._config.compression,
+                compression=pushed.compression,
                 peer_id=pushed.peer_id,
-                replay_window=self._config.replay_window,
                 ekm=use_ekm,
             )
-            data = DataKeys(params, key_state.key_id, self._key2(session, key_state, use_ekm))
         except ValueError as exc:  # e.g. a pushed peer-id out of range
             self._end(f"cannot set up the data channel: {exc}", RemoteProtocolError(str(exc)))
             return
         except MirageVPNError as exc:
             self._end(f"cannot set up the data channel: {exc}", exc)
             return
-        self._apply_auth_token(pushed)
+        self._keying.apply_auth_token(pushed)
         settings, notes = resolve_tunnel_settings(
             self._config,
             pushed,
@@ -527,22 +514,9 @@ class Client:
             self._progress(note)
         for ignored in pushed.ignored:
             self._progress(f"pushed option ignored: {ignored.text} ({ignored.reason})")
-        config = self._config
-        ping = pushed.ping if pushed.ping is not None else config.ping
-        exit_notify = pushed.explicit_exit_notify or config.explicit_exit_notify
         self._move(
-            Established(
-                session=session,
-                data=data,
-                pushed=pushed,
-                settings=settings,
-                ping=ping or None,
-                ping_restart=(pushed.ping_restart or config.ping_restart) or None,
-                ping_exit=(pushed.ping_exit or config.ping_exit) or None,
-                cc_exit=pushed.cc_exit,
-                exit_notify=exit_notify,
-                primary_key_id=key_state.key_id,
-                key_active_since=now,
+            Established.from_push(
+                self._config, pushed, session=session, data=data, settings=settings, now=now
             )
         )
         session.last_received = now
@@ -555,97 +529,39 @@ class Client:
             pushed = parse_pushed_options(part.options, self._config)
         except (DecodeError, RemoteProtocolError):
             return
-        self._apply_auth_token(pushed)
-
-    def _apply_auth_token(self, pushed: PushedOptions) -> None:
-        if pushed.auth_token is not None:
-            self._auth_token = pushed.auth_token
-        if pushed.auth_token_user is not None:
-            self._auth_token_user = pushed.auth_token_user
+        self._keying.apply_auth_token(pushed)
 
     # ------------------------------------------------------------------ renegotiation
 
-    def _key2(self, session: Session, key_state: KeyState, ekm: bool) -> bytes:
-        return derive_key2(
-            key_state.tls,
-            ekm=ekm,
-            mine=key_state.key_source,
-            theirs=key_state.their_key_method,
-            my_session_id=session.my_session_id,
-            their_session_id=session.their_session_id or b"",
-        )
-
-    def _renegotiation_deadline(self, state: Established) -> float:
-        """When our own triggers fire (reference §8): reneg-sec after the key became active,
-        or now-ish (0.0) once reneg-bytes / reneg-pkts / the replay-id limit is reached."""
-        config = self._config
-        key = state.data.primary
-        if key is not None:
-            if key.should_renegotiate:
-                return 0.0
-            if config.reneg_bytes and key.bytes_sent + key.bytes_received >= config.reneg_bytes:
-                return 0.0
-            packets = key.packets_sent + key.packets_received
-            if config.reneg_pkts and packets >= config.reneg_pkts:
-                return 0.0
-        if config.reneg_sec:
-            return state.key_active_since + config.reneg_sec
-        return float("inf")
-
     def _maybe_renegotiate(self, state: Established, now: float) -> None:
-        if now >= self._renegotiation_deadline(state):
+        if now >= self._keying.renegotiation_deadline(state):
             key_id = next_key_id(state.primary_key_id)
             self._begin_renegotiation(state, key_id, now, by_us=True)
 
     def _begin_renegotiation(
         self, state: Established, key_id: int, now: float, *, by_us: bool
     ) -> KeyState:
-        """A soft reset (ssl.c: key_state_soft_reset): the primary key state becomes the lame
-        duck (the previous lame duck goes), and a new key state sends its own soft reset."""
-        session = state.session
-        primary = session.key_states[state.primary_key_id]
-        state.data.retire(now + self._config.tran_window)
-        key_state = self._new_key_state(session, key_id, Opcode.P_CONTROL_SOFT_RESET_V1, now)
-        session.key_states = {primary.key_id: primary, key_id: key_state}
-        state.renegotiation = Renegotiation(key_state, now + self._config.hand_window, by_us)
+        key_state = self._keying.begin_renegotiation(state, key_id, now, by_us=by_us)
         who = "we renegotiate" if by_us else "server renegotiates"
         self._progress(f"{who} keys (key id {key_id})")
         return key_state
 
     def _finish_renegotiation(self, state: Established, key_state: KeyState, now: float) -> None:
-        session = state.session
         try:
-            key2 = self._key2(session, key_state, state.data.params.ekm)
+            self._keying.finish_renegotiation(state, key_state, now)
         except (MirageVPNError, ValueError) as exc:
             self._fail(f"renegotiation failed: {exc}", now)
             return
-        config = self._config
-        window = config.hand_window  # ssl.c: auth_deferred_expire_window
-        if config.reneg_sec:
-            window = min(window, config.reneg_sec / 2)
-        state.data.install(key_state.key_id, key2, send_from=key_state.started + window, now=now)
-        state.primary_key_id = key_state.key_id
-        state.key_active_since = now
-        state.renegotiation = None
         self.stats.renegotiations += 1
         self._progress(f"new data keys (key id {key_state.key_id})")
 
     def _data_keys_timer(self, state: Established, now: float) -> None:
-        dead = state.data.handle_timer(now)
+        dead = self._keying.expire_lame_duck(state, now)
         if dead is not None:
-            state.session.key_states.pop(dead, None)
             self._progress(f"lame-duck key (key id {dead}) expired (tran-window)")
-        if state.renegotiation is None:
-            self._maybe_renegotiate(state, now)
+        self._maybe_renegotiate(state, now)
 
     # ------------------------------------------------------------------ sending
-
-    def _primary(self, session: Session) -> KeyState:
-        """The key state control messages go on: the newest negotiated one (else key id 0)."""
-        negotiated = [k for k in session.key_states.values() if k.negotiated]
-        if not negotiated:
-            return session.key_states[0]
-        return max(negotiated, key=lambda k: k.started)
 
     def _send_text(self, session: Session, text: str) -> None:
         session.text_out.append(encode_control_message(text))
@@ -664,74 +580,6 @@ class Client:
             packet = state.data.encrypt_occ_exit()
             state.next_occ_exit = now + OCC_EXIT_INTERVAL
         return [] if packet is None else [packet]
-
-    # ------------------------------------------------------------------ session set-up
-
-    def _new_session(
-        self, address: IPAddress, port: int, transport: Transport, now: float
-    ) -> Session:
-        config = self._config
-        wrap = make_wrap(config.tls_protection, config.auth, replay_window=config.replay_window)
-        session = Session(
-            transport=transport,
-            address=address,
-            port=port,
-            my_session_id=self._session_id(),
-            wrap=wrap,
-            decoder=StreamDecoder() if transport is Transport.TCP else None,
-            key_states={},
-            last_received=now,
-            last_sent=now,
-        )
-        reset = (
-            Opcode.P_CONTROL_HARD_RESET_CLIENT_V3
-            if isinstance(wrap, TlsCryptV2Wrap)
-            else Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
-        )
-        session.key_states[0] = self._new_key_state(session, 0, reset, now)
-        return session
-
-    def _session_id(self) -> bytes:
-        for _ in range(16):
-            candidate = self._rng(8)
-            if candidate != bytes(8):
-                return candidate
-        raise LocalProtocolError("rng returned all-zero session ids")
-
-    def _new_key_state(self, session: Session, key_id: int, reset: Opcode, now: float) -> KeyState:
-        config = self._config
-        wrap = session.wrap
-        wkc = wrap.wkc_overhead if isinstance(wrap, TlsCryptV2Wrap) else 0
-        username, password = self._username_password()
-        message, source = client_key_method_2(
-            config,
-            self._rng,
-            session.transport,
-            username=username,
-            password=password,
-            tls_ekm=self._tls_ekm,
-        )
-        return KeyState(
-            key_id=key_id,
-            tls=TlsSession(self._tls_settings),
-            reset_opcode=reset,
-            my_key_method=message,
-            key_source=source,
-            tls_timeout=config.tls_timeout,
-            payload_size=max_control_payload(wrap_overhead=wrap.overhead, ipv6=True),
-            wkc_overhead=wkc,
-            started=now,
-        )
-
-    def _username_password(self) -> tuple[str | None, bytes | None]:
-        credentials = self._credentials
-        if credentials is None:
-            return None, None
-        username = self._auth_token_user or credentials.username or ""
-        if self._auth_token is not None:
-            return username, self._auth_token.value
-        password = credentials.password.value if credentials.password is not None else b""
-        return username, password
 
     # ------------------------------------------------------------------ transitions
 

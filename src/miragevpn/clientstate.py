@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from .config.model import Transport
+from .config.model import Config, Transport
 from .datakeys import DataKeys
 from .events import IPAddress, TunnelSettings
 from .framing import StreamDecoder
@@ -117,6 +117,33 @@ class Established:
     primary_key_id: int  # the key state whose data keys are the primary
     key_active_since: float  # when the primary became ACTIVE (reneg-sec counts from here)
     renegotiation: Renegotiation | None = None
+
+    @classmethod
+    def from_push(
+        cls,
+        config: Config,
+        pushed: PushedOptions,
+        *,
+        session: Session,
+        data: DataKeys,
+        settings: TunnelSettings,
+        now: float,
+    ) -> Established:
+        """Pushed link timers override configured ones; 0 means off."""
+        ping = pushed.ping if pushed.ping is not None else config.ping
+        return cls(
+            session=session,
+            data=data,
+            pushed=pushed,
+            settings=settings,
+            ping=ping or None,
+            ping_restart=(pushed.ping_restart or config.ping_restart) or None,
+            ping_exit=(pushed.ping_exit or config.ping_exit) or None,
+            cc_exit=pushed.cc_exit,
+            exit_notify=pushed.explicit_exit_notify or config.explicit_exit_notify,
+            primary_key_id=0,
+            key_active_since=now,
+        )
 
 
 @dataclass(slots=True)

@@ -81,6 +81,20 @@ def test_server_soft_reset_new_keys_and_the_deferred_send_switch(pki: Pki) -> No
     assert client.stats.dropped["unknown key id"] == 1
 
 
+def test_a_soft_reset_for_a_key_id_out_of_sequence_is_dropped(pki: Pki) -> None:
+    client, server = established(pki, reneg_sec=None)
+    for key_id in (2, 7):  # the next key id is 1 (ssl.c: key IDs out of sync otherwise)
+        server.soft_reset(key_id)
+        exchange(client, server, T0 + 1)
+        assert not server.negotiated(key_id)
+        del server.keys[key_id]
+    assert client.stats.dropped["unknown key id"] >= 2
+    assert client.stats.renegotiations == 0
+    server.soft_reset(1)
+    exchange(client, server, T0 + 2)
+    assert server.negotiated(1) and client.stats.renegotiations == 1
+
+
 def test_send_switch_waits_min_of_hand_window_and_half_reneg_sec(pki: Pki) -> None:
     client, server = established(pki, hand_window=60.0, reneg_sec=None)
     server.soft_reset(1)
