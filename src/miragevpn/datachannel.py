@@ -20,12 +20,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-
+from .aead import Aead, make_aead
 from .config.model import Compression
 from .config.model import ReplayWindow as ReplayWindowSettings
-from .errors import AuthenticationError, DecodeError, LocalProtocolError
+from .errors import DecodeError, LocalProtocolError
 from .kdf import AEAD_KEY_SIZES, DataChannelKeys
 from .packet import KEY_ID_MASK, OPCODE_SHIFT, Opcode
 from .replay import ReplayWindow
@@ -95,10 +93,8 @@ def overhead(*, peer_id: bool, compression: Compression) -> int:
     return (4 if peer_id else 1) + 4 + AEAD_TAG_LENGTH + framing
 
 
-def _make_aead(cipher: str, key: bytes) -> AESGCM | ChaCha20Poly1305:
-    if cipher == "CHACHA20-POLY1305":
-        return ChaCha20Poly1305(key)
-    return AESGCM(key)
+def _make_aead(cipher: str, key: bytes) -> Aead:
+    return make_aead(cipher, key)  # aead.py: OpenSSL contexts kept across packets
 
 
 # --------------------------------------------------------------------------- framing
@@ -223,8 +219,8 @@ class DataChannelKey:
         self.cipher = cipher
         self.key_id = key_id
         self.peer_id = peer_id
-        self._seal = _make_aead(cipher, keys.my_cipher_key).encrypt
-        self._open = _make_aead(cipher, keys.their_cipher_key).decrypt
+        self._seal = _make_aead(cipher, keys.my_cipher_key).seal
+        self._open = _make_aead(cipher, keys.their_cipher_key).open
         self._my_iv = keys.my_implicit_iv
         self._their_iv = keys.their_implicit_iv
         self._v1_byte = _V1 | key_id
@@ -257,15 +253,14 @@ class DataChannelKey:
         pid = _U32.pack(replay_id)
         header = self._my_header
         if self.peer_id is None:
-            sealed = self._seal(pid + self._my_iv, self._frame(payload), pid)
+            sealed = self._seal(pid + self._my_iv, pid, self._frame(payload))
             prefix = header + pid
         else:
             prefix = header + pid
-            sealed = self._seal(pid + self._my_iv, self._frame(payload), prefix)
+            sealed = self._seal(pid + self._my_iv, prefix, self._frame(payload))
         self.packets_sent += 1
         self.bytes_sent += len(payload)
-        tag = memoryview(sealed)
-        return b"".join((prefix, tag[-AEAD_TAG_LENGTH:], tag[:-AEAD_TAG_LENGTH]))
+        return prefix + sealed  # sealed = tag || ciphertext
 
     def decrypt(self, packet: bytes, now: float) -> bytes:
         """The de-framed payload of a wire packet of this key state."""
@@ -283,14 +278,8 @@ class DataChannelKey:
             raise DecodeError("data packet too short (missing payload)")
         pid = packet[start : start + 4]
         aad = packet[: body - AEAD_TAG_LENGTH] if start == 4 else pid
-        try:
-            plain = self._open(
-                pid + self._their_iv,
-                packet[body:] + packet[start + 4 : body],
-                aad,
-            )
-        except InvalidTag:
-            raise AuthenticationError("data packet tag mismatch") from None
+        # AuthenticationError if the tag does not verify
+        plain = self._open(pid + self._their_iv, aad, packet[start + 4 : body], packet[body:])
         self._replay.check_and_record(_U32.unpack(pid)[0], now)
         payload = self._deframe(plain)
         self.packets_received += 1

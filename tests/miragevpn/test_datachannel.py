@@ -188,8 +188,8 @@ def test_compression_framing(compression: Compression, payload: bytes, framed: b
     client = make(keys, compression=compression)
     server = make(mirror(keys), compression=compression)
     wire = client.encrypt(payload)
-    plain = server._open(  # look inside the envelope
-        wire[4:8] + keys.my_implicit_iv, wire[24:] + wire[8:24], wire[:8]
+    plain = server._open(  # look inside the envelope: nonce, AAD, tag, ciphertext
+        wire[4:8] + keys.my_implicit_iv, wire[:8], wire[8:24], wire[24:]
     )
     assert plain == framed
     assert server.decrypt(wire, NOW) == payload
