@@ -1,10 +1,11 @@
 """Micro-benchmark of the data-channel hot path (not a test): packets/s for encrypt and decrypt.
 
-    .venv/bin/python bench/datachannel_micro.py [--seconds 1.0]
+    .venv/bin/python bench/datachannel_micro.py [--seconds 1.0] [--backend all|cffi|...]
 
 For each cipher and payload size (64 B, 1400 B) it times `DataChannelKey.encrypt` on the
 client and `DataChannelKey.decrypt` of those packets on a mirrored server key (P_DATA_V2, no
-compression framing), and prints packets/s and Mbit/s of payload.
+compression framing), and prints packets/s, µs per packet and Mbit/s of payload, with the AEAD
+backend (aead.py) in use: the one selected at import, or each available one with `all`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from miragevpn import aead, datachannel
 from miragevpn.config.model import Compression, ReplayWindow
 from miragevpn.datachannel import SUPPORTED_AEAD_CIPHERS, DataChannelKey
 from miragevpn.kdf import DataChannelKeys, client_data_keys
@@ -40,38 +42,65 @@ def _pair(cipher: str) -> tuple[DataChannelKey, DataChannelKey]:
 
 def _rate(n: int, elapsed: float, size: int) -> str:
     pps = n / elapsed
-    return f"{pps:>10,.0f} pkt/s {pps * size * 8 / 1e6:>8,.0f} Mbit/s"
+    return f"{pps:>10,.0f} pkt/s {1e6 / pps:>6.2f} µs {pps * size * 8 / 1e6:>6,.0f} Mbit/s"
+
+
+def _use_backend(backend: str | None) -> None:
+    """Make every DataChannelKey built from now on use `backend` (None: the selected one)."""
+
+    def make(cipher: str, key: bytes) -> aead.Aead:
+        return aead.make_aead(cipher, key, backend=backend)
+
+    datachannel._make_aead = make  # bench only: the engine has no such switch
+
+
+def _measure(cipher: str, size: int, backend: str, seconds: float) -> None:
+    client, server = _pair(cipher)
+    payload = bytes([0x45]) + bytes(size - 1)
+    batch = 2000
+    encrypt = client.encrypt
+    n = 0
+    packets: list[bytes] = []
+    start = time.perf_counter()
+    while True:
+        for _ in range(batch):
+            packets.append(encrypt(payload))
+        n += batch
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+    enc = _rate(n, elapsed, size)
+    decrypt = server.decrypt
+    now = time.time()
+    start = time.perf_counter()
+    for packet in packets:
+        decrypt(packet, now)
+    dec = _rate(len(packets), time.perf_counter() - start, size)
+    print(f"{cipher:<18} {size:>5} {backend:<12} {enc}  {dec}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    parser.add_argument(
+        "--backend",
+        choices=("selected", "all", *aead.BACKENDS),
+        default="selected",
+        help="AEAD backend: the one aead.py selected (default), each available one, or one",
+    )
     args = parser.parse_args()
-    print(f"{'cipher':<18} {'size':>5}  {'encrypt':<34} {'decrypt':<34}")
+    print(f"{'cipher':<18} {'size':>5} {'backend':<12} {'encrypt':<38} {'decrypt':<38}")
     for cipher in SUPPORTED_AEAD_CIPHERS:
+        if args.backend == "selected":
+            backends = [aead.selected_backend(cipher)]
+        elif args.backend == "all":
+            backends = [b for b in aead.BACKENDS if aead.backend_available(b, cipher)]
+        else:
+            backends = [args.backend]
         for size in SIZES:
-            client, server = _pair(cipher)
-            payload = bytes([0x45]) + bytes(size - 1)
-            batch = 2000
-            encrypt = client.encrypt
-            n = 0
-            packets: list[bytes] = []
-            start = time.perf_counter()
-            while True:
-                for _ in range(batch):
-                    packets.append(encrypt(payload))
-                n += batch
-                elapsed = time.perf_counter() - start
-                if elapsed >= args.seconds:
-                    break
-            enc = _rate(n, elapsed, size)
-            decrypt = server.decrypt
-            now = time.time()
-            start = time.perf_counter()
-            for packet in packets:
-                decrypt(packet, now)
-            dec = _rate(len(packets), time.perf_counter() - start, size)
-            print(f"{cipher:<18} {size:>5}  {enc}  {dec}")
+            for backend in backends:
+                _use_backend(backend)
+                _measure(cipher, size, backend, args.seconds)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,20 @@ Why this module exists ("hand-written code a library already does")
 -------------------------------------------------------------------
 `cryptography`'s `AESGCM`/`ChaCha20Poly1305` are what we would rather use, and they stay the
 fallback. But in cryptography 38 (Debian 12) every `encrypt`/`decrypt` call builds and frees a
-new EVP cipher context and re-expands the key (`_aead_setup`): 10.5 µs to seal a 92-byte packet,
-12.2 µs at 1400 bytes, 20-48 % of the client's CPU under iperf3. Keeping one initialised
-context per key and direction and setting only the IV per packet (EVP_CipherInit_ex with a NULL
-cipher and key) measured, in this module as committed (cffi binding, one core of the dev VM):
+new EVP cipher context and re-expands the key (`_aead_setup`), which dominated a profile of
+the client under iperf3 (20-48 % of its CPU in AESGCM calls). Keeping one initialised context
+per key and direction and setting only the IV per packet (EVP_CipherInit_ex with a NULL cipher
+and key) is what this module does. Measured per call, 8-byte AAD, one core of the dev VM
+(cryptography 38.0.4, OpenSSL 3.0, Python 3.11; noisy to about ±15 %):
 
-    seal  92 B: 10.5 -> 2.3 µs    seal  1400 B: 12.2 -> 2.9 µs
-    open  92 B: 10.8 -> 1.8 µs    open  1400 B: 11.5 -> 2.5 µs
+                            cffi          ctypes        cryptography (fallback)
+    AES-256-GCM   92 B      1.8 / 1.8     4.4 / 4.5     11.3 / 10.8    µs seal / open
+    AES-256-GCM 1400 B      2.3 / 2.3     4.8 / 4.8     12.6 / 11.8
+    CHACHA20     92 B       2.0 / 2.1     4.5 / 4.5     11.4 / 10.8
+    CHACHA20   1400 B       2.9 / 3.0     5.6 / 5.4     12.6 / 12.0
 
-(see bench/datachannel_micro.py for whole packets, and the report of that commit).
+Whole data packets (bench/datachannel_micro.py) go from about 80,000 to 250,000-430,000 per
+second and direction.
 
 The bindings, tried in this order per cipher; the first that loads, has every function and
 passes the known-answer self-test below is used for every key of that cipher:
@@ -27,17 +32,20 @@ passes the known-answer self-test below is used for every key of that cipher:
    API mode), and it is the same libcrypto cryptography uses. cryptography 42 and later removed
    most EVP_Cipher* functions from it (Fedora 41/42 ship 4x), hence the capability check.
 2. "ctypes": the system `libcrypto.so.3` (OpenSSL 3 on Debian 12/13 and Fedora 41/42),
-   independent of the cryptography version; each ctypes call costs more than a cffi call
-   (argument conversion), still far below a fresh context.
+   independent of the cryptography version; its six foreign calls per packet cost about 2.5 µs
+   more than cffi's (argument conversion), still well below a fresh context. Loaded by that
+   name only (no find_library search).
 3. "cryptography": the public `AESGCM`/`ChaCha20Poly1305` objects: always available, slow.
 
 Memory safety of the native paths: every length is checked in Python before a native call
 (nonce 12, tag 16, data below a C int); output goes into a buffer owned by the key, sized for
 tag + data + a spare block, replaced (never resized in place) when a larger packet comes and
-referenced from a local for the whole call; bytes returned are copies. Contexts are freed when
-the key is collected (`ffi.gc` / `weakref.finalize`). Unauthenticated plaintext is never
-returned: `open` returns only after EVP_CipherFinal_ex accepted the tag, and a failure clears
-OpenSSL's error queue so it cannot surface in an unrelated cryptography call later.
+referenced from a local for the whole call (a cffi pointer into it, `buf + 16`, does not
+keep it alive: the large-packet test caught exactly that); bytes returned are copies.
+Contexts are freed when the key is collected (`ffi.gc` / `weakref.finalize`).
+Unauthenticated plaintext is never returned: `open` returns only after EVP_CipherFinal_ex
+accepted the tag, and a failure clears OpenSSL's error queue so it cannot surface in an
+unrelated cryptography call later.
 
 Threads: a key is single-threaded. The native calls release the GIL and the contexts and the
 output buffer are per key, so two threads must not use one key at the same time (the engine
