@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 
@@ -25,8 +24,10 @@ def config_dir(tmp_path: Path, files: dict[str, bytes]) -> Path:
     return sub
 
 
-def test_usable_summary(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    os.chdir("/")  # relative names resolve against the config's directory
+def test_usable_summary(
+    config_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/")  # relative names resolve against the config's directory
     assert main([str(config_dir / "c.ovpn")]) == 0
     out = capsys.readouterr().out
     assert "remote vpn.example.org port 443 tcp" in out and "user bob" in out
