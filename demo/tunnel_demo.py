@@ -39,7 +39,8 @@ STEP = 0
 def step(title: str, why: str) -> None:
     global STEP
     STEP += 1
-    print(f"\n\033[1m{STEP}. {title}\033[0m")
+    bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    print(f"\n{bold}{STEP}. {title}{plain}")
     print(textwrap.indent(textwrap.fill(why, 92), "   "))
 
 
