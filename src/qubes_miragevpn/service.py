@@ -3,10 +3,14 @@
 The engine (`miragevpn.client.Client`) does no IO; this loop does all of it:
 
     events      client.next_event() until None, each acted on (`_handle`, exhaustive match)
-    wire out    client.data_to_send(now) → transport, after every call into the client
-    wire in     transport bytes → client.receive() → client.tunnel_packets() → tun
-    tun in      tun readable → client.encrypt_tunnel_packet() → transport
-    timer       exactly one asyncio timer, re-armed from client.get_timer() after every call
+    wire out    client.data_to_send(now) → transport, after every call (or batch) into the client
+    wire in     a batch of datagrams (up to transport.RECV_BATCH, or one TCP chunk) →
+                client.receive() each → client.tunnel_packets() → tun, one os.write per packet
+    tun in      up to TUN_BATCH packets per wake-up → client.encrypt_tunnel_packet() each → one
+                transport.send(batch) (UDP GSO when the kernel has it)
+    timer       exactly one asyncio timer for client.get_timer(), moved only when the deadline
+                comes earlier than the armed one (a later deadline is left to an early wake-up,
+                which costs one no-op handle_timer, instead of a cancel + call_later per batch)
     signals     SIGTERM/SIGINT → client.close(now) (explicit-exit-notify), bounded wait for
                 SessionEnded; a second signal stops at once; SIGUSR1 (and OpenVPN's SIGUSR2)
                 → one statistics line (`describe_stats`), which is also logged at exit
@@ -166,6 +170,18 @@ def describe_stats(stats: object) -> str:
     return "statistics: " + (", ".join(parts) if parts else "not available")
 
 
+def describe_udp_stats(stats: transports.UdpStats) -> str:
+    """One line for the UDP socket's counters (not "statistics:": that line is the engine's)."""
+    batches = stats.receive_batches or 1
+    return (
+        f"UDP socket: received {stats.received} in {stats.receive_batches} wake-ups "
+        f"({stats.received / batches:.1f} per wake-up), sent {stats.sent} "
+        f"({stats.gso_sends} GSO sendmsg), errors {stats.receive_errors} in "
+        f"{stats.send_errors} out, waited for the socket {stats.queued}, "
+        f"dropped on a full queue {stats.queue_dropped}"
+    )
+
+
 class Service:
     """Runs one client session until it ends; `run()` returns the outcome."""
 
@@ -194,6 +210,8 @@ class Service:
         self._generation = 0  # bumped on every connect/disconnect: stale callbacks are ignored
         self._tun: TunDevice | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline = 0.0  # the client deadline `_timer` was armed for
+        self._udp_stats: transports.UdpStats | None = None  # of the current (or last) UDP socket
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: asyncio.Future[Outcome] | None = None
         self._closing = False
@@ -244,9 +262,12 @@ class Service:
         self._call(lambda c, now: c.close(now))
 
     def log_stats(self) -> None:
-        """Log the client's counters in one line (SIGUSR1, SIGUSR2, and at exit)."""
+        """Log the client's counters in one line (SIGUSR1, SIGUSR2, and at exit), and those of
+        the current (or last) UDP socket on a second line."""
         if self._client is not None:
             log.info("%s", describe_stats(getattr(self._client, "stats", None)))
+        if self._udp_stats is not None:
+            log.info("%s", describe_udp_stats(self._udp_stats))
 
     # ------------------------------------------------------------------ the pump
 
@@ -284,21 +305,28 @@ class Service:
     def _flush(self) -> None:
         assert self._client is not None
         wire = self._client.data_to_send(self._clock())
+        if not wire:
+            return
         if self._transport is not None:
-            for data in wire:
-                self._transport.send(data)
-        elif wire:
+            self._transport.send(wire)
+        else:
             log.debug("dropping %d packets: no transport open", len(wire))
 
     def _arm_timer(self) -> None:
+        """Keep one timer at or before `client.get_timer()`.
+
+        The deadline moves on almost every packet (keepalive: last sent + ping), nearly always
+        later; a timer that fires before it is harmless (`handle_timer` checks each deadline
+        and does nothing early), so only an earlier deadline moves the armed timer."""
         assert self._client is not None and self._loop is not None
+        deadline = self._client.get_timer()
+        if deadline is None or (self._timer is not None and self._timer_deadline <= deadline):
+            return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        deadline = self._client.get_timer()
-        if deadline is not None:
-            delay = max(0.0, deadline - self._clock())
-            self._timer = self._loop.call_later(delay, self._on_timer)
+        self._timer_deadline = deadline
+        delay = max(0.0, deadline - self._clock())
+        self._timer = self._loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -380,9 +408,9 @@ class Service:
     async def _connect(
         self, address: IPAddress, port: int, kind: Transport, generation: int
     ) -> None:
-        def on_data(data: bytes) -> None:
+        def on_data(batch: list[bytes]) -> None:
             if generation == self._generation:
-                self._on_wire_data(data)
+                self._on_wire_data(batch)
 
         def on_lost(exc: Exception | None) -> None:
             if generation == self._generation and self._transport is not None:
@@ -406,40 +434,52 @@ class Service:
             opened.close()
             return
         self._transport = opened
+        if isinstance(opened, transports.UdpTransport):
+            self._udp_stats = opened.stats
         log.info("connected to %s port %d", address, port)
         self._call(lambda c, now: c.handle_connected(now))
 
-    def _on_wire_data(self, data: bytes) -> None:
+    def _on_wire_data(self, batch: list[bytes]) -> None:
+        """A batch from the transport: all into the client, its packets to the tun, one pump."""
         client = self._client
         if client is None or self._finished:
             return
+        now = self._clock()
         try:
-            client.receive(data, self._clock())
+            receive = client.receive
+            for data in batch:
+                receive(data, now)
             packets = client.tunnel_packets()
         except Exception as e:
             self._fail(e)
             return
-        if self._tun is not None:
+        if self._tun is not None and packets:
+            write = self._tun.write
             for packet in packets:
-                self._tun.write(packet)
+                write(packet)
         self._pump()
 
     def _on_tun_readable(self) -> None:
+        """Up to TUN_BATCH packets from the tun, encrypted, sent as one batch; one pump."""
         client, tun = self._client, self._tun
         if client is None or tun is None or self._finished:
             return
         now = self._clock()
+        wire: list[bytes] = []
         try:
+            read, encrypt = tun.read, client.encrypt_tunnel_packet
             for _ in range(TUN_BATCH):
-                packet = tun.read()
+                packet = read()
                 if packet is None:
                     break
-                wire = client.encrypt_tunnel_packet(packet, now)
-                if wire is not None and self._transport is not None:
-                    self._transport.send(wire)
+                sealed = encrypt(packet, now)
+                if sealed is not None:
+                    wire.append(sealed)
         except Exception as e:
             self._fail(e)
             return
+        if wire and self._transport is not None:
+            self._transport.send(wire)
         self._pump()
 
     # ------------------------------------------------------------------ plumbing

@@ -12,7 +12,8 @@ ends in `SessionEnded`), over a toy wire protocol that a test can play the serve
 Like the engine, it keeps `stats` (the engine's counter names: packets/bytes in and out, tunnel
 packets, drops by reason); a datagram it does not understand is dropped as "unknown packet".
 
-`FakeTun` is a SOCK_DGRAM socketpair (a real fd for `add_reader`; one datagram = one packet);
+`FakeTun` is a SOCK_DGRAM socketpair (a real fd for `add_reader`; one datagram = one packet; a
+packet the peer has no room for is dropped and counted, like the real tun's);
 `FakeNetwork` records `apply`/`revert` calls instead of touching the kernel.
 """
 
@@ -213,6 +214,7 @@ class FakeTun:
         self.peer.settimeout(5)
         self._name = name
         self.closed = False
+        self.dropped = 0
 
     @property
     def name(self) -> str:
@@ -228,7 +230,10 @@ class FakeTun:
             return None
 
     def write(self, packet: bytes) -> None:
-        self._ours.send(packet)
+        try:
+            self._ours.send(packet)
+        except BlockingIOError:  # the peer is not reading: dropped, as the real Tun does
+            self.dropped += 1
 
     def close(self) -> None:
         self.closed = True

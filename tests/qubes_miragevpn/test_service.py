@@ -275,3 +275,86 @@ def test_describe_stats_in_words_and_defensive() -> None:
 
     assert describe_stats(Partial()) == "statistics: in 3 packets, dropped 0"
     assert describe_stats(None) == "statistics: not available"
+
+
+def test_bursts_travel_in_batches_both_ways() -> None:
+    network = FakeNetwork()
+    burst = 150
+
+    async def body(server: UdpServer, port: int) -> None:
+        service, clients = make_service(port, Transport.UDP, network, [])
+        run = asyncio.create_task(service.run())
+        await server.expect(b"HELLO")
+        server.send(b"WELCOME")
+        await server.expect(b"PING")
+        assert network.tun is not None and service._udp_stats is not None
+        # tun → wire: packets waiting on the tun leave in one batch, each as its own datagram
+        for i in range(8):  # the fake tun's socketpair queues at most 10
+            network.tun.peer.send(b"up-%02d" % i)
+        for i in range(8):
+            await server.expect(b"Dup-%02d" % i)
+        # wire → tun: a burst is read in batches, every datagram reaches the client
+        for i in range(burst):  # sent at once: nothing on this side yields to the loop
+            server.send(b"Ddown-%03d" % i)
+        client = clients[0]
+        for _ in range(200):
+            if client.stats.tunnel_packets_in >= burst:
+                break
+            await asyncio.sleep(0.01)
+        assert client.stats.tunnel_packets_in == burst
+        udp = service._udp_stats
+        assert udp.receive_batches < udp.received  # more than one datagram per wake-up
+        service.stop(signal.SIGTERM)
+        await asyncio.wait_for(run, TIMEOUT)
+
+    asyncio.run(with_udp_server(body))
+
+
+class DeadlineClient(ScriptedClient):
+    """A double whose deadline the test sets, and which records when its timer is handled."""
+
+    def __init__(self, config: Config, now: float) -> None:
+        super().__init__(config, now)
+        self.handled: list[float] = []
+
+    def handle_timer(self, now: float) -> None:
+        self.handled.append(now)
+        if self.deadline is not None and now >= self.deadline:
+            self.deadline = None  # acted on: an engine moves or clears a deadline it has met
+
+
+def test_timer_moves_only_for_an_earlier_deadline() -> None:
+    network = FakeNetwork()
+    config = Config(client=True, remotes=(Remote(host="127.0.0.1", port=1, proto=Proto()),))
+
+    async def main() -> None:
+        service = Service(
+            config, client_factory=DeadlineClient, network=network, tun_name="tun%d", notify=print
+        )
+        client = DeadlineClient(config, 0.0)
+        loop = asyncio.get_running_loop()
+        service._client, service._loop, service._done = client, loop, loop.create_future()
+        now = service._clock()
+
+        client.deadline = now + 10
+        service._arm_timer()
+        armed = service._timer
+        assert armed is not None
+        for later in (now + 10, now + 11, now + 30, None):  # later or gone: the timer stays
+            client.deadline = later
+            service._arm_timer()
+            assert service._timer is armed and not armed.cancelled()
+        client.deadline = now + 0.05  # earlier: moved
+        service._arm_timer()
+        assert armed.cancelled() and service._timer is not armed
+
+        client.deadline = now + 0.6  # later: the timer fires early, then again at the deadline
+        service._arm_timer()
+        await asyncio.sleep(0.25)
+        assert len(client.handled) == 1 and client.handled[0] < client.deadline
+        await asyncio.sleep(0.6)
+        assert len(client.handled) == 2 and client.deadline is None  # met at the second try
+        assert service._timer is None  # nothing left to wait for
+        service._teardown()
+
+    asyncio.run(main())
