@@ -45,6 +45,7 @@ from .errors import (
     LocalProtocolError,
     MirageVPNError,
     RemoteProtocolError,
+    TlsAlertReceived,
 )
 from .events import (
     ConnectionRequested,
@@ -78,6 +79,7 @@ from .push import (
     parse_pushed_options,
 )
 from .remotes import Advance, RemoteSelector, RetriesExhausted
+from .tls_wrap import authentication_failure_hint
 from .tunnelsettings import resolve_tunnel_settings
 
 __all__ = ["Client", "Stats"]
@@ -156,8 +158,21 @@ class Client:
         self._progress(f"connected to {state.address} port {remote.port}; sent our reset")
 
     def handle_connection_failed(self, now: float) -> None:
-        if isinstance(self._state, Connecting):
-            self._fail(f"cannot connect to {self._state.address}", now)
+        """The transport could not be opened; in any later state, the same as
+        `handle_connection_lost` (so a runtime may report both through this one call)."""
+        self.handle_connection_lost(now)
+
+    def handle_connection_lost(self, now: float) -> None:
+        """The transport failed or was closed by the server (TCP close or reset, an unusable
+        UDP socket): in every state that has a transport, restart with the usual back-off (or
+        end when the retries are exhausted); while closing, end. Elsewhere nothing happens."""
+        state = self._state
+        if isinstance(state, Connecting):
+            self._fail(f"cannot connect to {state.address}", now)
+        elif isinstance(state, Closing):
+            self._end(state.reason, None)
+        elif isinstance(state, _SESSION_STATES):
+            self._fail(_connection_lost_reason(state), now)
 
     def receive(self, data: bytes, now: float) -> None:
         state = self._state
@@ -165,10 +180,10 @@ class Client:
             self.stats.drop("no session")
             return
         session = state.session
-        stats = self.stats
-        stats.packets_received += 1
-        stats.bytes_received += len(data)
         if session.decoder is None:
+            stats = self.stats
+            stats.packets_received += 1
+            stats.bytes_received += len(data)
             self._receive_packet(session, data, now)
             return
         try:
@@ -176,9 +191,12 @@ class Client:
         except DecodeError as exc:
             self._fail(f"TCP stream broken: {exc}", now)
             return
+        stats = self.stats
         for packet in packets:
             if self._state is not state:
                 return
+            stats.packets_received += 1
+            stats.bytes_received += len(packet)
             self._receive_packet(session, packet, now)
 
     def encrypt_tunnel_packet(self, ip_packet: bytes, now: float) -> bytes | None:
@@ -191,7 +209,10 @@ class Client:
         wire = key.encrypt(ip_packet)
         session = state.session
         session.last_sent = now
-        self.stats.tunnel_packets_out += 1
+        stats = self.stats
+        stats.tunnel_packets_out += 1
+        stats.packets_sent += 1
+        stats.bytes_sent += len(wire)
         return wire if session.decoder is None else encode_frame(wire)
 
     def data_to_send(self, now: float) -> list[bytes]:
@@ -269,9 +290,11 @@ class Client:
                 self._fail(f"connecting to {state.address} timed out (connect-timeout)", now)
         elif isinstance(state, Handshaking):
             if state.poll_deadline is not None and now >= state.poll_deadline:
-                self._fail("no answer from the server (server-poll-timeout)", now)
+                reason = "no answer from the server (server-poll-timeout)"
+                self._fail(self._with_authentication_hint(reason, state.session), now)
             elif now >= state.deadline:
-                self._fail("TLS negotiation did not finish within hand-window", now)
+                reason = "TLS negotiation did not finish within hand-window"
+                self._fail(self._with_authentication_hint(reason, state.session), now)
         elif isinstance(state, Pulling):
             if now >= state.deadline:
                 self._fail("no PUSH_REPLY within hand-window", now)
@@ -343,9 +366,20 @@ class Client:
         try:
             control = session.wrap.unwrap(packet, now)
         except DecodeError as exc:
+            if type(exc) is AuthenticationError:
+                session.failed_authentication += 1
             self._bad_packet(session, exc, now)
             return
         self._receive_control(session, control, now)
+
+    def _with_authentication_hint(self, reason: str, session: Session) -> str:
+        """A handshake timeout while nothing from the server authenticated but something
+        failed to: say so, and which key to check."""
+        failures = session.failed_authentication
+        if session.their_session_id is not None or not failures:
+            return reason
+        hint = authentication_failure_hint(self._config.tls_protection, failures)
+        return f"{reason}: {hint}" if hint else reason
 
     def _occ_message(self, payload: bytes, now: float) -> None:
         """OCC_EXIT: the server is going away (occ.c: process_received_occ_msg); other OCC
@@ -389,10 +423,18 @@ class Client:
             else:
                 self.stats.drop("unknown key id")
                 return
+        sequence_number = packet.sequence_number
+        if sequence_number is not None:
+            dropped = key_state.reliable.drop_reason(sequence_number)
+            if dropped is not None:  # its acks still count; a duplicate is acked again
+                self.stats.drop(dropped)
         try:
             messages = key_state.receive(packet, now)
         except AuthenticationError as exc:
             self._end(f"server rejected: {exc}", exc)
+            return
+        except TlsAlertReceived as exc:
+            self._fail(str(exc), now)
             return
         except (DecodeError, RemoteProtocolError, LocalProtocolError) as exc:
             self._fail(f"control channel failed: {exc}", now)
@@ -639,3 +681,23 @@ class Client:
             self._events.append(DisconnectionRequested(reason=reason))
         self._state = Ended()
         self._events.append(SessionEnded(reason=reason, error=error))
+
+
+def _connection_lost_reason(state: Handshaking | Pulling | Established) -> str:
+    """Why the session ended when the transport went away, with what the phase suggests: a
+    server that closes right after the TLS handshake has most likely refused our certificate
+    (OpenVPN 2.6 closes a TCP connection without sending its TLS alert)."""
+    if isinstance(state, Established):
+        return "the connection to the server was closed"
+    session = state.session
+    if isinstance(state, Pulling):
+        return "the connection to the server was closed before its PUSH_REPLY"
+    if session.their_session_id is None:
+        return "the connection to the server was closed before it answered our reset"
+    first = session.key_states.get(0)
+    if first is not None and first.tls.handshake_complete:
+        return (
+            "the connection to the server was closed after the TLS handshake: the server "
+            "probably rejected our certificate (its log says why)"
+        )
+    return "the connection to the server was closed during the TLS handshake"

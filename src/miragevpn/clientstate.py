@@ -31,9 +31,9 @@ from .tls_wrap import ControlChannelWrap
 class Stats:
     """Counters for status pages and tests (monotonic over the client's life)."""
 
-    packets_received: int = 0
-    packets_sent: int = 0
-    bytes_received: int = 0
+    packets_received: int = 0  # every wire packet (UDP datagram, TCP frame), data included
+    packets_sent: int = 0  # likewise: control, acks, pings and tunnel data
+    bytes_received: int = 0  # their bytes (without the TCP length prefix)
     bytes_sent: int = 0
     tunnel_packets_in: int = 0  # decrypted, handed to tun
     tunnel_packets_out: int = 0  # encrypted from tun
@@ -65,6 +65,7 @@ class Session:
     last_received: float = 0.0
     last_sent: float = 0.0
     text_out: list[bytes] = field(default_factory=list)
+    failed_authentication: int = 0  # control packets whose tls-auth/tls-crypt tag failed
 
 
 @dataclass(slots=True)

@@ -70,3 +70,12 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer broke a rule that ends the session (not just one bad packet)."""
+
+
+class TlsAlertReceived(RemoteProtocolError):
+    """The server ended the TLS session with an alert; the message says what it means in plain
+    words (e.g. "the server rejected our certificate (TLS alert: unknown CA)")."""
+
+    def __init__(self, message: str, *, alert: str) -> None:
+        super().__init__(message)
+        self.alert = alert  # OpenSSL's words for the alert, e.g. "unknown ca"

@@ -221,6 +221,17 @@ class ReliableChannel:
 
     # ------------------------------------------------------------------ receiving
 
+    def drop_reason(self, sequence_number: int) -> str | None:
+        """Why `receive` would not deliver a message with this sequence number, or None:
+        "duplicate control packet" (received before, delivered or buffered: acked again) or
+        "control packet beyond the receive window" (not acked)."""
+        expected = self._their_next_sequence_number
+        if sequence_number >= expected + RECEIVE_WINDOW:
+            return "control packet beyond the receive window"
+        if sequence_number < expected or sequence_number in self._received:
+            return "duplicate control packet"
+        return None
+
     def receive(self, packet: ControlPacket, now: float) -> list[tuple[Opcode, bytes]]:
         """Process a packet's acks; buffer and ack its message (if it has a sequence number);
         return the messages now deliverable, in order, as (opcode, payload).

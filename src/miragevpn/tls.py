@@ -12,7 +12,9 @@ Trust, as OpenVPN 2.6 does it (`ssl_verify.c`, `ssl_openssl.c`):
 - `remote-cert-tls server`: the leaf must carry a Key Usage extension and the TLS Web Server
   Authentication extended key usage.
 - `verify-x509-name`: subject / CN / CN prefix of the leaf.
-A rejected certificate raises `AuthenticationError` with the reason in plain words.
+A rejected certificate raises `AuthenticationError` with the reason in plain words; an alert
+from the server (e.g. it rejected *our* certificate) raises `TlsAlertReceived`, also in plain
+words (`describe_alert`).
 
 Limitation: pyOpenSSL 23 has no `set_ciphersuites`; `tls-ciphersuites` is applied through the
 OpenSSL binding `SSL_CTX_set_ciphersuites` that pyOpenSSL's cffi module exposes.
@@ -30,7 +32,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 
 from .config.model import Config, TlsVersion, VerifyX509Name, X509NameKind
-from .errors import AuthenticationError, ConfigError, LocalProtocolError, RemoteProtocolError
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TlsAlertReceived,
+)
 
 _PEM_CERT = re.compile(
     rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", re.DOTALL | re.ASCII
@@ -53,6 +61,59 @@ _NOT_YET_VALID = 9
 _INVALID_PURPOSE = 26  # OpenSSL's own check of the leaf's EKU for a TLS server
 
 _READ_CHUNK = 65536
+
+# A fatal alert from the server, as OpenSSL reports it ("tlsv1 alert unknown ca",
+# "sslv3 alert bad certificate", "tlsv13 alert certificate required": ssl/ssl_err.c).
+_ALERT = re.compile(r"\b(?:sslv3|tlsv1|tlsv13) alert ([a-z0-9 ]+)")
+_REJECTED_OUR_CERTIFICATE = "the server rejected our certificate"
+_CANNOT_READ_US = "the server could not parse our TLS messages"
+# The common alerts (RFC 8446 §6.2) in plain words: (what it means for us, the alert's name).
+_ALERT_WORDS: dict[str, tuple[str, str]] = {
+    "unknown ca": (_REJECTED_OUR_CERTIFICATE, "unknown CA"),
+    "bad certificate": (_REJECTED_OUR_CERTIFICATE, "bad certificate"),
+    "certificate unknown": (_REJECTED_OUR_CERTIFICATE, "certificate unknown"),
+    "unsupported certificate": (_REJECTED_OUR_CERTIFICATE, "unsupported certificate"),
+    "certificate expired": ("the server says our certificate has expired", "certificate expired"),
+    "certificate revoked": ("the server says our certificate is revoked", "certificate revoked"),
+    "certificate required": (
+        "the server wants a client certificate and we sent none (cert/key or pkcs12)",
+        "certificate required",
+    ),
+    "access denied": ("the server denied us access", "access denied"),
+    "handshake failure": (
+        "the server found no TLS cipher or group in common with ours (tls-cipher, "
+        "tls-ciphersuites)",
+        "handshake failure",
+    ),
+    "protocol version": (
+        "the server accepts none of our TLS versions (tls-version-min/-max)",
+        "protocol version",
+    ),
+    "insufficient security": (
+        "the server wants stronger TLS ciphers than ours (tls-cipher)",
+        "insufficient security",
+    ),
+    "decrypt error": (
+        "the server could not verify our handshake (is our key the certificate's?)",
+        "decrypt error",
+    ),
+    "internal error": ("the server's TLS library failed", "internal error"),
+    "decode error": (_CANNOT_READ_US, "decode error"),
+    "illegal parameter": (_CANNOT_READ_US, "illegal parameter"),
+    "unexpected message": (_CANNOT_READ_US, "unexpected message"),
+    "bad record mac": (_CANNOT_READ_US, "bad record MAC"),
+}
+
+
+def describe_alert(openssl_reason: str) -> tuple[str, str] | None:
+    """(plain words, OpenSSL's alert words) for an OpenSSL error text that reports an alert
+    received from the server, or None if it does not report one."""
+    match = _ALERT.search(openssl_reason)
+    if match is None:
+        return None
+    alert = match.group(1).strip()
+    words, name = _ALERT_WORDS.get(alert, ("the server ended the TLS session", alert))
+    return f"{words} (TLS alert: {name})", alert
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -314,7 +375,11 @@ class TlsSession:
             self.closed = True
             if self._rejection is not None:
                 raise AuthenticationError(self._rejection) from exc
-            raise RemoteProtocolError(f"TLS failure: {_describe(exc)}") from exc
+            reason = _describe(exc)
+            alert = describe_alert(reason)
+            if alert is not None:
+                raise TlsAlertReceived(alert[0], alert=alert[1]) from exc
+            raise RemoteProtocolError(f"TLS failure: {reason}") from exc
 
     def outgoing_records(self) -> bytes:
         """All TLS bytes waiting to go to the server (may be empty)."""

@@ -59,6 +59,7 @@ __all__ = [
     "TlsAuthWrap",
     "TlsCryptV2Wrap",
     "TlsCryptWrap",
+    "authentication_failure_hint",
     "make_wrap",
     "static_key_slices",
     "tls_crypt_open",
@@ -367,3 +368,27 @@ def make_wrap(
     if isinstance(protection, TlsCryptV2):
         return TlsCryptV2Wrap(protection.key, protection.wrapped_key, replay_window=replay_window)
     return TlsCryptWrap(protection.key, replay_window=replay_window)
+
+
+def authentication_failure_hint(
+    protection: TlsAuth | TlsCrypt | TlsCryptV2 | None, failures: int
+) -> str | None:
+    """Plain words for `failures` control packets from the server that did not authenticate
+    while none did: most likely the two sides do not share the key (or key direction)."""
+    if protection is None or failures <= 0:
+        return None
+    packets = "1 packet" if failures == 1 else f"{failures} packets"
+    if isinstance(protection, TlsAuth):
+        return (
+            f"{packets} from the server failed tls-auth authentication: are the tls-auth key "
+            "and key-direction the same as the server's?"
+        )
+    if isinstance(protection, TlsCryptV2):
+        return (
+            f"{packets} from the server failed tls-crypt-v2 authentication: was our "
+            "tls-crypt-v2 client key made from the server's key?"
+        )
+    return (
+        f"{packets} from the server failed tls-crypt authentication: is the tls-crypt key the "
+        "same as the server's?"
+    )

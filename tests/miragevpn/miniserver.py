@@ -9,6 +9,7 @@ id: the client's EKM key2 with the halves swapped. Time is a plain float the tes
 
 from __future__ import annotations
 
+from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from miragevpn.config.model import Compression, ReplayWindow
@@ -52,10 +53,28 @@ class ServerKeyState:
 class MiniServer:
     """The server half of one session, plain control packets (see the module doc)."""
 
-    def __init__(self, pki: Pki, *, reply: str = REPLY, peer_id: int | None = 7) -> None:
+    def __init__(
+        self,
+        pki: Pki,
+        *,
+        reply: str = REPLY,
+        peer_id: int | None = 7,
+        client_ca: x509.Certificate | None = None,
+        send_alerts: bool = True,
+    ) -> None:
+        """`client_ca`: verify the client's certificate against this CA (a failed check ends
+        the server's TLS with an alert, which goes out only if `send_alerts`; OpenVPN 2.6
+        over TCP closes the connection instead)."""
         self.ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         self.ctx.use_certificate(crypto.X509.from_cryptography(pki.server.cert))
         self.ctx.use_privatekey(crypto.PKey.from_cryptography_key(pki.server.key))
+        if client_ca is not None:
+            self.ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(client_ca))
+            self.ctx.set_verify(
+                SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: bool(args[-1])
+            )
+        self.send_alerts = send_alerts
+        self.tls_errors: list[str] = []  # the server's own TLS failures
         self.keys: dict[int, ServerKeyState] = {0: ServerKeyState(self.ctx, 0)}
         self.client_sid: bytes | None = None
         self.reply = reply
@@ -103,6 +122,11 @@ class MiniServer:
             key.tls.do_handshake()
         except SSL.WantReadError:
             pass
+        except SSL.Error as exc:
+            self.tls_errors.append(str(exc))
+            if self.send_alerts:
+                self._flush(key)
+            return
         else:
             try:
                 while True:

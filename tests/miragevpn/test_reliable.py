@@ -225,3 +225,14 @@ def test_max_control_payload_fits_tls_mtu() -> None:
     assert max_control_payload(wrap_overhead=28, ipv6=True) == budget + 40 - 28 - 20
     with pytest.raises(ValueError):
         max_control_payload(wrap_overhead=40, tls_mtu=100)
+
+
+def test_drop_reason_says_what_receive_would_not_deliver() -> None:
+    channel = ReliableChannel(key_id=0, tls_timeout=2.0)
+    assert channel.drop_reason(0) is None
+    channel.receive(peer_packet(0, payload=b"a"), 0.0)
+    channel.receive(peer_packet(2, payload=b"c"), 0.0)  # buffered, out of order
+    assert channel.drop_reason(0) == "duplicate control packet"  # delivered
+    assert channel.drop_reason(2) == "duplicate control packet"  # buffered
+    assert channel.drop_reason(1) is None
+    assert channel.drop_reason(1 + RECEIVE_WINDOW) == "control packet beyond the receive window"

@@ -16,7 +16,13 @@ from OpenSSL import SSL, crypto
 
 from miragevpn.config.model import TlsVersion, VerifyX509Name, X509NameKind
 from miragevpn.errors import AuthenticationError, ConfigError, LocalProtocolError
-from miragevpn.tls import TlsSession, TlsSettings, load_pem_certificates, openvpn_subject
+from miragevpn.tls import (
+    TlsSession,
+    TlsSettings,
+    describe_alert,
+    load_pem_certificates,
+    openvpn_subject,
+)
 
 NOW = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
 
@@ -309,3 +315,29 @@ def test_pem_bundle_and_openvpn_subject(pki: dict[str, Identity]) -> None:
     certs = load_pem_certificates(bundle)
     assert [c.subject for c in certs] == [pki["ca"].cert.subject, pki["other_ca"].cert.subject]
     assert openvpn_subject(pki["server"].cert) == "C=DE, O=Test, CN=server"
+
+
+@pytest.mark.parametrize(
+    ("openssl", "words"),
+    [
+        ("tlsv1 alert unknown ca", "the server rejected our certificate (TLS alert: unknown CA)"),
+        (
+            "sslv3 alert bad certificate",
+            "the server rejected our certificate (TLS alert: bad certificate)",
+        ),
+        (
+            "tlsv13 alert certificate required",
+            "the server wants a client certificate and we "
+            "sent none (cert/key or pkcs12) (TLS alert: certificate required)",
+        ),
+        (
+            "tlsv1 alert no application protocol",
+            "the server ended the TLS session (TLS alert: no application protocol)",
+        ),
+        ("decryption failed or bad record mac", None),
+        ("certificate verify failed", None),
+    ],
+)
+def test_server_alerts_in_plain_words(openssl: str, words: str | None) -> None:
+    described = describe_alert(openssl)
+    assert (described[0] if described else None) == words

@@ -1,0 +1,263 @@
+"""Engine scenarios of things going wrong, and the reasons the client gives for them.
+
+A lost transport (in every state that has one), the server's TLS alert, a wrong tls-auth key,
+duplicate and corrupted control packets without control-channel protection, and the wire
+counters. Same conventions as test_client.py: MiniServer, a float clock, packets in → out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from miragevpn.client import Client
+from miragevpn.config.keys import parse_static_key
+from miragevpn.config.model import KeyDirection, Proto, Remote, TlsAuth, TlsVersion, Transport
+from miragevpn.events import (
+    DisconnectionRequested,
+    Event,
+    SessionEnded,
+    SessionRestarting,
+    TlsEstablished,
+)
+from miragevpn.framing import StreamDecoder, encode_frame
+from miragevpn.packet import ControlPacket, Opcode, decode_control, encode_control
+from miragevpn.tls_wrap import TlsAuthWrap
+from tests.helpers.pki import Pki, make_pki
+from tests.miragevpn.miniserver import SERVER_SID, MiniServer
+from tests.miragevpn.test_client import (
+    T0,
+    counter_rng,
+    drain,
+    established,
+    exchange,
+    make_config,
+)
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return make_pki()
+
+
+TCP = (Remote("192.0.2.1", 443, Proto(Transport.TCP)),)
+
+
+def tcp_exchange(client: Client, server: MiniServer, now: float, rounds: int = 20) -> None:
+    """`exchange` over TCP: the client frames, the (datagram) MiniServer does not."""
+    decoder = StreamDecoder()
+    for _ in range(rounds):
+        moved = False
+        for chunk in client.data_to_send(now):
+            for wire in decoder.feed(chunk):
+                server.receive(wire, now)
+            moved = True
+        for wire in server.to_send(now):
+            client.receive(encode_frame(wire), now)
+            moved = True
+        if not moved:
+            return
+
+
+def restarting(events: list[Event]) -> SessionRestarting:
+    assert [type(e) for e in events[-2:]] == [DisconnectionRequested, SessionRestarting], events
+    last = events[-1]
+    assert isinstance(last, SessionRestarting)
+    return last
+
+
+# --------------------------------------------------------------------------- lost transport
+
+
+def test_tcp_close_after_the_tls_handshake_says_the_certificate_was_probably_refused(
+    pki: Pki,
+) -> None:
+    """OpenVPN 2.6 over TCP refuses our certificate by closing the connection, no alert: the
+    client restarts at once (not at hand-window) and says what probably happened."""
+    client = Client(make_config(pki, remotes=TCP), rng=counter_rng(), now=T0)
+    client.handle_connected(T0)
+    server = MiniServer(pki, client_ca=pki.wrong_ca.cert, send_alerts=False)
+    tcp_exchange(client, server, T0)
+    assert server.tls_errors  # the server refused our certificate
+    assert any(isinstance(e, TlsEstablished) for e in drain(client))
+    client.handle_connection_lost(T0 + 0.1)
+    reason = restarting(drain(client)).reason
+    assert "closed after the TLS handshake" in reason
+    assert "rejected our certificate" in reason
+    assert client.get_timer() == T0 + 0.1 + 1.0  # connect-retry, not hand-window
+
+
+def test_tcp_close_ends_the_session_when_retries_are_exhausted(pki: Pki) -> None:
+    client = Client(make_config(pki, remotes=TCP, connect_retry_max=1), rng=counter_rng(), now=T0)
+    client.handle_connected(T0)
+    drain(client)
+    client.handle_connection_failed(T0 + 1)  # the runtime's existing call works too
+    events = drain(client)
+    assert [type(e) for e in events] == [DisconnectionRequested, SessionEnded]
+    ended = events[-1]
+    assert isinstance(ended, SessionEnded)
+    assert "closed before it answered our reset" in ended.reason
+    assert "connect-retry-max" in ended.reason
+
+
+def test_a_lost_transport_restarts_an_established_session_at_once(pki: Pki) -> None:
+    client, _server, _ = established(pki)
+    client.handle_connection_lost(T0 + 1)
+    assert restarting(drain(client)).reason == "the connection to the server was closed"
+    client.handle_timer(T0 + 2)
+    assert [type(e).__name__ for e in drain(client)] == ["ConnectionRequested"]
+
+
+def test_a_lost_transport_while_closing_ends_and_elsewhere_is_ignored(pki: Pki) -> None:
+    client, server, _ = established(pki)
+    client.close(T0 + 1)
+    exchange(client, server, T0 + 1)
+    client.handle_connection_lost(T0 + 1.5)
+    events = drain(client)
+    assert isinstance(events[-1], SessionEnded) and events[-1].reason == "closed"
+    client.handle_connection_lost(T0 + 2)  # Ended: nothing more
+    assert drain(client) == []
+
+    waiting = Client(make_config(pki), rng=counter_rng(), now=T0)
+    waiting.handle_connected(T0)
+    waiting.handle_connection_lost(T0)
+    drain(waiting)
+    waiting.handle_connection_lost(T0 + 0.5)  # Waiting: no transport, nothing happens
+    assert drain(waiting) == []
+
+
+# --------------------------------------------------------------------------- TLS alerts
+
+
+def test_the_servers_tls_alert_is_the_reason_in_plain_words(pki: Pki) -> None:
+    for version_max in (None, TlsVersion.TLS1_2):  # alert after / during our handshake
+        client = Client(make_config(pki, tls_version_max=version_max), rng=counter_rng(), now=T0)
+        client.handle_connected(T0)
+        server = MiniServer(pki, client_ca=pki.wrong_ca.cert)
+        exchange(client, server, T0)
+        reason = restarting(drain(client)).reason
+        assert reason == "the server rejected our certificate (TLS alert: unknown CA)"
+
+
+# --------------------------------------------------------------------------- tls-auth keys
+
+
+def tls_auth_config(pki: Pki) -> TlsAuth:
+    return TlsAuth(parse_static_key(pki.ta_key.encode(), "tls-auth"), KeyDirection.INVERSE)
+
+
+def server_reset_wrapped_with(key_text: str, client_sid: bytes, replay_id: int) -> bytes:
+    wrap = TlsAuthWrap(
+        parse_static_key(key_text.encode(), "tls-auth"),
+        KeyDirection.NORMAL,
+        "SHA1",
+        next_replay_id=replay_id,
+    )
+    reset = ControlPacket(Opcode.P_CONTROL_HARD_RESET_SERVER_V2, 0, SERVER_SID, (0,), client_sid, 0)
+    return wrap.wrap(reset, T0)
+
+
+def test_handshake_timeout_says_how_many_packets_failed_tls_auth(pki: Pki) -> None:
+    config = make_config(pki, tls_protection=tls_auth_config(pki), server_poll_timeout=5.0)
+    client = Client(config, rng=counter_rng(), now=T0)
+    client.handle_connected(T0)
+    [ours] = client.data_to_send(T0)
+    client_sid = ours[1:9]
+    for n in range(3):
+        client.receive(server_reset_wrapped_with(pki.wrong_ta_key, client_sid, n + 1), T0 + 1)
+    assert client.stats.dropped["AuthenticationError"] == 3
+    drain(client)
+    client.handle_timer(T0 + 5)
+    reason = restarting(drain(client)).reason
+    assert reason.startswith("no answer from the server (server-poll-timeout): ")
+    assert reason.endswith(
+        "3 packets from the server failed tls-auth authentication: are the tls-auth key and "
+        "key-direction the same as the server's?"
+    )
+
+
+def test_handshake_timeout_without_failed_packets_says_nothing_about_keys(pki: Pki) -> None:
+    config = make_config(pki, tls_protection=tls_auth_config(pki), server_poll_timeout=5.0)
+    client = Client(config, rng=counter_rng(), now=T0)
+    client.handle_connected(T0)
+    [ours] = client.data_to_send(T0)
+    client.receive(server_reset_wrapped_with(pki.ta_key, ours[1:9], 1), T0 + 1)  # the right key
+    client.receive(server_reset_wrapped_with(pki.wrong_ta_key, ours[1:9], 2), T0 + 1)
+    drain(client)
+    client.handle_timer(T0 + 60)  # hand-window; the server answered, so keys are not the issue
+    reason = restarting(drain(client)).reason
+    assert reason == "TLS negotiation did not finish within hand-window"
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def test_wire_counters_include_data_packets_both_ways(pki: Pki) -> None:
+    client, server, _ = established(pki)
+    stats = client.stats
+    before = (stats.packets_sent, stats.bytes_sent, stats.packets_received, stats.bytes_received)
+    wire = client.encrypt_tunnel_packet(b"\x45" + b"x" * 40, T0 + 1)
+    assert wire is not None
+    reply = server.data_key().encrypt(b"\x45reply")
+    client.receive(reply, T0 + 1)
+    assert (
+        stats.packets_sent,
+        stats.bytes_sent,
+        stats.packets_received,
+        stats.bytes_received,
+    ) == (before[0] + 1, before[1] + len(wire), before[2] + 1, before[3] + len(reply))
+
+
+def test_tcp_counters_count_frames_not_stream_chunks(pki: Pki) -> None:
+    client = Client(make_config(pki, remotes=TCP), rng=counter_rng(), now=T0)
+    client.handle_connected(T0)
+    [framed] = client.data_to_send(T0)
+    assert (client.stats.packets_sent, client.stats.bytes_sent) == (1, len(framed) - 2)
+    sid = decode_control(framed[2:]).session_id
+    ack = ControlPacket(Opcode.P_ACK_V1, 0, SERVER_SID, (0,), sid, None)
+    wire = encode_control(ack)
+    client.receive(encode_frame(wire) * 2, T0)  # two frames in one chunk
+    assert (client.stats.packets_received, client.stats.bytes_received) == (2, 2 * len(wire))
+
+
+# --------------------------------------------------------------------------- control packets
+
+
+def test_duplicate_control_packets_are_counted_and_acked_again(pki: Pki) -> None:
+    client, server, _ = established(pki)  # no tls-auth/tls-crypt: replays reach the channel
+    server.send_text("INFO,once")
+    [wire] = server.to_send(T0 + 1)
+    client.receive(wire, T0 + 1)
+    client.data_to_send(T0 + 1)  # the ack
+    client.receive(wire, T0 + 2)  # the same packet again
+    assert client.stats.dropped["duplicate control packet"] == 1
+    acks = [decode_control(w) for w in client.data_to_send(T0 + 2)]
+    assert [(a.opcode, a.acks[:1]) for a in acks] == [
+        (Opcode.P_ACK_V1, (decode_control(wire).sequence_number,))
+    ]
+    assert [getattr(e, "message", None) for e in drain(client)] == ["INFO,once"]
+
+
+def test_a_control_packet_beyond_the_receive_window_is_counted(pki: Pki) -> None:
+    client, server, _ = established(pki)
+    server.send_text("INFO,far ahead")
+    [wire] = server.to_send(T0 + 1)
+    packet = decode_control(wire)
+    assert packet.sequence_number is not None
+    far = packet.sequence_number + 12  # RECEIVE_WINDOW ahead: e.g. a flipped sequence number
+    client.receive(encode_control(dataclasses.replace(packet, sequence_number=far)), T0 + 1)
+    assert client.stats.dropped["control packet beyond the receive window"] == 1
+    assert client.data_to_send(T0 + 1) == []  # not acked
+    client.receive(wire, T0 + 1)  # the real one still works
+    assert [getattr(e, "message", None) for e in drain(client)] == ["INFO,far ahead"]
+
+
+def test_a_corrupted_control_packet_that_breaks_tls_restarts_with_a_reason(pki: Pki) -> None:
+    client, server, _ = established(pki)
+    server.send_text("INFO,corrupted on the way")
+    [wire] = server.to_send(T0 + 1)
+    client.receive(wire[:-1] + bytes([wire[-1] ^ 0x01]), T0 + 1)  # a flipped TLS record byte
+    reason = restarting(drain(client)).reason
+    assert reason.startswith("control channel failed: TLS failure: ")
+    assert "mac" in reason.lower() or "decrypt" in reason.lower()
