@@ -5,23 +5,27 @@ The states, their data and the legal moves are in clientstate.py; this module is
 Receive pipeline (`receive`): [TCP: deframe] → opcode byte → data packet: key by key id →
 decrypt (AEAD + replay) → ping? drop : tunnel packet; control packet: unwrap (tls-auth /
 tls-crypt: authenticate, replay) → session ids → key state (reliable → TLS → text) → control
-messages. Send pipeline: key states' reliable packets → wrap → [TCP: frame] (`data_to_send`);
-`encrypt_tunnel_packet` → send key → encrypt → [TCP: frame].
+messages (what each one does: control.py). Send pipeline: key states' reliable packets → wrap
+→ [TCP: frame] (`data_to_send`); `encrypt_tunnel_packet` → send key → encrypt → [TCP: frame].
+Every wire packet is counted both ways in `stats` (packets/bytes sent and received).
 
 Renegotiation (reference §8): the server's P_CONTROL_SOFT_RESET_V1 for a new key id, or our
 own trigger (reneg-sec since the key became active, reneg-bytes, reneg-pkts, replay ids near
 exhaustion), starts a new key state; the old data key becomes the lame duck (datakeys.py says
 which key we send with, and when the lame duck dies).
 
-UDP: a bad, unauthenticated or replayed packet is dropped and counted in `stats`; TCP: a
-broken frame ends the session (restart), as OpenVPN does.
+UDP: a bad, unauthenticated or replayed packet is dropped and counted in `stats` (so are
+duplicate control packets, which are acked again); TCP: a broken frame ends the session
+(restart), as OpenVPN does.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Sequence
+from typing import assert_never
 
+from . import control
 from .clientstate import (
     TRANSITIONS,
     Closing,
@@ -64,23 +68,9 @@ from .framing import encode_frame
 from .keying import Keying
 from .keystate import KeyState
 from .packet import ControlPacket, Opcode
-from .push import (
-    AuthFailed,
-    AuthPending,
-    Exit,
-    Halt,
-    Info,
-    PushReply,
-    PushReplyAssembler,
-    Restart,
-    Unrecognised,
-    encode_control_message,
-    parse_control_message,
-    parse_pushed_options,
-)
+from .push import PushReplyAssembler, encode_control_message
 from .remotes import Advance, RemoteSelector, RetriesExhausted
 from .tls_wrap import authentication_failure_hint
-from .tunnelsettings import resolve_tunnel_settings
 
 __all__ = ["Client", "Stats"]
 
@@ -94,7 +84,17 @@ _SESSION_STATES = (Handshaking, Pulling, Established, Closing)
 
 
 class Client:
-    """A sans-IO OpenVPN 2.6-compatible client (see the module doc and ARCHITECTURE.md)."""
+    """A sans-IO OpenVPN 2.6-compatible client (see the module doc and ARCHITECTURE.md).
+
+    The runtime drives it with: `receive` (wire bytes), `data_to_send`, `encrypt_tunnel_packet`
+    and `tunnel_packets` (the data path), `get_timer`/`handle_timer` (the one deadline),
+    `next_event`, `handle_resolved`/`handle_resolve_failed` (after ResolutionRequested),
+    `handle_connected` (the transport is open), `handle_connection_lost` (the open transport
+    failed or the server closed it, e.g. a TCP EOF or reset: in every state with a transport
+    the client restarts with the usual back-off, or ends when retries are exhausted; while
+    closing it ends), `handle_connection_failed` (opening failed; in later states the same as
+    `handle_connection_lost`), and `close`. `stats` holds the counters.
+    """
 
     def __init__(
         self,
@@ -172,7 +172,7 @@ class Client:
         elif isinstance(state, Closing):
             self._end(state.reason, None)
         elif isinstance(state, _SESSION_STATES):
-            self._fail(_connection_lost_reason(state), now)
+            self._fail(control.connection_lost_reason(state), now)
 
     def receive(self, data: bytes, now: float) -> None:
         state = self._state
@@ -474,104 +474,25 @@ class Client:
     # ------------------------------------------------------------------ control messages
 
     def _control_message(self, text: str, now: float) -> None:
-        message = parse_control_message(text)
-        state = self._state
-        match message:
-            case PushReply():
-                if isinstance(state, Pulling):
-                    self._push_reply(state, message, now)
-                elif isinstance(state, Established):
-                    self._late_push_reply(state, message)
-            case AuthFailed(reason=reason):
-                self._keying.forget_auth_token()
-                if message.temporary:
-                    self._fail(f"temporary authentication failure: {reason}", now)
-                else:
-                    self._end(
-                        f"authentication failed: {reason or 'no reason given'}",
-                        AuthenticationError(f"AUTH_FAILED {reason}".strip()),
-                    )
-            case AuthPending(timeout=timeout):
-                if isinstance(state, Pulling) and timeout is not None:
-                    state.deadline = max(state.deadline, now + timeout)
-                self._progress("authentication pending")
-            case Restart(message=why, flags=flags):
-                advance = Advance.REMOTE if "N" in flags else Advance.NO
-                if "P" not in flags:
-                    self._keying.forget_auth_token()
-                self._fail(f"server asked to restart: {why or 'no reason given'}", now, advance)
-            case Halt(message=why):
-                self._end(
-                    f"server halted: {why or 'no reason given'}",
-                    RemoteProtocolError(f"server halted the session: {why}"),
-                )
-            case Exit():
-                self._fail("server is exiting (EXIT)", now)
-            case Info() | Unrecognised():
-                self._events.append(ControlMessageReceived(message=text))
-
-    def _push_reply(self, state: Pulling, part: PushReply, now: float) -> None:
-        try:
-            lines = state.assembler.add(part)
-            if lines is None:
-                return
-            pushed = parse_pushed_options(lines, self._config)
-        except (DecodeError, RemoteProtocolError) as exc:
-            self._fail(f"unusable PUSH_REPLY: {exc}", now)
-            return
-        session = state.session
-        key_state = session.key_states[0]
-        cipher = pushed.cipher or self._config.data_ciphers_fallback or self._config.cipher
-        if cipher is None:
-            self._end(
-                "server pushed no cipher and no data-ciphers-fallback is configured",
-                RemoteProtocolError("no data channel cipher"),
-            )
-            return
-        use_ekm = pushed.uses_ekm and self._keying.tls_ekm
-        try:
-            data = self._keying.first_data_keys(
-                session,
-                key_state,
-                cipher=cipher,
-                compression=pushed.compression,
-                peer_id=pushed.peer_id,
-                ekm=use_ekm,
-            )
-        except ValueError as exc:  # e.g. a pushed peer-id out of range
-            self._end(f"cannot set up the data channel: {exc}", RemoteProtocolError(str(exc)))
-            return
-        except MirageVPNError as exc:
-            self._end(f"cannot set up the data channel: {exc}", exc)
-            return
-        self._keying.apply_auth_token(pushed)
-        settings, notes = resolve_tunnel_settings(
-            self._config,
-            pushed,
-            remote_address=session.address,
-            cipher=cipher,
-            key_derivation="tls-ekm" if use_ekm else "tls1-prf",
+        """Apply control.react's reactions to one message from the server."""
+        reactions = control.react(
+            text, self._state, config=self._config, keying=self._keying, now=now
         )
-        for note in notes:
-            self._progress(note)
-        for ignored in pushed.ignored:
-            self._progress(f"pushed option ignored: {ignored.text} ({ignored.reason})")
-        self._move(
-            Established.from_push(
-                self._config, pushed, session=session, data=data, settings=settings, now=now
-            )
-        )
-        session.last_received = now
-        self._remotes.succeeded()
-        self._events.append(TunnelEstablished(settings=settings))
-
-    def _late_push_reply(self, state: Established, part: PushReply) -> None:
-        """After renegotiation 2.6 pushes a fresh auth-token alone; nothing else changes."""
-        try:
-            pushed = parse_pushed_options(part.options, self._config)
-        except (DecodeError, RemoteProtocolError):
-            return
-        self._keying.apply_auth_token(pushed)
+        for reaction in reactions:
+            match reaction:
+                case control.RestartSession(reason=reason, advance=advance):
+                    self._fail(reason, now, advance)
+                case control.StopSession(reason=reason, error=error):
+                    self._end(reason, error)
+                case control.Tunnel(established=established):
+                    self._move(established)
+                    established.session.last_received = now
+                    self._remotes.succeeded()
+                    self._events.append(TunnelEstablished(settings=established.settings))
+                case ProgressReported() | ControlMessageReceived():
+                    self._events.append(reaction)
+                case _:
+                    assert_never(reaction)
 
     # ------------------------------------------------------------------ renegotiation
 
@@ -681,23 +602,3 @@ class Client:
             self._events.append(DisconnectionRequested(reason=reason))
         self._state = Ended()
         self._events.append(SessionEnded(reason=reason, error=error))
-
-
-def _connection_lost_reason(state: Handshaking | Pulling | Established) -> str:
-    """Why the session ended when the transport went away, with what the phase suggests: a
-    server that closes right after the TLS handshake has most likely refused our certificate
-    (OpenVPN 2.6 closes a TCP connection without sending its TLS alert)."""
-    if isinstance(state, Established):
-        return "the connection to the server was closed"
-    session = state.session
-    if isinstance(state, Pulling):
-        return "the connection to the server was closed before its PUSH_REPLY"
-    if session.their_session_id is None:
-        return "the connection to the server was closed before it answered our reset"
-    first = session.key_states.get(0)
-    if first is not None and first.tls.handshake_complete:
-        return (
-            "the connection to the server was closed after the TLS handshake: the server "
-            "probably rejected our certificate (its log says why)"
-        )
-    return "the connection to the server was closed during the TLS handshake"

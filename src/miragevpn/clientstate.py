@@ -3,10 +3,11 @@
 States (per-state data in per-state dataclasses; `TRANSITIONS` lists the legal moves):
 
     Resolving ─resolved─▶ Connecting ─connected─▶ Handshaking ─key-method-2─▶ Pulling
-        ▲                      │ failed/timeout        │ hand-window, TLS error...   │ PUSH_REPLY
+        ▲                      │ failed/timeout        │ hand-window, TLS error,     │ PUSH_REPLY
+        │                      │                       │ transport lost...           │
         └──────── Waiting ◀────┴───────────────────────┴─────────────────────────────┤
                      ▲                                                          Established
-                     └── ping-restart, RESTART, EXIT, TCP decode error ◀────────────┘
+                     └── ping-restart, RESTART, EXIT, transport lost, TCP error ◀───┘
     any ─close()/HALT/AUTH_FAILED/ping-exit/retries exhausted─▶ Closing ─▶ Ended
 
 Within Established, renegotiation (reference §8) keeps the state: a `Renegotiation` records
