@@ -28,6 +28,7 @@ from qubes_miragevpn.transport import (
     UdpTransport,
     gso_available,
     gso_runs,
+    open_tcp,
     open_udp,
 )
 
@@ -239,3 +240,46 @@ def test_icmp_errors_are_counted_not_raised() -> None:
     udp = asyncio.run(main())
     assert udp.stats.send_errors + udp.stats.receive_errors > 0
     assert udp.closed
+
+
+def test_tcp_batches_are_written_joined_and_chunks_read_as_batches() -> None:
+    async def main() -> None:
+        accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+        async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await accepted.put((r, w))
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        batches: list[list[bytes]] = []
+        lost: list[Exception | None] = []
+        tcp = await open_tcp(LOOPBACK, port, batches.append, lost.append, timeout=TIMEOUT)
+        reader, writer = await asyncio.wait_for(accepted.get(), TIMEOUT)
+        sock = tcp._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        tcp.send([b"\x00\x03abc", b"\x00\x02de", b"\x00\x01f"])
+        tcp.send([])
+        assert (
+            await asyncio.wait_for(reader.readexactly(14), TIMEOUT)
+            == b"\x00\x03abc\x00\x02de\x00\x01f"
+        )
+        writer.write(b"x" * 100_000)
+        await writer.drain()
+        for _ in range(200):
+            if sum(len(b[0]) for b in batches) >= 100_000:
+                break
+            await asyncio.sleep(0.01)
+        assert (
+            all(len(b) == 1 for b in batches) and b"".join(b[0] for b in batches) == b"x" * 100_000
+        )
+        writer.close()
+        for _ in range(200):
+            if lost:
+                break
+            await asyncio.sleep(0.01)
+        assert lost == [None]  # an orderly close by the server
+        tcp.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
