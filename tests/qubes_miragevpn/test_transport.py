@@ -260,7 +260,7 @@ def test_tcp_batches_are_written_joined_and_chunks_read_as_batches() -> None:
         tcp.send([b"\x00\x03abc", b"\x00\x02de", b"\x00\x01f"])
         tcp.send([])
         assert (
-            await asyncio.wait_for(reader.readexactly(14), TIMEOUT)
+            await asyncio.wait_for(reader.readexactly(12), TIMEOUT)
             == b"\x00\x03abc\x00\x02de\x00\x01f"
         )
         writer.write(b"x" * 100_000)
