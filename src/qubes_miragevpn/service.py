@@ -95,6 +95,7 @@ class EngineClient(Protocol):
     def handle_resolve_failed(self, now: float) -> None: ...
     def handle_connected(self, now: float) -> None: ...
     def handle_connection_failed(self, now: float) -> None: ...
+    def handle_connection_lost(self, now: float) -> None: ...
     def close(self, now: float) -> None: ...
 
 
@@ -416,7 +417,7 @@ class Service:
             if generation == self._generation and self._transport is not None:
                 log.warning("connection to the server lost: %s", exc or "closed by the server")
                 self._transport = None
-                self._call(lambda c, now: c.handle_connection_failed(now))
+                self._call(lambda c, now: c.handle_connection_lost(now))
 
         opened: transports.Transport
         try:

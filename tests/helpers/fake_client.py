@@ -189,6 +189,12 @@ class ScriptedClient:
         self.events.append(SessionRestarting(reason="connection failed", retry_in=self.retry_in))
         self.deadline = now + self.retry_in
 
+    def handle_connection_lost(self, now: float) -> None:
+        self.calls.append("connection_lost")
+        self.state = "waiting"
+        self.events.append(SessionRestarting(reason="connection lost", retry_in=self.retry_in))
+        self.deadline = now + self.retry_in
+
     def close(self, now: float) -> None:
         self.calls.append("close")
         if self.state == "ended":

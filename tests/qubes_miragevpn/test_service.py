@@ -153,7 +153,7 @@ def test_tcp_stream_and_lost_connection() -> None:
         writer.close()  # the server goes away: the client is told, and retries
         reader, writer = await asyncio.wait_for(accepted.get(), TIMEOUT)
         assert await asyncio.wait_for(reader.readexactly(5), TIMEOUT) == b"HELLO"
-        assert "connection_failed" in clients[0].calls
+        assert "connection_lost" in clients[0].calls
         service.stop(signal.SIGINT)
         outcome = await asyncio.wait_for(run, TIMEOUT)
         assert outcome.exit_code is ExitCode.OK
