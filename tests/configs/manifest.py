@@ -121,7 +121,9 @@ CASES: dict[str, Case] = {
     ),
     "openvpn-install-tls-crypt": Case(
         "shape of angristan/openvpn-install's client template (tls-crypt, "
-        "ignore-unknown-option + setenv opt block-outside-dns); reconstructed",
+        "ignore-unknown-option + setenv opt block-outside-dns); written from the script's "
+        "template and checked line by line against generated client files quoted in public "
+        "repositories (a write-up's comp.ovpn, a deployment README)",
         "usable",
         "usable",
     ),
