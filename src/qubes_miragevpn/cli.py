@@ -86,19 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(path: Path) -> Config:
     """Parse `path`; files it names are read relative to its directory. Raises ConfigError."""
-    base = path.parent
-
-    def read_file(name: str) -> bytes:
-        return (base / name).read_bytes()  # an absolute `name` stays absolute
-
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
+        data = path.read_bytes()
+    except OSError as e:
         raise ConfigError(f"cannot read the config file: {e}", file=str(path)) from None
     from miragevpn.config import parse_config
+    from miragevpn.config.check import file_reader
 
     try:
-        config: Config = parse_config(text, read_file=read_file)
+        config: Config = parse_config(data, read_file=file_reader(str(path)))
     except ConfigError as e:
         raise e.with_file(str(path)) from None
     return config

@@ -63,7 +63,6 @@ def drive(config_path: str, *, tls_ekm: bool = True) -> dict[str, Any]:
     """Run our Client against the server named in the config; returns what happened."""
     from miragevpn.client import Client
     from miragevpn.config.model import Transport
-    from miragevpn.config.parse import parse_config
     from miragevpn.events import (
         ConnectionRequested,
         SessionEnded,
@@ -71,14 +70,9 @@ def drive(config_path: str, *, tls_ekm: bool = True) -> dict[str, Any]:
         TlsEstablished,
         TunnelEstablished,
     )
+    from qubes_miragevpn.cli import load_config
 
-    base = Path(config_path).parent
-
-    def read_file(name: str) -> bytes:
-        path = Path(name)
-        return (path if path.is_absolute() else base / path).read_bytes()
-
-    config = parse_config(Path(config_path).read_text(), read_file=read_file)
+    config = load_config(Path(config_path))
     client = Client(config, rng=os.urandom, now=time.time(), tls_ekm=tls_ekm)
     result: dict[str, Any] = {"events": []}
     sock: socket.socket | None = None

@@ -39,7 +39,6 @@ REPLY_GRACE = 1.0  # an echo request younger than this at the end may still be u
 
 def drive(config_path: str, goal: int) -> dict[str, Any]:
     from miragevpn.client import Client
-    from miragevpn.config.parse import parse_config
     from miragevpn.events import (
         ConnectionRequested,
         ProgressReported,
@@ -47,14 +46,9 @@ def drive(config_path: str, goal: int) -> dict[str, Any]:
         SessionRestarting,
         TunnelEstablished,
     )
+    from qubes_miragevpn.cli import load_config
 
-    base = Path(config_path).parent
-
-    def read_file(name: str) -> bytes:
-        path = Path(name)
-        return (path if path.is_absolute() else base / path).read_bytes()
-
-    config = parse_config(Path(config_path).read_text(), read_file=read_file)
+    config = load_config(Path(config_path))
     client = Client(config, rng=os.urandom, now=time.time())
     result: dict[str, Any] = {"progress": []}
     sent_kids: collections.Counter[int] = collections.Counter()
