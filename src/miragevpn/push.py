@@ -21,6 +21,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .config.lexer import split_line
 from .config.model import (
     AllowCompression,
     Compression,
@@ -36,7 +37,7 @@ from .config.model import (
     Secret,
     Topology,
 )
-from .errors import DecodeError, RemoteProtocolError
+from .errors import ConfigError, DecodeError, RemoteProtocolError
 
 # --------------------------------------------------------------------------- framing
 
@@ -206,54 +207,13 @@ class PushReplyAssembler:
 
 
 def parse_line(line: str) -> list[str]:
-    """Split one option line into words with OpenVPN's config quoting (`parse_line`).
-
-    Whitespace separates words; "double quotes" group and allow backslash escapes;
-    'single quotes' group literally; a backslash escapes \\, " or a space outside single
-    quotes; `#` or `;` where a word would start begins a comment."""
-    words: list[str] = []
-    current: list[str] = []
-    state = "initial"  # initial | unquoted | double | single
-    chars = iter(line)
-    for char in chars:
-        escaped = False
-        if char == "\\" and state != "single":
-            nxt = next(chars, None)
-            if nxt is None:
-                break
-            if not (nxt in ("\\", '"') or nxt.isspace()):
-                raise DecodeError(f"bad backslash usage in pushed option {line!r}")
-            char, escaped = nxt, True
-        if state == "initial":
-            if char.isspace() and not escaped:
-                continue
-            if char in "#;" and not escaped:
-                break
-            if char == '"' and not escaped:
-                state = "double"
-            elif char == "'" and not escaped:
-                state = "single"
-            else:
-                state = "unquoted"
-                current.append(char)
-        elif state == "unquoted":
-            if char.isspace() and not escaped:
-                words.append("".join(current))
-                current, state = [], "initial"
-            else:
-                current.append(char)
-        elif (state == "double" and char == '"' and not escaped) or (
-            state == "single" and char == "'"
-        ):
-            words.append("".join(current))
-            current, state = [], "initial"
-        else:
-            current.append(char)
-    if state in ("double", "single"):
-        raise DecodeError(f"no closing quotation in pushed option {line!r}")
-    if state == "unquoted":
-        words.append("".join(current))
-    return words
+    """Split one pushed option line into words, exactly as a config line is read (OpenVPN
+    `parse_line`: quotes, backslash escapes, `#`/`;` comments); a lexical error is the peer's,
+    so it is a `DecodeError` here."""
+    try:
+        return [token.text for token in split_line(line, 1)]
+    except ConfigError as exc:
+        raise DecodeError(f"{exc.message} in pushed option {line!r}") from None
 
 
 # --------------------------------------------------------------------------- options
