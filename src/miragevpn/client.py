@@ -504,7 +504,7 @@ class Client:
     def _begin_renegotiation(
         self, state: Established, key_id: int, now: float, *, by_us: bool
     ) -> KeyState:
-        key_state = self._keying.begin_renegotiation(state, key_id, now, by_us=by_us)
+        key_state = self._keying.begin_renegotiation(state, key_id, now)
         who = "we renegotiate" if by_us else "server renegotiates"
         self._progress(f"{who} keys (key id {key_id})")
         return key_state

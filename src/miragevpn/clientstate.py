@@ -76,7 +76,6 @@ class Renegotiation:
 
     key_state: KeyState
     deadline: float
-    initiated_by_us: bool
 
 
 @dataclass(slots=True)
@@ -168,7 +167,6 @@ class Ended:
 
 
 State = Resolving | Connecting | Handshaking | Pulling | Established | Closing | Waiting | Ended
-SessionState = Handshaking | Pulling | Established | Closing
 
 TRANSITIONS: dict[type, frozenset[type]] = {
     Resolving: frozenset({Connecting, Waiting, Ended}),

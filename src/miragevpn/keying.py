@@ -205,9 +205,7 @@ class Keying:
         due = [d for d in deadlines if d is not None and d != NO_DEADLINE]
         return min(due) if due else None
 
-    def begin_renegotiation(
-        self, state: Established, key_id: int, now: float, *, by_us: bool
-    ) -> KeyState:
+    def begin_renegotiation(self, state: Established, key_id: int, now: float) -> KeyState:
         """A soft reset: the primary key state becomes the lame duck (the previous lame duck
         goes), and a new key state sends its own P_CONTROL_SOFT_RESET_V1."""
         session = state.session
@@ -215,7 +213,7 @@ class Keying:
         state.data.retire(now + self._config.tran_window)
         key_state = self.new_key_state(session, key_id, Opcode.P_CONTROL_SOFT_RESET_V1, now)
         session.key_states = {primary.key_id: primary, key_id: key_state}
-        state.renegotiation = Renegotiation(key_state, now + self._config.hand_window, by_us)
+        state.renegotiation = Renegotiation(key_state, now + self._config.hand_window)
         return key_state
 
     def finish_renegotiation(self, state: Established, key_state: KeyState, now: float) -> None:

@@ -310,6 +310,3 @@ TABLE: dict[str, Spec] = {
     "client-cert-not-required": rejected("removed in OpenVPN 2.6 (and a server option)"),
     "max-routes-per-client": rejected(SERVER),
 }
-
-# Names that may stand alone as <name> blocks (OpenVPN options.c OPT_P_INLINE).
-INLINE_NAMES = frozenset(name for name, spec in TABLE.items() if spec.inline) | {"connection"}

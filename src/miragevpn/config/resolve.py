@@ -15,7 +15,6 @@ that is safe):
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 
 from ..errors import ConfigError
@@ -381,8 +380,3 @@ def validate(c: Config, glob: dict[str, list[Setting]]) -> None:
                 glob["tls_version_min"][-1],
                 "tls-version-max is below tls-version-min",
             )
-
-
-def with_fields(config: Config, **changes: object) -> Config:
-    """A copy of `config` with some fields replaced (tests and the CLI)."""
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
