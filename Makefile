@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 # Debian packages: the libraries we run on (the versions Debian 12 ships, not newer wheels),
 # the real OpenVPN we interoperate with, and the tools the tests drive.
-APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables \
+APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables python3-yaml \
 	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--seconds 5 --proto tcp --profile"
