@@ -14,7 +14,7 @@ Chains (numbers are netfilter priorities; Qubes' own are in the comment on the r
     input           filter  input        -10  accept   uplink -> qube    (qubes input: 0)
     output          filter  output       -10  drop     qube -> anywhere
     dns-redirect    nat     prerouting  -110  accept   virtual DNS       (qubes dnat-dns: -100)
-    masquerade      nat     postrouting   90  accept   tunnel NAT        (qubes postrouting: 100)
+    tunnel-nat      nat     postrouting   90  accept   masquerade        (qubes postrouting: 100)
     refuse          (regular chain: TCP reset, else ICMP administratively prohibited)
 
 Each rule carries its sentence of docs/security.md as its comment, so `nft list ruleset` reads
@@ -78,7 +78,7 @@ CHAINS = (
     ChainSpec("input", "filter", "input", PRIO_FILTER, "accept"),
     ChainSpec("output", "filter", "output", PRIO_FILTER, "drop"),
     ChainSpec("dns-redirect", "nat", "prerouting", PRIO_DNS_REDIRECT, "accept"),
-    ChainSpec("masquerade", "nat", "postrouting", PRIO_MASQUERADE, "accept"),
+    ChainSpec("tunnel-nat", "nat", "postrouting", PRIO_MASQUERADE, "accept"),
 )
 
 
@@ -227,7 +227,7 @@ def _forward_rules(policy: Policy, facts: Facts) -> Iterator[Rule]:
             (
                 match(meta("iifname"), tunnel.device),
                 match(meta("oifgroup"), facts.appvm_group),
-                match({"ct": {"key": "state"}}, ["established", "related"]),
+                match({"ct": {"key": "state"}}, ["established", "related"], "in"),
                 COUNTER,
                 ACCEPT,
             ),
@@ -282,7 +282,7 @@ def _input_rules(policy: Policy, facts: Facts) -> Iterator[Rule]:
             (
                 uplink,
                 match({"ct": {"key": "mark"}}, facts.socket_mark),
-                match({"ct": {"key": "state"}}, ["established", "related"]),
+                match({"ct": {"key": "state"}}, ["established", "related"], "in"),
                 COUNTER,
                 ACCEPT,
             ),
@@ -345,8 +345,8 @@ def _output_rules(policy: Policy, facts: Facts) -> Iterator[Rule]:
         )
     yield Rule(
         "output",
-        (uplink, COUNTER, DROP),
-        "every other packet from the qube to the uplink is dropped",
+        (uplink, COUNTER, REFUSE),
+        "every other packet from the qube to the uplink is refused (the sender learns at once)",
     )
 
 
@@ -379,7 +379,7 @@ def _dns_redirect_rules(policy: Policy, facts: Facts) -> Iterator[Rule]:
 def _masquerade_rules(policy: Policy) -> Iterator[Rule]:
     if isinstance(policy, Connected):
         yield Rule(
-            "masquerade",
+            "tunnel-nat",
             (match(meta("oifname"), policy.tunnel.device), COUNTER, {"masquerade": None}),
             "packets leaving by the tunnel device are masqueraded to the tunnel address",
         )
