@@ -52,6 +52,22 @@ DEFAULT_MARK = 0x6D76  # the socket mark the topology tests give the daemon's so
 SO_MARK = getattr(socket, "SO_MARK", 36)
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
+_SYSVPN4 = A4("10.137.0.10")
+_SYSVPN6 = A6("fd09:24ef:4179::a89:a")
+_GATEWAY4 = A4("10.137.0.5")
+_GATEWAY6 = A6("fd09:24ef:4179::a89:5")
+_NETVM_GATEWAY4 = A4("10.138.0.1")
+_NETVM_GATEWAY6 = A6("fd09:24ef:4179::a8a:1")
+_SERVER4 = A4("198.51.100.1")
+_WEB4 = A4("198.51.100.80")
+_DNS4 = A4("198.51.100.53")
+_LEAK4 = A4("203.0.113.66")
+_SERVER6 = A6("2001:db8:100::1")
+_WEB6 = A6("2001:db8:100::80")
+_LEAK6 = A6("2001:db8:66::66")
+_UPLINK_DNS = (A4("10.139.1.1"), A4("10.139.1.2"))
+_VIRTUAL_DNS = (A4("10.139.1.1"), A4("10.139.1.2"))
+
 
 @dataclass(frozen=True)
 class AppVM:
@@ -309,7 +325,8 @@ def _nft_nat_accel(devices: list[str], *, flowtable: bool) -> str:
     names = ", ".join(f'"{d}"' for d in devices)
     table = "table inet qubes-nat-accel {\n"
     if flowtable:
-        table += f"   flowtable qubes-accel {{ hook ingress priority filter; devices = {{ {names} }}; }}\n"
+        hook = "hook ingress priority filter"
+        table += f"   flowtable qubes-accel {{ {hook}; devices = {{ {names} }}; }}\n"
     offload = "flow add @qubes-accel" if flowtable else "counter"
     return (
         table
@@ -329,23 +346,23 @@ class QubesTopology:
     appvms: list[AppVM]
     # sys-vpn's uplink facts (QubesDB /qubes-ip, /qubes-gateway, ...)
     uplink: str = "eth0"
-    sysvpn4: A4 = A4("10.137.0.10")
-    sysvpn6: A6 = A6("fd09:24ef:4179::a89:a")
-    gateway4: A4 = A4("10.137.0.5")  # sys-net, as sys-vpn's /qubes-gateway
-    gateway6: A6 = A6("fd09:24ef:4179::a89:5")
-    uplink_dns: tuple[A4, ...] = (A4("10.139.1.1"), A4("10.139.1.2"))  # served by sys-net
+    sysvpn4: A4 = _SYSVPN4
+    sysvpn6: A6 = _SYSVPN6
+    gateway4: A4 = _GATEWAY4  # sys-net, as sys-vpn's /qubes-gateway
+    gateway6: A6 = _GATEWAY6
+    uplink_dns: tuple[A4, ...] = _UPLINK_DNS  # served by sys-net
     # what sys-vpn gives its AppVMs (/qubes-netvm-gateway, -gateway6, -primary/secondary-dns)
-    netvm_gateway4: A4 = A4("10.138.0.1")
-    netvm_gateway6: A6 = A6("fd09:24ef:4179::a8a:1")
-    virtual_dns: tuple[A4, ...] = (A4("10.139.1.1"), A4("10.139.1.2"))
+    netvm_gateway4: A4 = _NETVM_GATEWAY4
+    netvm_gateway6: A6 = _NETVM_GATEWAY6
+    virtual_dns: tuple[A4, ...] = _VIRTUAL_DNS
     # the "internet" behind sys-net
-    server4: A4 = A4("198.51.100.1")  # room for the OpenVPN server
-    web4: A4 = A4("198.51.100.80")
-    dns4: A4 = A4("198.51.100.53")
-    leak4: A4 = A4("203.0.113.66")  # only a leak reaches this
-    server6: A6 = A6("2001:db8:100::1")
-    web6: A6 = A6("2001:db8:100::80")
-    leak6: A6 = A6("2001:db8:66::66")
+    server4: A4 = _SERVER4  # room for the OpenVPN server
+    web4: A4 = _WEB4
+    dns4: A4 = _DNS4
+    leak4: A4 = _LEAK4  # only a leak reaches this
+    server6: A6 = _SERVER6
+    web6: A6 = _WEB6
+    leak6: A6 = _LEAK6
     flowtable: bool = True  # False: the kernel has no flowtables; qubes-accel only counts
     tunnels: list[TunnelPeer] = field(default_factory=list)
     responders: list[Responder] = field(default_factory=list)
@@ -534,7 +551,7 @@ class QubesTopology:
                 "dev",
                 self.uplink,
                 "onlink",
-            ]  # fmt: skip
+            ]
         )
         if ipv6 and local6 and peer6:
             self.sysvpn.run(["ip", "-6", "addr", "add", f"{local6}/64", "dev", device, "nodad"])
@@ -574,7 +591,7 @@ def _veth(a: Netns, a_name: str, b: Netns, b_name: str) -> None:
             tb,
             "netns",
             b.name,
-        ],  # fmt: skip
+        ],
         check=True,
         capture_output=True,
         timeout=30,
