@@ -85,18 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(path: Path) -> Config:
-    """Parse `path`; files it names are read relative to its directory. Raises ConfigError."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read the config file: {e}", file=str(path)) from None
-    from miragevpn.config import parse_config
-    from miragevpn.config.check import file_reader
+    """Parse `path`; files it names are read relative to its directory. Raises ConfigError.
 
+    Files outside the config's folder are read (a unix client may use /etc/ssl/...) but each
+    one is logged as a warning: a downloaded profile should not reach into the system.
+    """
+    from miragevpn.config import parse_config
+
+    from .files import ProfileFiles, read_profile
+
+    data = read_profile(str(path))
+    reader = ProfileFiles(str(path))
     try:
-        config: Config = parse_config(data, read_file=file_reader(str(path)))
+        config: Config = parse_config(data, read_file=reader)
     except ConfigError as e:
         raise e.with_file(str(path)) from None
+    for name in reader.outside:
+        log.warning("%s: reads %r, outside the config's folder", path, name)
     return config
 
 

@@ -18,6 +18,9 @@ from .model import ConfigWarning, IgnoredDirective
 ReadFile = Callable[[str], bytes]
 
 INLINE_MARKER = "[inline]"  # `ca [inline]`: the content is the <ca> block of this file
+# A key, certificate bundle or credentials file larger than this is a mistake or an attack
+# (Debian's whole CA bundle is ~220 KiB). The runtime's reader stops reading here too.
+MAX_FILE_BYTES = 1024 * 1024
 
 
 class Outcome(enum.Enum):
@@ -46,6 +49,7 @@ class Context:
     warnings: list[ConfigWarning] = field(default_factory=list)
     ignore_unknown: set[str] = field(default_factory=set)
     connection: int | None = None  # set while handling the body of a <connection> block
+    directives_left: int = 0  # how many more directives <connection> bodies may add
 
     def put(self, d: Directive, key: str, value: object) -> None:
         self.settings.append(Setting(key, value, d.line, d.column, d.name, self.connection))
@@ -84,6 +88,9 @@ class Context:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise error(d, f"cannot read {what} '{first.text}': {reason}", 0) from None
+        if len(data) > MAX_FILE_BYTES:
+            message = f"{what} '{first.text}' is larger than {MAX_FILE_BYTES} bytes"
+            raise error(d, message, 0)
         return data, False, d.args[1:]
 
 

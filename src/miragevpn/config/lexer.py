@@ -15,6 +15,10 @@ src/openvpn/options.c:
 
 We also accept CRLF and mixed line endings and a missing final newline, and reject a NUL byte
 or invalid UTF-8 with the line where it occurs.
+
+Limits, so that a hostile profile costs little: the text is at most `MAX_CONFIG_BYTES`, a line
+has at most `MAX_TOKENS_PER_LINE` tokens (OpenVPN's MAX_PARMS) and a config at most
+`MAX_DIRECTIVES` directives; lexing is one pass over the text.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from ..errors import ConfigError
 
 BOM = "\ufeff"
 _WHITESPACE = " \t\r\v\f"
+
+# Real client profiles are a few KiB (up to ~250 KiB with a whole CA bundle inline) and a few
+# dozen directives; these limits are far above that and far below what hurts.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_DIRECTIVES = 4096  # in the whole config, <connection> bodies included
+MAX_TOKENS_PER_LINE = 16  # options.h MAX_PARMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,10 @@ class Directive:
 
 def decode_config(data: str | bytes) -> str:
     """The config as text; a NUL byte or invalid UTF-8 is a `ConfigError` at its line."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"the config is larger than {MAX_CONFIG_BYTES} bytes; a client config is far smaller"
+        )
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
@@ -93,6 +107,12 @@ def split_line(text: str, line: int) -> list[Token]:
             continue
         if c in "#;":
             break
+        if len(tokens) == MAX_TOKENS_PER_LINE:
+            raise ConfigError(
+                f"more than {MAX_TOKENS_PER_LINE} words on one line (OpenVPN's limit)",
+                line=line,
+                column=i + 1,
+            )
         start = i
         chars: list[str] = []
         if c == "'":
@@ -143,10 +163,11 @@ def _escape(text: str, i: int, line: int, out: list[str]) -> int:
     )
 
 
-def lex(text: str, *, first_line: int = 1) -> list[Directive]:
+def lex(text: str, *, first_line: int = 1, max_directives: int = MAX_DIRECTIVES) -> list[Directive]:
     """Every directive of `text` (already decoded), with inline blocks attached.
 
-    `first_line` numbers the lines of a nested text (a `<connection>` block's body).
+    `first_line` numbers the lines of a nested text (a `<connection>` block's body);
+    `max_directives` is how many more the config may hold.
     """
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -159,6 +180,12 @@ def lex(text: str, *, first_line: int = 1) -> list[Directive]:
         index += 1
         if not tokens:
             continue
+        if len(directives) == max_directives:
+            raise ConfigError(
+                f"more than {MAX_DIRECTIVES} directives; a client config needs far fewer",
+                line=number,
+                column=tokens[0].column,
+            )
         name_token = tokens[0]
         name = name_token.text
         if len(name) >= 3 and name.startswith("--"):

@@ -7,14 +7,17 @@ The pipeline: decode (UTF-8, no NUL) → lex (tokens, inline blocks) → one han
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import ConfigError
 from .context import INLINE_MARKER, Context, Outcome, ReadFile, error
 from .directives import TABLE, Spec
-from .lexer import Directive, decode_config, lex
+from .lexer import MAX_DIRECTIVES, Directive, decode_config, lex
 from .model import Config
 from .resolve import resolve
 
 IGNORE_UNKNOWN = "ignore-unknown-option"
+NOT_FILES = frozenset({"peer-fingerprint"})  # inline-capable, but its argument is the value
 
 
 def parse_config(text: str | bytes, *, read_file: ReadFile) -> Config:
@@ -25,7 +28,7 @@ def parse_config(text: str | bytes, *, read_file: ReadFile) -> Config:
     Raises `ConfigError` with line, column and directive for anything we cannot use.
     """
     directives = lex(decode_config(text))
-    ctx = Context(read_file)
+    ctx = Context(read_file, directives_left=MAX_DIRECTIVES - len(directives))
     marked = {
         d.name
         for d in directives
@@ -52,7 +55,8 @@ def _connection(ctx: Context, d: Directive, index: int) -> None:
         raise error(d, "connection settings are given as a <connection> ... </connection> block")
     ctx.connection = index
     try:
-        body = lex(d.inline, first_line=d.line + 1)
+        body = lex(d.inline, first_line=d.line + 1, max_directives=ctx.directives_left)
+        ctx.directives_left -= len(body)
         for sub in body:
             spec = TABLE.get(sub.name)
             if spec is None or not spec.in_connection:
@@ -128,3 +132,31 @@ def _run(ctx: Context, d: Directive, spec: Spec) -> None:
         return
     assert spec.handler is not None
     spec.handler(ctx, d)
+
+
+@dataclass(frozen=True, slots=True)
+class FileReference:
+    """A file a config names: `ca ca.crt` is ("ca", "ca.crt", its line)."""
+
+    directive: str
+    name: str
+    line: int
+
+
+def file_references(text: str | bytes) -> tuple[FileReference, ...]:
+    """The files `text` names, without reading them (`ConfigError` if it does not lex)."""
+    refs: list[FileReference] = []
+    for d in lex(decode_config(text)):
+        name, args = d.name, d.args
+        if name == "setenv" and len(args) >= 2 and args[0].text == "opt":
+            inner = args[1].text
+            name = inner[2:] if inner.startswith("--") and len(inner) >= 3 else inner
+            args = args[2:]
+        spec = TABLE.get(name)
+        if spec is None or not spec.inline or d.inline is not None or not args:
+            continue
+        if name in NOT_FILES:
+            continue
+        if args[0].text not in (INLINE_MARKER, ""):
+            refs.append(FileReference(name, args[0].text, d.line))
+    return tuple(refs)
