@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from miragevpn.config import format_config, parse_config
-from miragevpn.config.check import check_file, main
 from miragevpn.errors import ConfigError
+from qubes_miragevpn.configcheck import check_file, main
 from tests.configs.corpus_support import CORPUS, materialise, openvpn_verdict
 from tests.configs.manifest import CASES
 from tests.helpers.pki import Pki, make_pki
@@ -34,7 +34,7 @@ def test_verdict(name: str, pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixt
     case = CASES[name]
     path = materialise(name, pki, tmp_path)
     if case.ours == "usable":
-        config = check_file(str(path))
+        config = check_file(str(path)).config
         assert main([str(path)]) == 0
         assert capsys.readouterr().out.startswith(f"{path}: usable")
         # the self-contained form is equivalent

@@ -1,50 +1,61 @@
-"""`miragevpn-config-check FILE...`: is each config usable by this client?
+"""What the checker says about a config, as data and text: the summary, the JSON document, the
+error line; nothing here reads or prints (the CLI is `qubes_miragevpn.configcheck`).
 
-Exit 0 when every file is usable (with a short summary of each), 1 otherwise, with
-`FILE:LINE: message` lines. `--json` prints the model (secrets redacted), `--inline OUT` writes
-the self-contained config (every referenced file inlined; mode 0600, atomically).
-This module is the IO edge of the config package: it reads files and writes the output.
+Every text that comes from a config can hold terminal control sequences: `printable` escapes
+them, and the CLI passes everything it prints through it. Values read from a file outside the
+profile's folder are named in `hidden` and never shown (a hostile `auth-user-pass /etc/shadow`
+would otherwise show the first line of /etc/shadow as the user name).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import enum
 import ipaddress
-import json
-import os
-import sys
-import tempfile
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Collection
 
 from ..errors import ConfigError
-from .format import format_config
 from .model import Config, Secret, TlsAuth, TlsCrypt, TlsCryptV2
-from .parse import parse_config
 from .values import proto_name
 
-MAX_FILE = 16 * 1024 * 1024  # a config or key file larger than this is a mistake
+HIDDEN = "<not shown: read from a file outside the profile's folder>"
+# The model field each file-taking directive fills.
+FILE_FIELDS = {
+    "ca": "ca",
+    "cert": "cert",
+    "extra-certs": "extra_certs",
+    "key": "key",
+    "pkcs12": "pkcs12",
+    "tls-auth": "tls_protection",
+    "tls-crypt": "tls_protection",
+    "tls-crypt-v2": "tls_protection",
+    "secret": "secret",
+    "auth-user-pass": "auth_user_pass",
+}
+# C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide text.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
-def file_reader(config_path: str) -> Callable[[str], bytes]:
-    """Read files named in the config, relative to the config file's directory."""
-    base = os.path.dirname(os.path.abspath(config_path))
+def printable(text: str) -> str:
+    """`text` with every control character written as an escape (`\\x1b`, `\\u202e`)."""
 
-    def read(path: str) -> bytes:
-        full = path if os.path.isabs(path) else os.path.join(base, path)
-        if path == "stdin":
-            raise ConfigError("reading from stdin is not supported; give a file")
-        if os.path.isdir(full):
-            raise ConfigError("is a directory")
-        with open(full, "rb") as f:
-            data = f.read(MAX_FILE + 1)
-        if len(data) > MAX_FILE:
-            raise ConfigError(f"larger than {MAX_FILE} bytes")
-        return data
+    def escape(m: re.Match[str]) -> str:
+        code = ord(m.group(0))
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
-    return read
+    return _CONTROL.sub(escape, text)
+
+
+def config_document(config: Config, hidden: Collection[str] = ()) -> dict[str, object]:
+    """The model as JSON-ready data: secrets redacted, `hidden` fields withheld."""
+    return {
+        f.name: HIDDEN
+        if f.name in hidden and getattr(config, f.name) not in (None, ())
+        else to_jsonable(getattr(config, f.name))
+        for f in dataclasses.fields(config)
+    }
 
 
 def to_jsonable(value: object, *, reveal: bool = False) -> object:
@@ -68,7 +79,8 @@ def to_jsonable(value: object, *, reveal: bool = False) -> object:
     return value
 
 
-def summary(c: Config) -> list[str]:
+def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
+    """A few lines on what the config does (not escaped: pass them through `printable`)."""
     lines = []
     for r in c.remotes:
         lines.append(f"  remote {r.host} port {r.port} {proto_name(r.proto)}")
@@ -103,7 +115,10 @@ def summary(c: Config) -> list[str]:
         auth.append("PKCS#12")
     if c.auth_user_pass:
         who = c.auth_user_pass.username
-        auth.append(f"user/password ({'user ' + who if who else 'asked at run time'})")
+        if "auth_user_pass" in hidden:
+            auth.append("user/password (from a file outside the profile's folder, not shown)")
+        else:
+            auth.append(f"user/password ({'user ' + who if who else 'asked at run time'})")
     lines.append(f"  client auth: {' + '.join(auth)}")
     for w in c.warnings:
         where = f"line {w.line}: " if w.line else ""
@@ -114,84 +129,10 @@ def summary(c: Config) -> list[str]:
     return lines
 
 
-def write_private(path: str, text: str) -> None:
-    """Write `text` to `path` with mode 0600, atomically (temp file in the same dir + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".miragevpn-", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def check_file(path: str) -> Config:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=path) from None
-    if len(data) > MAX_FILE:
-        raise ConfigError(f"larger than {MAX_FILE} bytes", file=path)
-    try:
-        return parse_config(data, read_file=file_reader(path))
-    except ConfigError as exc:
-        raise exc.with_file(path) from None
-    except RecursionError:
-        raise ConfigError("too deeply nested", file=path) from None
-
-
 def format_error(exc: ConfigError) -> str:
+    """`FILE:LINE: directive: message`, escaped."""
     where = exc.file or "<config>"
     if exc.line is not None:
         where += f":{exc.line}"
     prefix = f"{exc.directive}: " if exc.directive else ""
-    return f"{where}: {prefix}{exc.message}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="miragevpn-config-check",
-        description="Check OpenVPN client configs: is each one usable by this client?",
-    )
-    parser.add_argument("files", nargs="+", metavar="FILE")
-    parser.add_argument("--json", action="store_true", help="print the parsed model (redacted)")
-    parser.add_argument(
-        "--inline", metavar="OUT", help="write the self-contained config (one FILE only)"
-    )
-    args = parser.parse_args(argv)
-    if args.inline and len(args.files) != 1:
-        parser.error("--inline takes exactly one FILE")
-    status = 0
-    documents: list[object] = []
-    for path in args.files:
-        try:
-            config = check_file(path)
-        except ConfigError as exc:
-            print(format_error(exc), file=sys.stderr)
-            status = 1
-            continue
-        if args.json:
-            documents.append({"file": path, "config": to_jsonable(config)})
-        else:
-            print(f"{path}: usable")
-            print("\n".join(summary(config)))
-        if args.inline:
-            try:
-                write_private(args.inline, format_config(config))
-            except OSError as exc:
-                print(f"{args.inline}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-                status = 1
-    if args.json:
-        print(json.dumps(documents if len(args.files) > 1 else (documents or [None])[0], indent=2))
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return printable(f"{where}: {prefix}{exc.message}")

@@ -1,0 +1,174 @@
+"""The checker CLI: verdicts, FILE:LINE errors, --json redaction, --inline output, and the
+hostile profiles of issue 8 (each refused in under a second with exit 1 and a plain message)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from miragevpn.config import parse_config
+from qubes_miragevpn.configcheck import main
+from tests.helpers.pki import Pki, make_pki
+
+BASE = "client\ndev tun\nremote vpn.example.org 443 tcp\nca ca.crt\nauth-user-pass creds\n"
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return make_pki()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, pki: Pki) -> Path:
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    (sub / "ca.crt").write_text(pki.ca.cert_pem)
+    (sub / "creds").write_bytes(b"bob\nsw0rdfish\n")
+    (sub / "c.ovpn").write_text(BASE)
+    return sub
+
+
+def test_usable_summary(
+    config_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/")  # relative names resolve against the config's directory
+    assert main([str(config_dir / "c.ovpn")]) == 0
+    out = capsys.readouterr().out
+    assert "remote vpn.example.org port 443 tcp" in out and "user bob" in out
+
+
+def test_error_lines(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = config_dir / "bad.ovpn"
+    bad.write_bytes(b"client\ndev tap\n")
+    missing = config_dir / "nope.ovpn"
+    assert main([str(config_dir / "c.ovpn"), str(bad), str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:2: dev: " in err
+    assert f"{missing}: cannot read" in err
+    assert "Traceback" not in err
+
+
+def test_json_redacts(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--json", str(config_dir / "c.ovpn")]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out)
+    assert doc["config"]["auth_user_pass"] == {"username": "bob", "password": "<redacted>"}
+    assert "sw0rdfish" not in out
+
+
+def test_inline_writes_private_self_contained(config_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "one.ovpn"
+    assert main(["--inline", str(out), str(config_dir / "c.ovpn")]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    text = out.read_text()
+    assert "<ca>" in text and "sw0rdfish" in text
+
+    def no_files(path: str) -> bytes:
+        raise AssertionError(path)
+
+    parsed = parse_config(text, read_file=no_files)
+    assert parsed.auth_user_pass is not None and parsed.auth_user_pass.username == "bob"
+
+
+# --------------------------------------------------------------------------- hostile profiles
+
+HEAD = "client\ndev tun\nremote vpn.example.org\nca ca.crt\n"
+SHADOW = b"toor:$y$j9T$s3cr3t:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n"
+LEAK = "s3cr3t"
+
+
+def _check(
+    capsys: pytest.CaptureFixture[str], *argv: str, status: int = 1
+) -> tuple[str, str, float]:
+    start = time.monotonic()
+    assert main(list(argv)) == status
+    elapsed = time.monotonic() - start
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return out, err, elapsed
+
+
+@pytest.mark.parametrize("name", ["fifo", "/dev/stdin", "/proc/self/fd/0", "/proc/kmsg"])
+def test_files_that_would_block_are_refused(
+    config_dir: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Finding 5: `ca fifo`, `ca /dev/stdin`... never block (standard input is a pipe here
+    under pytest's capture, or the terminal: either would block a plain open/read)."""
+    os.mkfifo(config_dir / "fifo")
+    path = config_dir / "block.ovpn"
+    path.write_text(f"client\ndev tun\nremote a\nca {name}\nauth-user-pass creds\n")
+    _out, err, elapsed = _check(capsys, str(path))
+    assert elapsed < 1.0
+    assert f"{path}:4: ca: cannot read the CA certificate" in err
+
+
+def test_config_that_is_a_fifo_is_refused(
+    config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.mkfifo(config_dir / "fifo.ovpn")
+    _out, err, elapsed = _check(capsys, str(config_dir / "fifo.ovpn"))
+    assert elapsed < 1.0 and "FIFO" in err
+
+
+def test_outside_file_content_is_never_shown(
+    config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding 6: `auth-user-pass /etc/shadow` (a stand-in outside the profile's folder)."""
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(SHADOW)
+    path = config_dir / "steal.ovpn"
+    path.write_text(HEAD + f"auth-user-pass {shadow}\n")
+    out, err, _ = _check(capsys, str(path), status=0)
+    assert "toor" not in out + err and "not shown" in out
+    assert f"reads {shadow}, outside the profile's folder" in err
+    out, err, _ = _check(capsys, "--json", str(path), status=0)
+    assert "toor" not in out + err
+    assert json.loads(out)["config"]["auth_user_pass"].startswith("<not shown")
+    inline = tmp_path / "inline.ovpn"
+    out, err, _ = _check(capsys, "--inline", str(inline), str(path))
+    assert "--inline refused" in err and "toor" not in out + err and not inline.exists()
+    # the gateway's mode refuses the file itself
+    _out, err, _ = _check(capsys, "--confine", str(path))
+    assert "outside the profile's folder" in err and "toor" not in err
+
+
+def test_outside_file_content_is_not_quoted_in_errors(
+    config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(SHADOW)
+    for directive in ("ca", "cert", "key", "tls-auth", "tls-crypt", "tls-crypt-v2", "pkcs12"):
+        path = config_dir / "bad.ovpn"
+        path.write_text(f"client\ndev tun\nremote a\nauth-user-pass creds\n{directive} {shadow}\n")
+        _out, err, _ = _check(capsys, str(path))
+        assert LEAK not in err and "toor" not in err and f"{path}:5: {directive}: " in err
+
+
+def test_inside_file_shows_only_the_user_name(
+    config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, err, _ = _check(capsys, str(config_dir / "c.ovpn"), status=0)
+    assert "user bob" in out and "sw0rdfish" not in out + err
+
+
+def test_control_characters_are_escaped(
+    config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding 11: terminal escape sequences in a config are printed escaped, never raw."""
+    evil = "evil\x1b]0;owned\x07\x1b[2J\u202e\x9b"
+    path = config_dir / "esc.ovpn"
+    path.write_text(f'client\ndev tun\nremote "{evil}"\nca ca.crt\nauth-user-pass creds\n')
+    bad = config_dir / "esc-bad.ovpn"
+    bad.write_text(f'client\ndev tun\nremote a\nca "{evil}"\nauth-user-pass creds\n')
+    for argv, status in (([str(path)], 0), (["--json", str(path)], 0), ([str(bad)], 1)):
+        out, err, _ = _check(capsys, *argv, status=status)
+        text = out + err
+        assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in text)
+        assert "\u202e" not in text
+    out, _err, _ = _check(capsys, str(path), status=0)
+    assert "remote evil\\x1b]0;owned\\x07\\x1b[2J\\u202e\\x9b port 1194" in out
