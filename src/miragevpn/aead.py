@@ -54,16 +54,18 @@ runs on one event loop; a `DataChannelKey` is never shared).
 
 from __future__ import annotations
 
-import ctypes
 import weakref
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .errors import AuthenticationError
 from .kdf import AEAD_KEY_SIZES
+
+if TYPE_CHECKING:  # ctypes itself is imported only when that backend is first needed
+    import ctypes
 
 __all__ = [
     "BACKENDS",
@@ -310,6 +312,14 @@ class _Libcrypto:
     """The few libcrypto.so.3 functions we call, with their C signatures."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
+        import ctypes
+
+        # the ctypes helpers the hot path uses, so that it needs no module-level import
+        self.c_int = ctypes.c_int
+        self.pointer = ctypes.pointer
+        self.create_string_buffer = ctypes.create_string_buffer
+        self.addressof = ctypes.addressof
+        self.string_at = ctypes.string_at
         p, i, b = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
         pint = ctypes.POINTER(ctypes.c_int)
 
@@ -337,10 +347,25 @@ class _Libcrypto:
 
 
 def _load_ctypes() -> _Libcrypto | None:
+    import ctypes
+
     try:
         return _Libcrypto(ctypes.CDLL("libcrypto.so.3"))
     except (OSError, AttributeError, AeadBackendError):
         return None
+
+
+_CTYPES: _Libcrypto | None = None
+_CTYPES_TRIED = False
+
+
+def _ctypes_lib() -> _Libcrypto | None:
+    """libcrypto through ctypes, loaded on first use (never at import)."""
+    global _CTYPES, _CTYPES_TRIED
+    if not _CTYPES_TRIED:
+        _CTYPES_TRIED = True
+        _CTYPES = _load_ctypes()
+    return _CTYPES
 
 
 def _free_context(free: Callable[[int], None], ctx: int) -> None:
@@ -350,22 +375,32 @@ def _free_context(free: Callable[[int], None], ctx: int) -> None:
 class _CtypesAead:
     """Persistent EVP_CIPHER_CTX per direction through ctypes on the system libcrypto.so.3."""
 
-    __slots__ = ("__weakref__", "_dec", "_enc", "_out", "_outlen", "_outlen_ptr", "_scratch")
+    __slots__ = (
+        "__weakref__",
+        "_dec",
+        "_enc",
+        "_lib",
+        "_out",
+        "_outlen",
+        "_outlen_ptr",
+        "_scratch",
+    )
     backend = "ctypes"
 
     def __init__(self, cipher: str, key: bytes) -> None:
         _check_key(cipher, key)
-        c = _CTYPES
+        c = _ctypes_lib()
         if c is None:
             raise AeadBackendError("libcrypto.so.3 unavailable")
+        self._lib = c
         evp = c.get_cipherbyname(_OPENSSL_NAMES[cipher])
         if not evp:
             raise AeadBackendError(f"OpenSSL has no {cipher}")
         self._enc = self._context(c, evp, key, 1)
         self._dec = self._context(c, evp, key, 0)
-        self._outlen = ctypes.c_int(0)
-        self._outlen_ptr = ctypes.pointer(self._outlen)
-        self._scratch = ctypes.create_string_buffer(2 * _SPARE)
+        self._outlen = c.c_int(0)
+        self._outlen_ptr = c.pointer(self._outlen)
+        self._scratch = c.create_string_buffer(2 * _SPARE)
         self._out = self._buffer(_FIRST_BUFFER)
 
     def _context(self, c: _Libcrypto, evp: int, key: bytes, enc: int) -> int:
@@ -382,11 +417,10 @@ class _CtypesAead:
             raise AeadBackendError("EVP cipher context setup failed")
         return ctx
 
-    @staticmethod
-    def _buffer(size: int) -> tuple[ctypes.Array[ctypes.c_char], int, int]:
+    def _buffer(self, size: int) -> tuple[ctypes.Array[ctypes.c_char], int, int]:
         """(buffer, address of its start (the tag), data capacity after the tag)."""
-        buf = ctypes.create_string_buffer(TAG_LENGTH + size + _SPARE)
-        return buf, ctypes.addressof(buf), size
+        buf = self._lib.create_string_buffer(TAG_LENGTH + size + _SPARE)
+        return buf, self._lib.addressof(buf), size
 
     def _out_for(self, n: int) -> tuple[ctypes.Array[ctypes.c_char], int, int]:
         out = self._out
@@ -404,8 +438,7 @@ class _CtypesAead:
         if len(nonce) != NONCE_LENGTH or n > MAX_DATA_LENGTH or a > MAX_DATA_LENGTH:
             _check_seal(nonce, aad, plaintext)
         buf, addr, _ = self._out if n <= self._out[2] else self._out_for(n)
-        c = _CTYPES
-        assert c is not None
+        c = self._lib
         ctx = self._enc
         outlen = self._outlen_ptr
         if (
@@ -419,7 +452,7 @@ class _CtypesAead:
         ):
             c.clear_errors()
             raise AeadBackendError("AEAD seal failed in OpenSSL")
-        sealed = ctypes.string_at(addr, TAG_LENGTH + n)
+        sealed = c.string_at(addr, TAG_LENGTH + n)
         del buf  # kept alive until here
         return sealed
 
@@ -434,8 +467,7 @@ class _CtypesAead:
         ):
             _check_open(nonce, aad, tag, ciphertext)
         buf, addr, _ = self._out if n <= self._out[2] else self._out_for(n)
-        c = _CTYPES
-        assert c is not None
+        c = self._lib
         ctx = self._dec
         outlen = self._outlen_ptr
         data = addr + TAG_LENGTH
@@ -450,7 +482,7 @@ class _CtypesAead:
         ):
             c.clear_errors()
             raise AuthenticationError("AEAD tag mismatch")
-        plain = ctypes.string_at(data, n)
+        plain = c.string_at(data, n)
         del buf  # kept alive until here
         return plain
 
@@ -556,15 +588,19 @@ def backend_available(backend: str, cipher: str) -> bool:
 
 
 _CFFI: tuple[Any, Any] | None = _load_cffi()
-_CTYPES: _Libcrypto | None = _load_ctypes()
-_SELECTED: Final[dict[str, str]] = {
-    cipher: next(b for b in BACKENDS if backend_available(b, cipher)) for cipher in _OPENSSL_NAMES
-}
+_SELECTED: Final[dict[str, str]] = {}  # cipher -> backend, filled on first use
 
 
 def selected_backend(cipher: str) -> str:
-    """The backend `make_aead` uses for `cipher`, chosen once at import."""
-    return _SELECTED[cipher.upper()]
+    """The backend `make_aead` uses for `cipher`, chosen by self-test on its first use."""
+    cipher = cipher.upper()
+    backend = _SELECTED.get(cipher)
+    if backend is None:
+        if cipher not in _OPENSSL_NAMES:
+            raise KeyError(cipher)
+        backend = next(b for b in BACKENDS if backend_available(b, cipher))
+        _SELECTED[cipher] = backend
+    return backend
 
 
 def make_aead(cipher: str, key: bytes, *, backend: str | None = None) -> Aead:
@@ -572,7 +608,7 @@ def make_aead(cipher: str, key: bytes, *, backend: str | None = None) -> Aead:
     cipher = cipher.upper()
     _check_key(cipher, key)
     if backend is None:
-        backend = _SELECTED[cipher]
+        backend = selected_backend(cipher)
     elif backend not in _FACTORIES:
         raise ValueError(f"unknown AEAD backend {backend!r}")
     return _FACTORIES[backend](cipher, key)

@@ -339,6 +339,7 @@ def test_seal_and_open_on_one_key_object(backend: str, cipher: str) -> None:
 def test_unavailable_native_bindings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aead, "_CFFI", None)
     monkeypatch.setattr(aead, "_CTYPES", None)
+    monkeypatch.setattr(aead, "_CTYPES_TRIED", True)
     for backend in NATIVE:
         with pytest.raises(AeadBackendError):
             make_aead("AES-256-GCM", bytes(32), backend=backend)
