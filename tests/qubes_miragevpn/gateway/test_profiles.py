@@ -1,0 +1,178 @@
+"""Profiles: which .ovpn, its side files (confined to the folder), credentials (0600)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from miragevpn.config.model import AuthUserPass, Secret
+from miragevpn.errors import ConfigError
+from qubes_miragevpn.gateway.profiles import (
+    LoadedProfile,
+    ProfileBlocked,
+    choose_profile,
+    load_profile,
+    profile_loader,
+)
+from tests.helpers.pki import Identity, make_ca, make_leaf, static_key_text
+
+PROFILE = """client
+dev tun
+proto udp
+remote 192.0.2.1 1194
+ca ca.crt
+cert client.crt
+key client.key
+tls-crypt ta.key
+auth-user-pass auth.txt
+verb 3
+"""
+
+
+def folder_reader(folder: Path) -> Callable[[str], bytes]:
+    """Stands in for qubes_miragevpn.files.ProfileFiles(..., confine=True) in these tests."""
+    root = folder.resolve()
+
+    def read(name: str) -> bytes:
+        path = (folder / name).resolve()
+        if root not in path.parents:
+            raise ConfigError(f"is outside the profile's folder {root}")
+        return path.read_bytes()
+
+    return read
+
+
+@pytest.fixture(scope="module")
+def identities() -> tuple[Identity, Identity]:
+    ca = make_ca("profiles-test-ca")
+    return ca, make_leaf(ca, "client", server=False)
+
+
+def write(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path, identities: tuple[Identity, Identity]) -> Path:
+    ca, client = identities
+    folder = tmp_path / "qubes-miragevpn"
+    folder.mkdir()
+    write(folder / "ca.crt", ca.cert_pem, 0o644)
+    write(folder / "client.crt", client.cert_pem, 0o644)
+    write(folder / "client.key", client.key_pem)
+    write(folder / "ta.key", static_key_text(bytes(range(256))))
+    write(folder / "auth.txt", "alice\ns3cret\n")
+    write(folder / "settings.yaml", "log_level: info\n", 0o644)
+    write(folder / "work.ovpn", PROFILE, 0o644)
+    return folder
+
+
+def load(folder: Path, selection: str | None = None) -> LoadedProfile | ProfileBlocked:
+    return load_profile(folder, selection, read_file=folder_reader(folder))
+
+
+def blocked(folder: Path, selection: str | None = None) -> str:
+    result = load(folder, selection)
+    assert isinstance(result, ProfileBlocked), result
+    return result.reason
+
+
+def test_the_one_profile_in_the_folder(folder: Path) -> None:
+    result = load(folder)
+    assert isinstance(result, LoadedProfile), result
+    assert result.name == "work.ovpn" and result.path == folder / "work.ovpn"
+    assert result.config.remotes[0].host == "192.0.2.1"
+    assert result.credentials == AuthUserPass("alice", Secret(b"s3cret"))
+    assert any(f"{folder}/work.ovpn:10: verb" in note for note in result.notes)
+
+
+def test_no_folder_no_profile_several_profiles(folder: Path, tmp_path: Path) -> None:
+    assert "does not exist" in blocked(tmp_path / "absent")
+    (folder / "work.ovpn").unlink()
+    (folder / ".hidden.ovpn").write_text(PROFILE)
+    (folder / "dir.ovpn").mkdir()
+    assert blocked(folder).startswith(f"no profile in {folder}")
+    write(folder / "home.conf", PROFILE)
+    write(folder / "work.OVPN", PROFILE)
+    reason = blocked(folder)
+    assert "2 profiles" in reason and "home.conf, work.OVPN" in reason
+    assert "vm-config.miragevpn-profile" in reason
+
+
+def test_selection(folder: Path) -> None:
+    write(folder / "home.ovpn", PROFILE.replace("192.0.2.1", "192.0.2.2"))
+    assert choose_profile(folder, "home") == "home.ovpn"
+    assert choose_profile(folder, "work.ovpn") == "work.ovpn"
+    result = load(folder, "home")
+    assert isinstance(result, LoadedProfile) and result.config.remotes[0].host == "192.0.2.2"
+    assert "profiles there: home.ovpn, work.ovpn" in blocked(folder, "office")
+    assert "not a profile" in blocked(folder, "settings.yaml")
+    assert "without '/'" in blocked(folder, "../work.ovpn")
+    assert choose_profile(folder, "") == choose_profile(folder, None)  # '' = not set
+    assert isinstance(choose_profile(folder, None), ProfileBlocked)  # two now
+
+
+def test_loader_follows_the_current_selection(folder: Path) -> None:
+    write(folder / "home.ovpn", PROFILE)
+    current: dict[str, str | None] = {"selection": None}
+    loader = profile_loader(folder, lambda: current["selection"], read_file=folder_reader(folder))
+    assert isinstance(loader(), ProfileBlocked)
+    current["selection"] = "home.ovpn"
+    first = loader()
+    assert isinstance(first, LoadedProfile) and first.name == "home.ovpn"
+
+
+@pytest.mark.parametrize("name", ["auth.txt", "client.key", "ta.key"])
+def test_secrets_readable_by_others_block(folder: Path, name: str) -> None:
+    (folder / name).chmod(0o640)
+    reason = blocked(folder)
+    assert f"{folder / name} is readable by other users (mode 0640)" in reason
+    assert reason.endswith(f"run chmod 600 {folder / name}")
+    (folder / name).chmod(0o400)  # stricter is fine
+    assert isinstance(load(folder), LoadedProfile)
+
+
+def test_inline_secrets_make_the_profile_a_secret(folder: Path) -> None:
+    key = (folder / "client.key").read_text()
+    text = PROFILE.replace("key client.key\n", f"<key>\n{key}</key>\n")
+    write(folder / "work.ovpn", text, 0o644)
+    reason = blocked(folder)
+    assert "the profile (it holds secrets inline)" in reason
+    (folder / "work.ovpn").chmod(0o600)
+    assert isinstance(load(folder), LoadedProfile)
+
+
+def test_credentials_the_gateway_cannot_ask_for(folder: Path) -> None:
+    write(folder / "work.ovpn", PROFILE.replace("auth-user-pass auth.txt", "auth-user-pass"))
+    assert "needs a username and password" in blocked(folder)
+    write(folder / "work.ovpn", PROFILE)
+    write(folder / "auth.txt", "alice\n")
+    assert "needs a password" in blocked(folder)
+
+
+def test_profile_errors_name_file_and_line(folder: Path) -> None:
+    write(folder / "work.ovpn", PROFILE.replace("proto udp", "proto carrier-pigeon"))
+    reason = blocked(folder)
+    assert f"{folder}/work.ovpn:3" in reason and "proto" in reason
+    (folder / "client.crt").unlink()
+    write(folder / "work.ovpn", PROFILE)
+    assert "cannot read" in blocked(folder) and "client.crt" in blocked(folder)
+
+
+def test_side_files_stay_in_the_folder(folder: Path, tmp_path: Path) -> None:
+    outside = write(tmp_path / "elsewhere.crt", (folder / "ca.crt").read_text())
+    write(folder / "work.ovpn", PROFILE.replace("ca ca.crt", f"ca {outside}"))
+    assert "outside the profile's folder" in blocked(folder)
+    write(folder / "work.ovpn", PROFILE.replace("ca ca.crt", "ca ../elsewhere.crt"))
+    assert "outside the profile's folder" in blocked(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read a file of mode 0000")
+def test_mode_check_uses_the_file_itself(folder: Path) -> None:
+    (folder / "auth.txt").chmod(0o000)  # root still reads it; nobody else can
+    assert isinstance(load(folder), LoadedProfile)
