@@ -16,8 +16,8 @@ A rejected certificate raises `AuthenticationError` with the reason in plain wor
 from the server (e.g. it rejected *our* certificate) raises `TlsAlertReceived`, also in plain
 words (`describe_alert`).
 
-Limitation: pyOpenSSL 23 has no `set_ciphersuites`; `tls-ciphersuites` is applied through the
-OpenSSL binding `SSL_CTX_set_ciphersuites` that pyOpenSSL's cffi module exposes.
+pyOpenSSL calls whose form depends on its release (23 on Debian 12 to the newest) go through
+`openssl_compat`: certificates and keys in the form each release wants, and `tls-ciphersuites`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ from .errors import (
     LocalProtocolError,
     RemoteProtocolError,
     TlsAlertReceived,
+)
+from .openssl_compat import (
+    set_tls13_ciphersuites,
+    ssl_certificate,
+    ssl_private_key,
+    trust_certificate,
 )
 
 _PEM_CERT = re.compile(
@@ -182,26 +188,17 @@ def build_context(settings: TlsSettings) -> SSL.Context:
     except (SSL.Error, UnicodeEncodeError) as exc:
         raise ConfigError(f"tls-cipher not accepted by OpenSSL: {exc}") from exc
     if settings.ciphersuites:
-        _set_ciphersuites(ctx, settings.ciphersuites)
+        set_tls13_ciphersuites(ctx, settings.ciphersuites)
 
     if settings.ca_pem is not None:
         certificates = load_pem_certificates(settings.ca_pem)
         if not certificates:
             raise ConfigError("`ca` contains no certificate")
-        store = ctx.get_cert_store()
         for certificate in certificates:
-            store.add_cert(crypto.X509.from_cryptography(certificate))
+            trust_certificate(ctx, certificate)
 
     _load_client_identity(ctx, settings)
     return ctx
-
-
-def _set_ciphersuites(ctx: SSL.Context, suites: str) -> None:
-    # pyOpenSSL 23 lacks Context.set_ciphersuites; its cffi binding has the OpenSSL call.
-    from OpenSSL._util import lib  # private, but the only route in pyOpenSSL 23
-
-    if lib.SSL_CTX_set_ciphersuites(ctx._context, suites.encode("ascii")) != 1:
-        raise ConfigError(f"tls-ciphersuites not accepted by OpenSSL: {suites!r}")
 
 
 def _load_client_identity(ctx: SSL.Context, settings: TlsSettings) -> None:
@@ -210,21 +207,23 @@ def _load_client_identity(ctx: SSL.Context, settings: TlsSettings) -> None:
             key, cert, extra = pkcs12.load_key_and_certificates(settings.pkcs12_der, None)
             if key is None or cert is None:
                 raise ConfigError("pkcs12 bundle lacks a certificate or a private key")
-            ctx.use_certificate(crypto.X509.from_cryptography(cert))
-            ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+            ctx.use_certificate(ssl_certificate(cert))
+            ctx.use_privatekey(ssl_private_key(key))
             for chain_cert in extra:
-                ctx.add_extra_chain_cert(crypto.X509.from_cryptography(chain_cert))
+                ctx.add_extra_chain_cert(ssl_certificate(chain_cert))
         elif settings.cert_pem is not None or settings.key_pem is not None:
             if settings.cert_pem is None or settings.key_pem is None:
                 raise ConfigError("`cert` and `key` must be given together")
-            ctx.use_certificate(
-                crypto.load_certificate(crypto.FILETYPE_PEM, settings.cert_pem.encode())
-            )
-            ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, settings.key_pem))
+            # parsed by pyOpenSSL (its errors, its key types), then handed over in the form
+            # this pyOpenSSL release wants
+            parsed_cert = crypto.load_certificate(crypto.FILETYPE_PEM, settings.cert_pem.encode())
+            parsed_key = crypto.load_privatekey(crypto.FILETYPE_PEM, settings.key_pem)
+            ctx.use_certificate(ssl_certificate(parsed_cert.to_cryptography()))
+            ctx.use_privatekey(ssl_private_key(parsed_key.to_cryptography_key()))
             ctx.check_privatekey()
         if settings.extra_certs_pem is not None:
             for chain_cert in load_pem_certificates(settings.extra_certs_pem):
-                ctx.add_extra_chain_cert(crypto.X509.from_cryptography(chain_cert))
+                ctx.add_extra_chain_cert(ssl_certificate(chain_cert))
     except (SSL.Error, crypto.Error, ValueError) as exc:
         raise ConfigError(f"client certificate or key unusable: {exc}") from exc
 

@@ -10,11 +10,12 @@ id: the client's EKM key2 with the halves swapped. Time is a plain float the tes
 from __future__ import annotations
 
 from cryptography import x509
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from miragevpn.config.model import Compression, ReplayWindow
 from miragevpn.datachannel import PING_MAGIC, DataChannelKey
 from miragevpn.kdf import EKM_LABEL, client_data_keys
+from miragevpn.openssl_compat import ssl_certificate, ssl_private_key, trust_certificate
 from miragevpn.packet import Opcode, decode_control, encode_control
 from miragevpn.reliable import ReliableChannel
 from tests.helpers.pki import Pki
@@ -66,10 +67,10 @@ class MiniServer:
         the server's TLS with an alert, which goes out only if `send_alerts`; OpenVPN 2.6
         over TCP closes the connection instead)."""
         self.ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        self.ctx.use_certificate(crypto.X509.from_cryptography(pki.server.cert))
-        self.ctx.use_privatekey(crypto.PKey.from_cryptography_key(pki.server.key))
+        self.ctx.use_certificate(ssl_certificate(pki.server.cert))
+        self.ctx.use_privatekey(ssl_private_key(pki.server.key))
         if client_ca is not None:
-            self.ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(client_ca))
+            trust_certificate(self.ctx, client_ca)
             self.ctx.set_verify(
                 SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: bool(args[-1])
             )

@@ -12,13 +12,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from miragevpn.config.model import TlsVersion, VerifyX509Name, X509NameKind
 from miragevpn.errors import AuthenticationError, ConfigError, LocalProtocolError
+from miragevpn.openssl_compat import ssl_certificate, ssl_private_key, trust_certificate
 from miragevpn.tls import (
     TlsSession,
     TlsSettings,
+    common_name,
     describe_alert,
     load_pem_certificates,
     openvpn_subject,
@@ -119,12 +121,12 @@ def server_connection(
     server: Identity, *, ca: Identity | None = None, max_version: int | None = None
 ) -> SSL.Connection:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(crypto.X509.from_cryptography(server.cert))
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(server.key))
+    ctx.use_certificate(ssl_certificate(server.cert))
+    ctx.use_privatekey(ssl_private_key(server.key))
     if max_version is not None:
         ctx.set_max_proto_version(max_version)
     if ca is not None:  # require a client certificate
-        ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(ca.cert))
+        trust_certificate(ctx, ca.cert)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *a: bool(a[4]))
     conn = SSL.Connection(ctx, None)
     conn.set_accept_state()
@@ -225,7 +227,7 @@ def test_client_certificate_is_presented(pki: dict[str, Identity]) -> None:
     assert server.recv(10) == b"x"
     peer = server.get_peer_certificate()
     assert peer is not None
-    assert peer.get_subject().CN == "client"
+    assert common_name(peer.to_cryptography()) == "client"
 
 
 def expect_rejection(settings: TlsSettings, server: Identity) -> str:
