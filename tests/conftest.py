@@ -13,6 +13,13 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which library stack this run tests (make test runs two): exact versions, chosen paths."""
+    from tests.helpers.stack import describe
+
+    return describe()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Namespace and interop tests need root; say so plainly instead of failing obscurely."""
     if os.geteuid() == 0:

@@ -151,12 +151,29 @@ def test_selected_backend_is_the_first_that_passes() -> None:
         assert make_aead(cipher, bytes(AEAD_KEY_SIZES[cipher])).backend == selected_backend(cipher)
 
 
-@pytest.mark.skipif(
-    int(cryptography.__version__.split(".")[0]) >= 42, reason="cffi EVP functions gone in 42+"
-)
-def test_fast_path_in_use_with_cryptography_38() -> None:
-    """Debian 12's cryptography still has the cffi EVP functions: no slow path there."""
-    assert {selected_backend(c) for c in CIPHERS} == {"cffi"}
+CRYPTOGRAPHY_MAJOR = int(cryptography.__version__.split(".")[0])
+
+
+def test_fast_path_in_use_on_every_stack() -> None:
+    """No skip anywhere: the plain cryptography API is never what a stack ends up with.
+
+    Before cryptography 42 (Debian 12 ships 38) its cffi binding has the EVP functions and is
+    the fastest; from 42 on it lacks them and the system libcrypto.so.3 through ctypes must
+    carry every key (Debian 12/13 and Fedora 41/42 all have OpenSSL 3). A failure here means
+    a fallback silently became the only path (see bench/datachannel_micro.py for the cost)."""
+    cffi_has_evp = aead._load_cffi() is not None
+    if CRYPTOGRAPHY_MAJOR < 42:
+        assert cffi_has_evp, "cryptography < 42 should still expose the EVP functions"
+    expected = "cffi" if cffi_has_evp else "ctypes"
+    assert {selected_backend(c) for c in CIPHERS} == {expected}
+    assert all(backend_available("ctypes", c) for c in CIPHERS), "libcrypto.so.3 unusable"
+
+
+def test_every_native_backend_this_stack_has_is_exercised() -> None:
+    """The parametrised tests skip unavailable backends; this says which ones must not be."""
+    available = {b for b in BACKENDS if all(backend_available(b, c) for c in CIPHERS)}
+    must = {"ctypes", "cryptography"} | ({"cffi"} if CRYPTOGRAPHY_MAJOR < 42 else set())
+    assert must <= available
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
