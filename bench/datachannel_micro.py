@@ -6,19 +6,36 @@ For each cipher and payload size (64 B, 1400 B) it times `DataChannelKey.encrypt
 client and `DataChannelKey.decrypt` of those packets on a mirrored server key (P_DATA_V2, no
 compression framing), and prints packets/s, µs per packet and Mbit/s of payload, with the AEAD
 backend (aead.py) in use: the one selected at import, or each available one with `all`.
+
+Each row names the stack it ran on (Python and cryptography versions) after a header with the
+exact versions, so `make bench-micro`, which runs it on both stacks `make test` tests, shows a
+slow path on one of them (e.g. aead falling back to the plain cryptography API) side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import platform
+import sys
 import time
+from pathlib import Path
 
-from miragevpn import aead, datachannel
-from miragevpn.config.model import Compression, ReplayWindow
-from miragevpn.datachannel import SUPPORTED_AEAD_CIPHERS, DataChannelKey
-from miragevpn.kdf import DataChannelKeys, client_data_keys
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers.stack import describe  # noqa: E402
+
+from miragevpn import aead, datachannel  # noqa: E402
+from miragevpn.config.model import Compression, ReplayWindow  # noqa: E402
+from miragevpn.datachannel import SUPPORTED_AEAD_CIPHERS, DataChannelKey  # noqa: E402
+from miragevpn.kdf import DataChannelKeys, client_data_keys  # noqa: E402
 
 SIZES = (64, 1400)
+# e.g. "py3.11 cg38.0.4": which stack a row comes from (Python and cryptography versions)
+_PYTHON = ".".join(platform.python_version_tuple()[:2])
+STACK = f"py{_PYTHON} cg{importlib.metadata.version('cryptography')}"
 
 
 def _pair(cipher: str) -> tuple[DataChannelKey, DataChannelKey]:
@@ -76,7 +93,7 @@ def _measure(cipher: str, size: int, backend: str, seconds: float) -> None:
     for packet in packets:
         decrypt(packet, now)
     dec = _rate(len(packets), time.perf_counter() - start, size)
-    print(f"{cipher:<18} {size:>5} {backend:<12} {enc}  {dec}")
+    print(f"{STACK:<16} {cipher:<18} {size:>5} {backend:<12} {enc}  {dec}")
 
 
 def main() -> None:
@@ -89,7 +106,11 @@ def main() -> None:
         help="AEAD backend: the one aead.py selected (default), each available one, or one",
     )
     args = parser.parse_args()
-    print(f"{'cipher':<18} {'size':>5} {'backend':<12} {'encrypt':<38} {'decrypt':<38}")
+    for line in describe():
+        print(f"# {line}")
+    print(
+        f"{'stack':<16} {'cipher':<18} {'size':>5} {'backend':<12} {'encrypt':<38} {'decrypt':<38}"
+    )
     for cipher in SUPPORTED_AEAD_CIPHERS:
         if args.backend == "selected":
             backends = [aead.selected_backend(cipher)]
