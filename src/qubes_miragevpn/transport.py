@@ -1,7 +1,7 @@
 """Sockets to the VPN server, batch-shaped (wireguard-go's `conn/` in spirit).
 
 Both transports hand incoming bytes to `on_data` as a batch (a list) and take outgoing bytes as
-a batch (`send(items)`), so the service calls into the engine, the tun device and its timer once
+a batch (`send(items)`), so the session loop calls into the engine, the tun device and its timer once
 per batch instead of once per datagram:
 
 - UDP (`UdpTransport`): a connected non-blocking datagram socket we own (`loop.add_reader`; no
@@ -21,6 +21,10 @@ Both report the end of the connection to `on_lost` (with the error, or None for 
 by the server); for UDP only a socket that became unusable is an end (ICMP errors such as
 "connection refused" while the server restarts are logged and counted: the engine's timers
 cope). Opening is bounded by a timeout.
+
+Both take an optional `mark` (SO_MARK, set before the socket connects; needs CAP_NET_ADMIN) so
+that a gateway's firewall and policy routing can tell the tunnel's own sockets from the traffic
+it carries.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ UDP_SEGMENT = 103
 UDP_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65507  # 65535 - 20 (IPv4 header) - 8 (UDP header); also safe for IPv6
 _GSO_SIZE = struct.Struct("=H")  # the cmsg payload: a u16 in host order
+SO_MARK = getattr(socket, "SO_MARK", 36)  # <asm-generic/socket.h>; Python has it since 3.12
 NO_GSO_ENV = "QUBES_MIRAGEVPN_NO_GSO"  # set to 1 to force one send per datagram (diagnostics)
 
 # Errors after which the same send can succeed later: wait for the socket to be writable.
@@ -64,7 +69,7 @@ _GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.EOPNOTS
 
 
 class Transport(Protocol):
-    """A connection to the server, as the service uses it."""
+    """A connection to the server, as the session loop uses it."""
 
     def send(self, items: Sequence[bytes]) -> None:
         """Send datagrams (UDP) or stream bytes (TCP, joined), in order."""
@@ -124,7 +129,7 @@ def gso_available(sock: socket.socket) -> bool:
 
 @dataclass
 class UdpStats:
-    """Counters of one UDP socket; the service logs them with the engine's statistics."""
+    """Counters of one UDP socket; the application logs them with the engine's statistics."""
 
     received: int = 0
     receive_batches: int = 0
@@ -290,11 +295,25 @@ class UdpTransport:
         self._sock.close()
 
 
-async def open_udp(address: IPAddress, port: int, on_data: OnData, on_lost: OnLost) -> UdpTransport:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(_family(address), socket.SOCK_DGRAM)
+def _new_socket(address: IPAddress, kind: int, mark: int | None) -> socket.socket:
+    """A non-blocking socket for `address`, carrying SO_MARK `mark` if given."""
+    sock = socket.socket(_family(address), kind)
     try:
         sock.setblocking(False)
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_udp(
+    address: IPAddress, port: int, on_data: OnData, on_lost: OnLost, *, mark: int | None = None
+) -> UdpTransport:
+    loop = asyncio.get_running_loop()
+    sock = _new_socket(address, socket.SOCK_DGRAM, mark)
+    try:
         sock.connect((str(address), port))  # a UDP connect does not wait for anything
         gso = gso_available(sock)
         return UdpTransport(sock, on_data, on_lost, loop=loop, gso=gso)
@@ -338,19 +357,23 @@ def _family(address: IPAddress) -> int:
 
 
 async def open_tcp(
-    address: IPAddress, port: int, on_data: OnData, on_lost: OnLost, *, timeout: float
+    address: IPAddress,
+    port: int,
+    on_data: OnData,
+    on_lost: OnLost,
+    *,
+    timeout: float,
+    mark: int | None = None,
 ) -> TcpTransport:
     loop = asyncio.get_running_loop()
-    transport, _ = await asyncio.wait_for(
-        loop.create_connection(
-            lambda: _TcpProtocol(on_data, on_lost),
-            host=str(address),
-            port=port,
-            family=_family(address),
-        ),
-        timeout,
-    )
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
+    sock = _new_socket(address, socket.SOCK_STREAM, mark)
+    try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.wait_for(loop.sock_connect(sock, (str(address), port)), timeout)
+        transport, _ = await loop.create_connection(
+            lambda: _TcpProtocol(on_data, on_lost), sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
     return TcpTransport(transport)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from qubes_miragevpn import transport
 from qubes_miragevpn.transport import (
     GSO_MAX_BYTES,
     RECV_BATCH,
+    SO_MARK,
     UDP_MAX_SEGMENTS,
     UdpTransport,
     gso_available,
@@ -31,6 +33,7 @@ from qubes_miragevpn.transport import (
     open_tcp,
     open_udp,
 )
+from tests.helpers.netns import Netns
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 TIMEOUT = 5.0
@@ -283,3 +286,54 @@ def test_tcp_batches_are_written_joined_and_chunks_read_as_batches() -> None:
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN")
+def test_socket_mark_is_set_before_connecting() -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        udp = await open_udp(LOOPBACK, port, lambda batch: None, lambda exc: None, mark=0x1234)
+        tcp = await open_tcp(
+            LOOPBACK, port, lambda batch: None, lambda exc: None, timeout=TIMEOUT, mark=0x77
+        )
+        unmarked = await open_udp(LOOPBACK, port, lambda batch: None, lambda exc: None)
+        try:
+            assert udp._sock.getsockopt(socket.SOL_SOCKET, SO_MARK) == 0x1234
+            tcp_sock = tcp._transport.get_extra_info("socket")
+            assert tcp_sock.getsockopt(socket.SOL_SOCKET, SO_MARK) == 0x77
+            assert tcp_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert unmarked._sock.getsockopt(socket.SOL_SOCKET, SO_MARK) == 0
+        finally:
+            udp.close()
+            tcp.close()
+            unmarked.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+@pytest.mark.netns
+def test_a_tcp_connect_that_times_out_closes_its_socket(netns: Netns) -> None:
+    # in a namespace whose only route leads into a veth whose peer is down: nobody answers
+    for argv in (
+        ["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+        ["ip", "addr", "add", "192.0.2.2/24", "dev", "v0"],
+        ["ip", "link", "set", "v0", "up"],
+    ):
+        netns.run(argv)
+
+    async def main() -> None:
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(TimeoutError):
+            await open_tcp(
+                ipaddress.ip_address("192.0.2.1"),
+                9,
+                lambda batch: None,
+                lambda exc: None,
+                timeout=0.2,
+            )
+        assert len(os.listdir("/proc/self/fd")) == before
+
+    netns.call(lambda: asyncio.run(main()))
