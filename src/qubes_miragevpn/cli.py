@@ -14,8 +14,9 @@ from pathlib import Path
 from miragevpn.config.model import AuthUserPass, Config, Secret
 from miragevpn.errors import ConfigError
 
-from .netlink import Netlink, tun_name_pattern
-from .service import ExitCode, Service, default_client_factory
+from .session import engine_client_factory
+from .tun import tun_name_pattern
+from .unixclient import ExitCode, UnixClient
 
 log = logging.getLogger("miragevpn-client")
 
@@ -145,19 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: no `remote` to connect to", file=sys.stderr)
         return ExitCode.CONFIG
 
-    try:
-        network = Netlink()
-    except OSError as e:
-        log.error("cannot open a netlink socket: %s", e)
-        return ExitCode.SETUP_FAILED
-    service = Service(
+    client = UnixClient(
         config,
-        client_factory=default_client_factory(credentials, tls_ekm=not args.no_tls_ekm),
-        network=network,
+        client_factory=engine_client_factory(credentials, tls_ekm=not args.no_tls_ekm),
         tun_name=tun_name_pattern(args.dev or config.dev),
     )
     try:
-        outcome = asyncio.run(service.run())
+        outcome = asyncio.run(client.run())
     except ConfigError as e:  # the engine refuses the configuration (e.g. an unusable key)
         print(str(e if e.file else e.with_file(str(args.config))), file=sys.stderr)
         return ExitCode.CONFIG

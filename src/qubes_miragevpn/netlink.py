@@ -1,354 +1,395 @@
-"""The tun device and the kernel network state of a tunnel: addresses, routes, MTU.
+"""The kernel network state of a tunnel: MTU, addresses, routes; applied and reverted exactly.
 
-Two pieces, each small enough to reuse in the Qubes gateway daemon:
+`Netlink.apply(ifname, settings, allow_routes=...)` configures the tun device for
+`TunnelSettings` through route netlink (`rtnl.open_rtnl`: pyroute2's `AsyncIPRoute` or the
+synchronous `IPRoute` in a worker thread; the event loop never blocks). Every change is logged
+before it is made, in words a person could replay ("adding route 0.0.0.0/1 dev tun0"), and
+its exact inverse is recorded; `revert()` undoes the tunnel's changes in reverse order,
+touching only what we added.
 
-- `open_tun(name)`: `/dev/net/tun` + ioctl TUNSETIFF (IFF_TUN | IFF_NO_PI), non-blocking. The
-  device lives exactly as long as the fd (no `persist`), so closing it removes the device and
-  everything the kernel attached to it.
-- `Netlink`: applies `TunnelSettings` through pyroute2 (`IPRoute`, in the current network
-  namespace). Every change is logged before it is made, in words a person could replay
-  ("adding route 0.0.0.0/1 dev tun0"), and its exact inverse is pushed on an `ExitStack`;
-  `revert()` undoes the tunnel's changes in reverse order, touching only what we added.
+What the server pushed is applied one change at a time, and each may fail (a route whose
+gateway is not on the tunnel: ENETUNREACH; an MTU the kernel refuses; an IPv6 address on a
+device whose MTU is below 1280): a failed change is logged, skipped and counted in the
+`ApplyReport`, and the rest goes on. Only when no address at all could be added is the tunnel
+unusable (`TunnelSetupError`).
 
-The service depends on the `TunDevice` and `NetworkConfigurator` protocols only; tests use doubles
-from `tests/helpers/`.
+Routes are ours to choose, not the kernel's:
+- addresses are added with IFA_F_NOPREFIXROUTE, so the kernel adds no prefix route for them
+  (an `ifconfig-ipv6 x/0` would otherwise route all IPv6 into the tunnel, whatever
+  `route-nopull` says); the on-link route of the tunnel's subnet (or to the p2p peer) is added
+  explicitly, and only when routes are allowed (`allow_routes=False` for `route-nopull`). Routes
+  whose gateway is inside the tunnel's own subnet are then added `onlink`.
+- a route that would cover the server's address (redirect-gateway's halves, a pushed
+  `route <server>`, a wide on-link subnet) gets the host route to the server through the
+  pre-tunnel path first; if that path is unknown or is the tunnel itself, the route is refused
+  with a log line (and counted).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import ipaddress
 import logging
-import os
 import socket
-import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from miragevpn.events import TunnelSettings
 
+from .rtnl import Rtnl, open_rtnl
+from .tun import Tun, open_tun
+
 log = logging.getLogger(__name__)
 
-# <linux/if_tun.h>
-TUNSETIFF = 0x400454CA
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
-IFNAMSIZ = 16
-_IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, padding to 40 bytes
-IFA_F_NODAD = 0x02  # <linux/if_addr.h>: no duplicate address detection on a point-to-point tun
-MAX_PACKET = 65535
+# <linux/if_addr.h>
+IFA_F_NODAD = 0x02  # no duplicate address detection on a point-to-point tun
+IFA_F_NOPREFIXROUTE = 0x200  # the kernel adds no prefix route for this address (Linux >= 3.14)
+RT_SCOPE_LINK = 253  # <linux/rtnetlink.h>
+RTNH_F_ONLINK = 0x04  # <linux/rtnetlink.h>: the gateway is on the link, whatever routes say
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Undo = tuple[str, Callable[[], Awaitable[None]]]
+# What a failed change may raise: the kernel's refusal, or a value it cannot even encode.
+STEP_ERRORS = (NetlinkError, OSError, ValueError, TypeError)
 
 
-# --------------------------------------------------------------------------- protocols
+class TunnelSetupError(Exception):
+    """The tunnel cannot be used: our side (device gone, no address could be added)."""
 
 
-class TunDevice(Protocol):
-    """A layer-3 tun device: one read or write is one IP packet."""
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A change that was not made, and why (in words)."""
 
-    @property
-    def name(self) -> str: ...
+    change: str
+    reason: str
 
-    def fileno(self) -> int: ...
 
-    def read(self) -> bytes | None:
-        """One packet, or None when none is waiting (non-blocking)."""
-        ...
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    """What `apply` did: changes made, changes skipped (logged and counted)."""
 
-    def write(self, packet: bytes) -> None: ...
-
-    def close(self) -> None: ...
+    applied: tuple[str, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
 
 
 class NetworkConfigurator(Protocol):
     """Creates the tun device and applies/reverts the tunnel's addresses and routes."""
 
-    def open_tun(self, name: str) -> TunDevice: ...
+    def open_tun(self, name: str) -> Tun: ...
 
-    def apply(self, ifname: str, settings: TunnelSettings) -> None:
+    async def apply(
+        self, ifname: str, settings: TunnelSettings, *, allow_routes: bool = True
+    ) -> ApplyReport:
         """Configure `ifname` for `settings` (after reverting any previous settings)."""
         ...
 
-    def revert(self) -> None:
+    async def revert(self) -> None:
         """Undo everything `apply` did, in reverse order."""
         ...
 
-    def close(self) -> None: ...
-
-
-# --------------------------------------------------------------------------- tun
-
-
-class Tun:
-    """A tun device opened through /dev/net/tun; removed by the kernel when closed."""
-
-    def __init__(self, fd: int, name: str) -> None:
-        self._fd = fd
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def read(self) -> bytes | None:
-        try:
-            return os.read(self._fd, MAX_PACKET)
-        except BlockingIOError:
-            return None
-
-    def write(self, packet: bytes) -> None:
-        try:
-            os.write(self._fd, packet)
-        except BlockingIOError:
-            log.debug("tun %s full: dropped a %d-byte packet", self._name, len(packet))
-        except OSError as e:  # e.g. EINVAL for a malformed packet: drop it, keep running
-            log.debug("tun %s refused a %d-byte packet: %s", self._name, len(packet), e)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            log.info("closing tun device %s (the kernel removes it)", self._name)
-            os.close(self._fd)
-            self._fd = -1
-
-
-def tun_name_pattern(dev: str) -> str:
-    """The TUNSETIFF name for a config `dev`: "tun" → "tun%d" (kernel picks), "tun3" as is."""
-    return f"{dev}%d" if dev in ("tun", "") else dev
-
-
-def open_tun(name: str) -> Tun:
-    """Create a tun device named `name` ("tun%d" lets the kernel choose the number)."""
-    encoded = name.encode()
-    if len(encoded) >= IFNAMSIZ:
-        raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes")
-    log.info("creating tun device %s", name if "%d" not in name else f"{name} (next free number)")
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        result = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(encoded, IFF_TUN | IFF_NO_PI))
-    except BaseException:
-        os.close(fd)
-        raise
-    actual = _IFREQ.unpack(result)[0].rstrip(b"\0").decode()
-    log.info("created tun device %s", actual)
-    return Tun(fd, actual)
-
-
-# --------------------------------------------------------------------------- netlink
+    async def close(self) -> None: ...
 
 
 def _family(address: IPAddress | IPNetwork) -> int:
     return socket.AF_INET if address.version == 4 else socket.AF_INET6
 
 
-def _host_network(address: IPAddress) -> IPNetwork:
-    return ipaddress.ip_network(address)
+def _error_words(error: BaseException) -> str:
+    if isinstance(error, NetlinkError):
+        return f"{errno.errorcode.get(error.code, error.code)}: {error}"
+    return str(error) or type(error).__name__
+
+
+@dataclass
+class _Run:
+    """One `apply` in progress: the undo actions so far and the report being built."""
+
+    undo: list[Undo] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def skip(self, change: str, reason: str) -> None:
+        log.warning("not %s: %s; skipped", change, reason)
+        self.skipped.append(Skipped(change, reason))
 
 
 class Netlink:
-    """`NetworkConfigurator` on the kernel, through pyroute2, in the current namespace."""
+    """`NetworkConfigurator` on the kernel, in the namespace where `open()` was awaited."""
 
-    def __init__(self, ipr: Any = None) -> None:
-        self._ipr: Any = ipr if ipr is not None else IPRoute()
-        self._undo = contextlib.ExitStack()
-        self._applied: TunnelSettings | None = None
+    def __init__(self, rtnl: Rtnl) -> None:
+        self._rtnl = rtnl
+        self._undo: list[Undo] = []
+        self._applied: tuple[TunnelSettings, bool] | None = None
+
+    @classmethod
+    async def open(cls, *, backend: str | None = None) -> Netlink:
+        return cls(await open_rtnl(backend))
 
     # ---- the protocol
 
     def open_tun(self, name: str) -> Tun:
         return open_tun(name)
 
-    def apply(self, ifname: str, settings: TunnelSettings) -> None:
-        if self._applied == settings:
+    async def apply(
+        self, ifname: str, settings: TunnelSettings, *, allow_routes: bool = True
+    ) -> ApplyReport:
+        if self._applied == (settings, allow_routes):
             log.info("tunnel settings unchanged: keeping %s as configured", ifname)
-            return
-        self.revert()
-        with contextlib.ExitStack() as stack:
-            self._configure(stack, ifname, settings)
-            self._undo = stack.pop_all()  # success: keep the undo actions for revert()
-        self._applied = settings
+            return ApplyReport()
+        await self.revert()
+        run = _Run()
+        try:
+            await self._configure(run, ifname, settings, allow_routes)
+        except BaseException:
+            self._undo = run.undo
+            await self.revert()
+            raise
+        self._undo = run.undo
+        self._applied = (settings, allow_routes)
+        return ApplyReport(applied=tuple(run.applied), skipped=tuple(run.skipped))
 
-    def revert(self) -> None:
+    async def revert(self) -> None:
         self._applied = None
-        undo, self._undo = self._undo, contextlib.ExitStack()
-        undo.close()
+        undo, self._undo = self._undo, []
+        for words, action in reversed(undo):
+            log.info("%s", words)
+            try:
+                await action()
+            except STEP_ERRORS as e:
+                # ENODEV/ESRCH/EADDRNOTAVAIL: already gone (e.g. the tun device was closed).
+                log.info("  (already gone: %s)", _error_words(e))
 
-    def close(self) -> None:
-        self.revert()
-        self._ipr.close()
+    async def close(self) -> None:
+        try:
+            await self.revert()
+        finally:
+            await self._rtnl.close()
 
     # ---- the steps
 
-    def _configure(self, stack: contextlib.ExitStack, ifname: str, s: TunnelSettings) -> None:
-        index = self._index(ifname)
-        # Look up the path to the server before any tunnel route can change the answer.
-        server_route = None
-        if s.redirect_gateway_ipv4 or s.redirect_gateway_ipv6:
-            server_route = self._lookup(s.remote_address)
-
-        self._set_mtu(stack, ifname, index, s.mtu)
-        self._step(
-            stack,
-            f"bringing {ifname} up",
-            lambda: self._ipr.link("set", index=index, state="up"),
-            None,
-        )
-        if s.ipv4 is not None:
-            self._add_ipv4_address(stack, ifname, index, s)
-        if s.ipv6 is not None:
-            self._step(
-                stack,
-                f"adding address {s.ipv6} to {ifname}",
-                lambda: self._addr6("add", index, s),
-                (f"removing address {s.ipv6} from {ifname}", lambda: self._addr6("del", index, s)),
-            )
-        if server_route is not None:
-            self._add_server_route(stack, s.remote_address, server_route)
-        if s.redirect_gateway_ipv4:
-            for net in ("0.0.0.0/1", "128.0.0.0/1"):
-                self._add_route(stack, ifname, index, ipaddress.ip_network(net), None, None)
-        if s.redirect_gateway_ipv6:
-            for net in ("::/1", "8000::/1"):
-                self._add_route(stack, ifname, index, ipaddress.ip_network(net), None, None)
-        for route in s.routes:
-            self._add_route(stack, ifname, index, route.network, route.gateway, route.metric)
-
-    def _index(self, ifname: str) -> int:
-        found = self._ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise OSError(errno.ENODEV, f"no interface named {ifname}")
-        return int(found[0])
-
-    def _lookup(self, address: IPAddress) -> tuple[IPAddress | None, int]:
-        """(gateway or None if on-link, output interface index) of the route to `address`."""
-        msg = self._ipr.route("get", dst=str(address), family=_family(address))[0]
-        gateway = msg.get_attr("RTA_GATEWAY")
-        return (ipaddress.ip_address(gateway) if gateway else None, int(msg.get_attr("RTA_OIF")))
-
-    def _ifname(self, index: int) -> str:
-        links = self._ipr.get_links(index)
-        return str(links[0].get_attr("IFLA_IFNAME")) if links else f"#{index}"
-
-    def _add_ipv4_address(
-        self, stack: contextlib.ExitStack, ifname: str, index: int, s: TunnelSettings
+    async def _configure(
+        self, run: _Run, ifname: str, s: TunnelSettings, allow_routes: bool
     ) -> None:
-        assert s.ipv4 is not None
-        local = str(s.ipv4.ip)
-        if s.ipv4_peer is not None:  # net30 / p2p: local address with a point-to-point peer
-            kwargs: dict[str, Any] = {"local": local, "address": str(s.ipv4_peer), "prefixlen": 32}
-            words = f"address {local} peer {s.ipv4_peer}"
-        else:  # subnet
-            kwargs = {"address": local, "prefixlen": s.ipv4.network.prefixlen}
-            words = f"address {s.ipv4}"
-        self._step(
-            stack,
-            f"adding {words} to {ifname}",
-            lambda: self._ipr.addr("add", index=index, **kwargs),
-            (
-                f"removing {words} from {ifname}",
-                lambda: self._ipr.addr("del", index=index, **kwargs),
+        rtnl = self._rtnl
+        index = await rtnl.link_index(ifname)
+        if index is None:
+            raise TunnelSetupError(f"no interface named {ifname}")
+
+        # Every route the tunnel wants, decided before any is added, so that the path to the
+        # server is looked up while no tunnel route can change the answer.
+        routes: list[tuple[IPNetwork, IPAddress | None, int | None, str]] = []
+        onlink = _onlink_networks(s)
+        if allow_routes:
+            routes += [(net, None, None, "on-link route") for net in onlink]
+        if s.redirect_gateway_ipv4:
+            routes += [(ipaddress.ip_network(n), None, None, "route") for n in _HALVES_V4]
+        if s.redirect_gateway_ipv6:
+            routes += [(ipaddress.ip_network(n), None, None, "route") for n in _HALVES_V6]
+        routes += [(r.network, r.gateway, r.metric, "route") for r in s.routes]
+        server = s.remote_address
+        server_path: tuple[IPAddress | None, int] | None = None
+        server_path_error = ""
+        if any(_covers(net, server) for net, *_ in routes):
+            try:
+                server_path = await rtnl.route_get(server, _family(server))
+            except STEP_ERRORS as e:
+                server_path_error = _error_words(e)
+            else:
+                if server_path[1] == index:
+                    server_path, server_path_error = None, f"it already goes through {ifname}"
+
+        info = await rtnl.link_info(index)
+        old_mtu = info[1] if info else None
+        await self._step(
+            run,
+            f"setting MTU of {ifname} to {s.mtu}",
+            lambda: rtnl.link_set(index, mtu=s.mtu),
+            None
+            if old_mtu is None or old_mtu == s.mtu
+            else (
+                f"restoring MTU {old_mtu} on {ifname}",
+                lambda: rtnl.link_set(index, mtu=old_mtu),
             ),
         )
+        log.info("bringing %s up", ifname)
+        await rtnl.link_set(index, state="up")  # without it nothing works: not skippable
 
-    def _addr6(self, command: str, index: int, s: TunnelSettings) -> None:
-        assert s.ipv6 is not None
-        extra = {"flags": IFA_F_NODAD} if command == "add" else {}
-        self._ipr.addr(
-            command,
-            index=index,
-            address=str(s.ipv6.ip),
-            prefixlen=s.ipv6.network.prefixlen,
-            family=socket.AF_INET6,
-            **extra,
+        added = 0
+        if s.ipv4 is not None:
+            added += await self._add_address(run, ifname, index, s.ipv4, s.ipv4_peer)
+        if s.ipv6 is not None:
+            added += await self._add_address(run, ifname, index, s.ipv6, None)
+        if not added:
+            raise TunnelSetupError(
+                f"no address could be added to {ifname}: the tunnel is unusable"
+                + (f" ({run.skipped[-1].reason})" if run.skipped else "")
+            )
+
+        host_route_added = False
+        for network, gateway, metric, what in routes:
+            words = _route_words(what, network, gateway, ifname, metric)
+            if _covers(network, server):
+                if server_path is None:
+                    run.skip(
+                        f"adding {words}",
+                        f"it would cover the server {server} and the path to the server "
+                        f"is not known ({server_path_error or 'no route'})",
+                    )
+                    continue
+                if not host_route_added:
+                    host_route_added = await self._add_server_route(run, server, server_path)
+                    if not host_route_added:
+                        run.skip(
+                            f"adding {words}",
+                            f"it would cover the server {server}, whose host route failed",
+                        )
+                        continue
+            flags = 0
+            if gateway is not None and not allow_routes and _inside(gateway, onlink):
+                flags = RTNH_F_ONLINK  # no on-link route (route-nopull): say it ourselves
+            await self._add_route(run, ifname, index, network, gateway, metric, what, flags)
+
+    async def _add_address(
+        self,
+        run: _Run,
+        ifname: str,
+        index: int,
+        interface: IPInterface,
+        peer: ipaddress.IPv4Address | None,
+    ) -> int:
+        kwargs: dict[str, Any] = {
+            "index": index,
+            "family": _family(interface.ip),
+            "address": str(interface.ip),
+            "prefixlen": interface.network.prefixlen,
+        }
+        words = f"address {interface}"
+        if peer is not None:  # net30 / p2p: local address with a point-to-point peer
+            kwargs.update(local=str(interface.ip), address=str(peer), prefixlen=32)
+            words = f"address {interface.ip} peer {peer}"
+        flags = IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if interface.version == 6 else 0)
+        rtnl = self._rtnl
+        return int(
+            await self._step(
+                run,
+                f"adding {words} to {ifname} (no prefix route)",
+                lambda: rtnl.addr("add", IFA_FLAGS=flags, **kwargs),
+                (f"removing {words} from {ifname}", lambda: rtnl.addr("del", **kwargs)),
+            )
         )
 
-    def _add_server_route(
-        self,
-        stack: contextlib.ExitStack,
-        server: IPAddress,
-        route: tuple[IPAddress | None, int],
-    ) -> None:
-        gateway, oif = route
-        network = _host_network(server)
-        self._add_route(stack, self._ifname(oif), oif, network, gateway, None, what="host route")
+    async def _add_server_route(
+        self, run: _Run, server: IPAddress, path: tuple[IPAddress | None, int]
+    ) -> bool:
+        gateway, oif = path
+        info = await self._rtnl.link_info(oif)
+        ifname = info[0] if info else f"#{oif}"
+        network = ipaddress.ip_network(server)
+        return await self._add_route(
+            run, ifname, oif, network, gateway, None, "host route", 0, existing_ok=True
+        )
 
-    def _add_route(
+    async def _add_route(
         self,
-        stack: contextlib.ExitStack,
+        run: _Run,
         ifname: str,
         index: int,
         network: IPNetwork,
         gateway: IPAddress | None,
         metric: int | None,
+        what: str,
+        flags: int,
         *,
-        what: str = "route",
-    ) -> None:
+        existing_ok: bool = False,
+    ) -> bool:
+        """Add a route; True if it is in place (ours, or, with `existing_ok`, someone's)."""
         kwargs: dict[str, Any] = {"dst": str(network), "oif": index, "family": _family(network)}
-        words = f"{what} {network}"
         if gateway is not None:
             kwargs["gateway"] = str(gateway)
-            words += f" via {gateway}"
-        words += f" dev {ifname}"
+        elif network.version == 4:
+            kwargs["scope"] = RT_SCOPE_LINK  # as `ip route add ... dev X`: gateways may use it
         if metric is not None:
             kwargs["priority"] = metric
-            words += f" metric {metric}"
+        if flags:
+            kwargs["flags"] = flags
+        words = _route_words(what, network, gateway, ifname, metric) + (" onlink" if flags else "")
+        rtnl = self._rtnl
         try:
-            self._step(
-                stack,
+            return await self._step(
+                run,
                 f"adding {words}",
-                lambda: self._ipr.route("add", **kwargs),
-                (f"removing {words}", lambda: self._ipr.route("del", **kwargs)),
+                lambda: rtnl.route("add", **kwargs),
+                (f"removing {words}", lambda: rtnl.route("del", **kwargs)),
+                quiet={errno.EEXIST},
             )
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise
-            # Someone else's route: leave it alone (and do not remove it on revert).
+        except NetlinkError:  # EEXIST: someone else's route; leave it alone, also on revert
             log.warning("%s already exists: leaving it as it is", words)
+            return existing_ok
 
-    def _set_mtu(self, stack: contextlib.ExitStack, ifname: str, index: int, mtu: int) -> None:
-        """Set the MTU, remembering the old one for revert (the device may outlive us)."""
-        links = self._ipr.get_links(index)
-        old = int(links[0].get_attr("IFLA_MTU")) if links else None
-        self._step(
-            stack,
-            f"setting MTU of {ifname} to {mtu}",
-            lambda: self._ipr.link("set", index=index, mtu=mtu),
-            None
-            if old is None or old == mtu
-            else (
-                f"restoring MTU {old} on {ifname}",
-                lambda: self._ipr.link("set", index=index, mtu=old),
-            ),
-        )
-
-    def _step(
+    async def _step(
         self,
-        stack: contextlib.ExitStack,
+        run: _Run,
         words: str,
-        action: Callable[[], object],
-        undo: tuple[str, Callable[[], object]] | None,
-    ) -> None:
-        """Log `words`, do `action`, then register its undo (logged too, errors tolerated)."""
+        action: Callable[[], Awaitable[None]],
+        undo: Undo | None,
+        *,
+        quiet: frozenset[int] | set[int] = frozenset(),
+    ) -> bool:
+        """Log `words`, do `action`, register its undo; a failure is logged, skipped and
+        counted (False). NetlinkErrors whose code is in `quiet` are raised to the caller."""
         log.info("%s", words)
-        action()
+        try:
+            await action()
+        except STEP_ERRORS as e:
+            if isinstance(e, NetlinkError) and e.code in quiet:
+                raise
+            run.skip(words, _error_words(e))
+            return False
+        run.applied.append(words)
         if undo is not None:
-            undo_words, undo_action = undo
-            stack.callback(_undo_step, undo_words, undo_action)
+            run.undo.append(undo)
+        return True
 
 
-def _undo_step(words: str, action: Callable[[], object]) -> None:
-    log.info("%s", words)
-    try:
-        action()
-    except NetlinkError as e:
-        # ENODEV/ESRCH/EADDRNOTAVAIL: already gone (e.g. the tun device was closed first).
-        log.info("  (already gone: %s)", e)
+_HALVES_V4 = ("0.0.0.0/1", "128.0.0.0/1")
+_HALVES_V6 = ("::/1", "8000::/1")
+
+
+def _onlink_networks(s: TunnelSettings) -> list[IPNetwork]:
+    """The routes the kernel would have added for the tunnel's addresses."""
+    networks: list[IPNetwork] = []
+    if s.ipv4 is not None:
+        networks.append(
+            ipaddress.ip_network(s.ipv4_peer) if s.ipv4_peer is not None else s.ipv4.network
+        )
+    if s.ipv6 is not None and s.ipv6.network.prefixlen < 128:
+        networks.append(s.ipv6.network)
+    return [
+        n for n in networks if not (n.version == 4 and n.prefixlen == 32 and s.ipv4_peer is None)
+    ]
+
+
+def _covers(network: IPNetwork, address: IPAddress) -> bool:
+    return network.version == address.version and address in network
+
+
+def _inside(address: IPAddress, networks: list[IPNetwork]) -> bool:
+    return any(_covers(n, address) for n in networks)
+
+
+def _route_words(
+    what: str, network: IPNetwork, gateway: IPAddress | None, ifname: str, metric: int | None
+) -> str:
+    words = f"{what} {network}"
+    if gateway is not None:
+        words += f" via {gateway}"
+    words += f" dev {ifname}"
+    if metric is not None:
+        words += f" metric {metric}"
+    return words

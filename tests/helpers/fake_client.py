@@ -14,7 +14,9 @@ packets, drops by reason); a datagram it does not understand is dropped as "unkn
 
 `FakeTun` is a SOCK_DGRAM socketpair (a real fd for `add_reader`; one datagram = one packet; a
 packet the peer has no room for is dropped and counted, like the real tun's);
-`FakeNetwork` records `apply`/`revert` calls instead of touching the kernel.
+`FakeNetwork` records `apply`/`revert` calls instead of touching the kernel (the async
+`NetworkConfigurator` of `qubes_miragevpn.netlink`); `refuse` makes `apply` report changes as
+skipped, as the kernel refusing a pushed route would.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from miragevpn.events import (
     TunnelEstablished,
     TunnelSettings,
 )
+from qubes_miragevpn.netlink import ApplyReport, Skipped
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -212,7 +215,7 @@ class ScriptedClient:
 
 
 class FakeTun:
-    """A tun double: the service holds one end of a datagram socketpair, the test the other."""
+    """A tun double: the application holds one end of a datagram socketpair, the test the other."""
 
     def __init__(self, name: str) -> None:
         self._ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -249,23 +252,30 @@ class FakeTun:
 
 @dataclass
 class FakeNetwork:
-    """Records what the service asks of the network instead of doing it."""
+    """Records what the application asks of the network instead of doing it."""
 
     tun: FakeTun | None = None
     applied: list[tuple[str, TunnelSettings]] = field(default_factory=list)
+    allow_routes: list[bool] = field(default_factory=list)
+    refuse: tuple[Skipped, ...] = ()
     reverts: int = 0
     closed: bool = False
 
     def open_tun(self, name: str) -> FakeTun:
-        assert self.tun is None, "the service opens one tun device and keeps it"
+        assert self.tun is None, "the application opens one tun device and keeps it"
         self.tun = FakeTun(name.replace("%d", "0"))
         return self.tun
 
-    def apply(self, ifname: str, settings: TunnelSettings) -> None:
+    async def apply(
+        self, ifname: str, settings: TunnelSettings, *, allow_routes: bool = True
+    ) -> ApplyReport:
         self.applied.append((ifname, settings))
+        self.allow_routes.append(allow_routes)
+        return ApplyReport(applied=("everything else",), skipped=self.refuse)
 
-    def revert(self) -> None:
+    async def revert(self) -> None:
         self.reverts += 1
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.revert()
         self.closed = True

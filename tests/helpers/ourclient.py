@@ -1,7 +1,7 @@
 """Our client, `miragevpn-client`, run as a subprocess inside a test namespace.
 
 It logs to a file; `wait_tunnel_up(n)` waits (bounded) for the n-th "tunnel up:" line the
-service logs when a tunnel is configured, and fails with the log's tail if the process exits.
+unix client logs when a tunnel is configured, and fails with the log's tail if the process exits.
 `stats()` sends SIGUSR1 and returns the "statistics:" line it makes the client log, parsed.
 """
 
@@ -26,7 +26,7 @@ STATS_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class ClientStats:
-    """One "statistics:" line of the service (service.describe_stats), parsed."""
+    """One "statistics:" line of the unix client (describe.describe_stats), parsed."""
 
     packets_in: int
     bytes_in: int

@@ -71,7 +71,7 @@ TRANSFER = 256 * 1024  # bytes of the checksummed TCP transfer during each burst
 P_DATA_V1, P_DATA_V2 = 6, 9
 UNKNOWN_OPCODES = (0, *range(12, 32))
 
-# The reasons of service.describe_stats (the engine's, DecodeError & co. said in words).
+# The reasons of describe.describe_stats (the engine's, DecodeError & co. said in words).
 MALFORMED = "malformed"
 AUTHENTICATION = "failed authentication"
 REPLAYED = "replayed"

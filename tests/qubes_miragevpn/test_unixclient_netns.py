@@ -1,8 +1,9 @@
-"""The run loop with the real tun device and netlink, in a namespace, with the scripted client.
+"""The unix client with the real tun device and netlink, in a namespace, with the scripted client.
 
 This checks the runtime's whole data path against the kernel independently of the engine:
-`ping 10.8.0.1` in the namespace → kernel → tun0 → service → (toy wire protocol over real UDP on
-127.0.0.1) → a toy "server" that answers echo requests → service → tun0 → ping gets its reply.
+`ping 10.8.0.1` in the namespace → kernel → tun0 → session loop → (toy wire protocol over real
+UDP on 127.0.0.1) → a toy "server" that answers echo requests → session loop → tun0 → ping gets
+its reply.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import pytest
 
 from miragevpn.config.model import Config, Proto, Remote
 from miragevpn.events import RouteSpec
-from qubes_miragevpn.netlink import Netlink
-from qubes_miragevpn.service import ExitCode, Outcome, Service
+from qubes_miragevpn.unixclient import ExitCode, Outcome, UnixClient
 from tests.helpers.fake_client import SETTINGS, ScriptedClient
 from tests.helpers.netns import Netns, wait_until
 
@@ -82,17 +82,16 @@ def test_ping_through_the_runtime_with_a_real_tun(netns: Netns) -> None:
             config = Config(
                 client=True, remotes=(Remote(host="127.0.0.1", port=port, proto=Proto()),)
             )
-            service = Service(
+            client = UnixClient(
                 config,
                 client_factory=lambda c, now: ScriptedClient(c, now, settings=settings),
-                network=Netlink(),
                 tun_name="tun%d",
                 notify=lambda note: None,
             )
-            state["stop"] = lambda: loop.call_soon_threadsafe(service.stop, signal.SIGTERM)
+            state["stop"] = lambda: loop.call_soon_threadsafe(client.stop, signal.SIGTERM)
             started.set()
             try:
-                outcome.append(await asyncio.wait_for(service.run(), 30))
+                outcome.append(await asyncio.wait_for(client.run(), 30))
             finally:
                 loop.remove_reader(server.fileno())
                 server.close()

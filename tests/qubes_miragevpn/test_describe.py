@@ -1,0 +1,77 @@
+"""Statistics and tunnel state in words."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import replace
+
+from miragevpn.events import DhcpOption, RouteSpec
+from qubes_miragevpn.describe import (
+    describe_settings,
+    describe_stats,
+    describe_udp_stats,
+    drop_reason_words,
+)
+from qubes_miragevpn.transport import UdpStats
+from tests.helpers.fake_client import SETTINGS, FakeStats
+
+
+class DropReason(enum.Enum):  # the shape of the engine's enum (contract 2)
+    AUTHENTICATION = "failed authentication"
+    REPLAYED = "replayed"
+
+
+def test_describe_stats_in_words_and_defensive() -> None:
+    stats = FakeStats(packets_received=5, bytes_received=700, packets_sent=2, bytes_sent=90)
+    stats.drop("AuthenticationError")
+    stats.drop("AuthenticationError")
+    stats.drop("ReplayError")
+    stats.drop("DecodeError")
+    stats.drop("unknown key id")
+    assert describe_stats(stats) == (
+        "statistics: in 5 packets (700 bytes), out 2 packets (90 bytes), "
+        "tunnel packets in 0 out 0, dropped 5 (failed authentication 2, malformed 1, "
+        "replayed 1, unknown key id 1)"
+    )
+
+    class Partial:  # an engine whose Stats lacks some counters (or has moved them)
+        packets_received = 3
+        dropped: dict[str, int] = {}  # noqa: RUF012
+
+    assert describe_stats(Partial()) == "statistics: in 3 packets, dropped 0"
+    assert describe_stats(None) == "statistics: not available"
+
+
+def test_drop_reasons_from_an_enum_are_their_values() -> None:
+    class Stats:
+        dropped = {DropReason.AUTHENTICATION: 2, DropReason.REPLAYED: 0, "replayed": 1}  # noqa: RUF012
+
+    assert drop_reason_words(DropReason.REPLAYED) == "replayed"
+    assert drop_reason_words("DecodeError") == "malformed"
+    # the same words from two spellings are one count; zero counts are left out
+    assert describe_stats(Stats()) == (
+        "statistics: dropped 3 (failed authentication 2, replayed 1)"
+    )
+
+
+def test_describe_settings_says_what_the_tunnel_is() -> None:
+    settings = replace(
+        SETTINGS,
+        ipv6=ipaddress.IPv6Interface("fd00::2/64"),
+        routes=(RouteSpec(network=ipaddress.ip_network("192.0.2.0/24"), gateway=None),),
+        redirect_gateway_ipv4=True,
+        dhcp_options=(DhcpOption(kind="DNS", value="10.8.0.1"),),
+    )
+    assert describe_settings("tun0", settings) == (
+        "tun0, 10.8.0.2/24, fd00::2/64, mtu 1500, cipher AES-256-GCM (tls-ekm), "
+        "routes 192.0.2.0/24, all traffic through the tunnel, dhcp DNS 10.8.0.1"
+    )
+
+
+def test_describe_udp_stats() -> None:
+    stats = UdpStats(received=10, receive_batches=4, sent=7, gso_sends=1)
+    assert describe_udp_stats(stats) == (
+        "UDP socket: received 10 in 4 wake-ups (2.5 per wake-up), sent 7 (1 GSO sendmsg), "
+        "errors 0 in 0 out, waited for the socket 0, dropped on a full queue 0"
+    )
