@@ -1,8 +1,8 @@
 """Sockets to the VPN server, batch-shaped (wireguard-go's `conn/` in spirit).
 
 Both transports hand incoming bytes to `on_data` as a batch (a list) and take outgoing bytes as
-a batch (`send(items)`), so the session loop calls into the engine, the tun device and its timer once
-per batch instead of once per datagram:
+a batch (`send(items)`), so the session loop calls into the engine, the tun device and its timer
+once per batch instead of once per datagram:
 
 - UDP (`UdpTransport`): a connected non-blocking datagram socket we own (`loop.add_reader`; no
   asyncio transport in between). One wake-up drains up to RECV_BATCH datagrams and hands them
