@@ -191,37 +191,31 @@ def _remotes(settings: list[Setting]) -> tuple[Remote, ...]:
                     items[1], items[0], "each <connection> block must have exactly one remote"
                 )
 
-    def defaults(before: int | None, block: int | None) -> tuple[Proto, int]:
-        def pick(*keys: str) -> Setting | None:
-            found = [
-                s
-                for s in settings
-                if s.key in keys
-                and (
-                    (s.connection is None and (before is None or s.line < before))
-                    or (block is not None and s.connection == block)
-                )
-            ]
-            # block-local values come after the globals copied at the block's start
-            found.sort(key=lambda s: (s.connection is not None, s.line))
-            return found[-1] if found else None
-
-        proto_s = pick("proto")
-        port_s = pick("port", "rport")
-        proto = proto_s.value if proto_s else Proto()
-        assert isinstance(proto, Proto)
-        port = port_s.value if port_s else 1194
-        assert isinstance(port, int)
-        return proto, port
+    # One pass, in config order: the global proto/port in force when each block starts, and
+    # each block's own (the last one of each wins, port and rport alike).
+    glob: dict[str, Setting] = {}
+    at_block_start: dict[int, dict[str, Setting]] = {}
+    in_block: dict[int, dict[str, Setting]] = defaultdict(dict)
+    for s in settings:
+        slot = "proto" if s.key == "proto" else "port" if s.key in ("port", "rport") else None
+        if s.connection is None:
+            if slot is not None:
+                glob[slot] = s
+            continue
+        at_block_start.setdefault(s.connection, dict(glob))
+        if slot is not None:
+            in_block[s.connection][slot] = s
 
     remotes: list[Remote] = []
     for s in plain + in_blocks:
         raw = s.value
         assert isinstance(raw, RawRemote)
-        block_line = None
+        found = glob
         if s.connection is not None:
-            block_line = min(x.line for x in settings if x.connection == s.connection)
-        proto, port = defaults(block_line, s.connection)
+            found = at_block_start[s.connection] | in_block[s.connection]
+        proto = found["proto"].value if "proto" in found else Proto()
+        port = found["port"].value if "port" in found else 1194
+        assert isinstance(proto, Proto) and isinstance(port, int)
         remotes.append(Remote(raw.host, raw.port or port, raw.proto or proto))
     return tuple(remotes)
 
@@ -344,8 +338,13 @@ def validate(c: Config, glob: dict[str, list[Setting]]) -> None:
         raise _fail(glob, "cert", "a client certificate needs its private key: add 'key'")
     if c.key is not None and c.cert is None:
         raise _fail(glob, "key", "a private key needs its certificate: add 'cert'")
-    if c.cert is not None and c.key is not None and not keys.cert_matches_key(c.cert, c.key):
-        raise _fail(glob, "key", "the private key does not belong to the client certificate")
+    if c.cert is not None and c.key is not None:
+        try:
+            matches = keys.cert_matches_key(c.cert, c.key)
+        except keys.KeyMaterialError as exc:
+            raise _fail(glob, "cert", str(exc)) from None
+        if not matches:
+            raise _fail(glob, "key", "the private key does not belong to the client certificate")
     if c.ca is None and not c.peer_fingerprints:
         raise _fail(
             glob,
