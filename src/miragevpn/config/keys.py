@@ -3,14 +3,18 @@ tls-crypt-v2 client keys, peer fingerprints.
 
 Each function takes the bytes as read (a file or an inline block) and returns the normalised
 value for the model, or raises `KeyMaterialError` with a message for the user; the parser turns
-that into a `ConfigError` at the directive's line.
+that into a `ConfigError` at the directive's line. Whatever `cryptography` raises (ValueError,
+UnsupportedAlgorithm, a Rust panic on a malformed structure...) becomes a `KeyMaterialError` in
+plain words, without the library's text: the material is untrusted input.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -29,11 +33,30 @@ TLS_CRYPT_V2_TAG = 32
 TLS_CRYPT_V2_MAX_WKC = 1024
 TLS_CRYPT_V2_MIN_WKC = TLS_CRYPT_V2_TAG + STATIC_KEY_BYTES + 2
 
-_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+_PEM_BEGIN = "-----BEGIN "
+_PEM_END = "-----END "
+_PEM_DASHES = "-----"
+_PEM_LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ")
+
+T = TypeVar("T")
 
 
 class KeyMaterialError(ValueError):
     """Key material that does not decode, with a message for the user."""
+
+
+def _guarded(what: str, action: Callable[[], T]) -> T:
+    """`action()`, with any exception from the crypto library turned into a plain message."""
+    try:
+        return action()
+    except KeyMaterialError:
+        raise
+    except Exception:
+        raise KeyMaterialError(f"{what} does not decode") from None
+    except BaseException as exc:  # pyo3's PanicException derives from BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise KeyMaterialError(f"{what} does not decode") from None
 
 
 def _text(data: bytes, what: str) -> str:
@@ -43,13 +66,42 @@ def _text(data: bytes, what: str) -> str:
         raise KeyMaterialError(f"{what} is not PEM text (it has non-ASCII bytes)") from None
 
 
+def _pem_label(line: str, marker: str) -> str | None:
+    """The label of a `-----BEGIN LABEL-----` / `-----END LABEL-----` line, if it is one."""
+    if not line.startswith(marker) or not line.endswith(_PEM_DASHES):
+        return None
+    label = line[len(marker) : -len(_PEM_DASHES)]
+    if not label or len(line) < len(marker) + len(_PEM_DASHES) + 1:
+        return None
+    return label if set(label) <= _PEM_LABEL_CHARS else None
+
+
 def pem_blocks(text: str, label: str) -> list[str]:
-    """The PEM blocks with this label, in order; text around them (openssl dumps) is skipped."""
-    return [
-        m.group(0).replace("\r\n", "\n") + "\n"
-        for m in _PEM_BLOCK.finditer(text)
-        if m.group(1) == label
-    ]
+    """The PEM blocks with this label, in order; text around them (openssl dumps) is skipped.
+
+    One pass over the lines (a BEGIN without its END costs nothing more than its line): a
+    block runs from a `-----BEGIN LABEL-----` line to the next `-----END LABEL-----` line; a
+    BEGIN line inside a block starts a new one.
+    """
+    blocks: list[str] = []
+    current: list[str] | None = None
+    current_label = ""
+    for raw in text.split("\n"):
+        line = raw.strip()
+        begin = _pem_label(line, _PEM_BEGIN)
+        if begin is not None:
+            current, current_label = [line], begin
+            continue
+        if current is None:
+            continue
+        if _pem_label(line, _PEM_END) == current_label:
+            current.append(line)
+            if current_label == label:
+                blocks.append("\n".join(current) + "\n")
+            current = None
+            continue
+        current.append(raw.rstrip("\r"))
+    return blocks
 
 
 def parse_certificates(data: bytes, what: str) -> str:
@@ -58,10 +110,8 @@ def parse_certificates(data: bytes, what: str) -> str:
     if not blocks:
         raise KeyMaterialError(f"{what} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
     for number, block in enumerate(blocks, 1):
-        try:
-            x509.load_pem_x509_certificate(block.encode())
-        except ValueError as exc:
-            raise KeyMaterialError(f"{what}: certificate {number} does not decode: {exc}") from None
+        pem = block.encode()
+        _guarded(f"{what}: certificate {number}", partial(x509.load_pem_x509_certificate, pem))
     return "".join(blocks)
 
 
@@ -82,12 +132,14 @@ def parse_private_key(data: bytes, what: str = "the private key") -> Secret:
             f"{what} is encrypted and needs a passphrase, which this client does not ask for; "
             "decrypt it first (openssl pkey -in KEY -out KEY.plain)"
         )
-    try:
-        serialization.load_pem_private_key(block.encode(), password=None)
-    except TypeError:
-        raise KeyMaterialError(f"{what} is encrypted and needs a passphrase") from None
-    except (ValueError, NotImplementedError) as exc:
-        raise KeyMaterialError(f"{what} does not decode: {exc}") from None
+
+    def load() -> object:
+        try:
+            return serialization.load_pem_private_key(block.encode(), password=None)
+        except TypeError:
+            raise KeyMaterialError(f"{what} is encrypted and needs a passphrase") from None
+
+    _guarded(what, load)
     return Secret(block.encode())
 
 
@@ -99,15 +151,24 @@ def parse_pkcs12(data: bytes, *, inline: bool) -> Secret:
             der = base64.b64decode(b"".join(data.split()), validate=True)
         except (binascii.Error, ValueError):
             raise KeyMaterialError("the inline <pkcs12> block is not base64") from None
-    try:
-        key, cert, _extra = pkcs12.load_key_and_certificates(der, None)
-    except TypeError:
-        raise KeyMaterialError("the PKCS#12 bundle is encrypted and needs a passphrase") from None
-    except ValueError as exc:
-        message = str(exc)
-        if "password" in message.lower():
-            message = "it is protected by a password, which this client does not ask for"
-        raise KeyMaterialError(f"the PKCS#12 bundle does not decode: {message}") from None
+
+    def load() -> tuple[object, object]:
+        try:
+            key, cert, _extra = pkcs12.load_key_and_certificates(der, None)
+        except TypeError:
+            raise KeyMaterialError(
+                "the PKCS#12 bundle is encrypted and needs a passphrase"
+            ) from None
+        except ValueError as exc:
+            if "password" not in str(exc).lower():
+                raise
+            raise KeyMaterialError(
+                "the PKCS#12 bundle is protected by a password, which this client does not "
+                "ask for; export it without one"
+            ) from None
+        return key, cert
+
+    key, cert = _guarded("the PKCS#12 bundle", load)
     if key is None or cert is None:
         raise KeyMaterialError("the PKCS#12 bundle needs both a private key and a certificate")
     return Secret(der)
@@ -180,11 +241,21 @@ def parse_fingerprints(text: str) -> tuple[bytes, ...]:
 
 
 def cert_matches_key(cert_pem: str, key: Secret) -> bool:
-    """Whether the first certificate's public key is the private key's."""
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    private = serialization.load_pem_private_key(key.value, password=None)
+    """Whether the first certificate's public key is the private key's.
+
+    Raises `KeyMaterialError` when either does not decode (an EC point off the curve, a key
+    type the library does not know).
+    """
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
-    return bool(
-        cert.public_key().public_bytes(enc, fmt) == private.public_key().public_bytes(enc, fmt)
-    )
+
+    def theirs() -> bytes:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        return cert.public_key().public_bytes(enc, fmt)
+
+    def ours() -> bytes:
+        private = serialization.load_pem_private_key(key.value, password=None)
+        return private.public_key().public_bytes(enc, fmt)
+
+    cert_key = _guarded("the public key of the client certificate", theirs)
+    return cert_key == _guarded("the private key", ours)
