@@ -83,6 +83,20 @@ def _route(r: Route) -> str:
     return " ".join(words)
 
 
+def _connect_retry(base: float, max_delay: float) -> list[str]:
+    """Lines that read back as (base, max_delay). The parser raises a given maximum to the
+    base (OpenVPN: max(max, base)), but a base alone keeps the maximum: so a base above a
+    non-default maximum takes two lines, the maximum first."""
+    default_max = _DEFAULTS.connect_retry_max_delay
+    if (base, max_delay) == (_DEFAULTS.connect_retry, default_max):
+        return []
+    if max_delay == default_max and base > max_delay:
+        return [f"connect-retry {_n(base)}"]
+    if max_delay >= base:
+        return [f"connect-retry {_n(base)} {_n(max_delay)}"]
+    return [f"connect-retry 0 {_n(max_delay)}", f"connect-retry {_n(base)}"]
+
+
 def format_config(c: Config) -> str:
     out: list[str] = ["# written by miragevpn format_config: self-contained, holds secrets"]
     add = out.append
@@ -211,11 +225,7 @@ def format_config(c: Config) -> str:
         add(f"reneg-bytes {c.reneg_bytes}")
     if c.reneg_pkts is not None:
         add(f"reneg-pkts {c.reneg_pkts}")
-    if (c.connect_retry, c.connect_retry_max_delay) != (
-        _DEFAULTS.connect_retry,
-        _DEFAULTS.connect_retry_max_delay,
-    ):
-        add(f"connect-retry {_n(c.connect_retry)} {_n(c.connect_retry_max_delay)}")
+    out += _connect_retry(c.connect_retry, c.connect_retry_max_delay)
     if c.connect_retry_max is not None:
         add(f"connect-retry-max {c.connect_retry_max}")
     if c.resolv_retry is not None:
