@@ -172,3 +172,45 @@ def test_control_characters_are_escaped(
         assert "\u202e" not in text
     out, _err, _ = _check(capsys, str(path), status=0)
     assert "remote evil\\x1b]0;owned\\x07\\x1b[2J\\u202e\\x9b port 1194" in out
+
+
+HOSTILE_SIZES = {
+    "16000-remotes": ("remote h.example 1194\n" * 16000, "more than 4096 directives"),
+    "16000-connections": (
+        "<connection>\nremote h.example\n</connection>\n" * 16000,
+        "more than 4096 directives",
+    ),
+    "32000-pem-begins": (
+        "<ca>\n" + "-----BEGIN A-----\n" * 32000 + "</ca>\n",
+        "holds no PEM certificate",
+    ),
+    "16MB-of-lines": ("<ca>\n" + "a\n" * (8 * 1024 * 1024 - 100) + "</ca>\n", "larger than"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_SIZES))
+def test_hostile_sizes_take_under_a_second(
+    config_dir: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Finding 4, as the checker sees it: exit 1 with one plain line, in under a second."""
+    body, fragment = HOSTILE_SIZES[name]
+    path = config_dir / f"{name}.ovpn"
+    path.write_text("client\ndev tun\nauth-user-pass creds\n" + body)
+    _out, err, elapsed = _check(capsys, str(path))
+    assert elapsed < 1.0
+    assert err.startswith(f"{path}:") and fragment in err and err.count("\n") == 1
+
+
+def test_broken_key_material_is_one_plain_line(
+    config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding 7: an EC point off the curve printed a raw traceback."""
+    from tests.miragevpn.config.test_keys import _off_curve_cert
+
+    cert, key = _off_curve_cert()
+    (config_dir / "c.crt").write_bytes(cert)
+    (config_dir / "c.key").write_bytes(key)
+    path = config_dir / "curve.ovpn"
+    path.write_text(HEAD + "cert c.crt\nkey c.key\n")
+    _out, err, _ = _check(capsys, str(path))
+    assert err == f"{path}:5: cert: the public key of the client certificate does not decode\n"
