@@ -31,6 +31,8 @@ APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 py
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--seconds 5 --proto tcp --profile"
 MICRO_ARGS ?=  # e.g. MICRO_ARGS="--seconds 3 --backend all"
+FUZZ_SECONDS ?= 60
+FUZZ_ARGS ?=  # e.g. FUZZ_ARGS="--seed 7 --target config"
 
 # pytest on one stack: `run_pytest,python,stack name,marker expression`. Exit 5 ("no test
 # collected") is accepted only when PYTEST_ARGS narrowed the selection (a -k that matches
@@ -42,7 +44,7 @@ exit $$rc
 endef
 
 .PHONY: help setup setup-newest test test-system test-newest versions unit interop lint \
-	lint-newest demo check-config bench bench-micro soak clean
+	lint-newest demo check-config bench bench-micro soak fuzz clean
 
 help:
 	@echo "make demo                 set up, then run our client against a local OpenVPN server in namespaces"
@@ -51,6 +53,7 @@ help:
 	@echo "make versions             the exact versions of both stacks"
 	@echo "make check-config CONFIG=path.ovpn   check one OpenVPN client config"
 	@echo "make unit | interop | soak | bench-micro  [STACK=newest]   one part, on one stack"
+	@echo "make fuzz [FUZZ_SECONDS=60]   mutation fuzzers: config corpus, pushed options, control messages"
 	@echo "make lint | bench | clean"
 
 setup: $(STAMP)
@@ -134,6 +137,10 @@ bench-micro: setup setup-newest
 	@echo
 	@$(PY_NEWEST) bench/datachannel_micro.py $(MICRO_ARGS)
 
+# bounded (FUZZ_SECONDS), not part of `make test`; findings are printed and kept in .fuzz-findings/
+fuzz: $(STACK_SETUP)
+	$(STACK_PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
+
 clean:
 	rm -rf $(VENV) $(VENV_NEWEST) .pytest_cache .mypy_cache .mypy_cache-newest .ruff_cache \
-		.hypothesis build src/*.egg-info
+		.hypothesis .fuzz-findings build src/*.egg-info
