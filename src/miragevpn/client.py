@@ -14,9 +14,18 @@ own trigger (reneg-sec since the key became active, reneg-bytes, reneg-pkts, rep
 exhaustion), starts a new key state; the old data key becomes the lame duck (datakeys.py says
 which key we send with, and when the lame duck dies).
 
-UDP: a bad, unauthenticated or replayed packet is dropped and counted in `stats` (so are
-duplicate control packets, which are acked again); TCP: a broken frame ends the session
-(restart), as OpenVPN does.
+UDP: a bad, unauthenticated or replayed packet is dropped and counted in `stats` under a
+`DropReason` (so are duplicate control packets, which are acked again); TCP: a broken frame
+ends the session (restart), as OpenVPN does.
+
+Who writes what: the client writes its own state (clientstate.py) and the session's link
+timers; the session's `SessionKeys` (keying.py) is the only writer of key states, data keys and
+renegotiation and answers with outcomes; `control` only returns reactions (`_apply` carries
+them out).
+
+Time: every `now` is monotonic seconds (keyword-only); `wall_clock()` (given at construction,
+like `rng`) is read only for the control-channel replay ids' `time` field, which OpenVPN
+defines as Unix time.
 """
 
 from __future__ import annotations
@@ -39,16 +48,17 @@ from .clientstate import (
     State,
     Stats,
     Waiting,
-    next_key_id,
 )
 from .config.model import AuthUserPass, Config, Transport
 from .datachannel import OCC_EXIT_MESSAGE, OCC_MAGIC, PING_MAGIC
 from .errors import (
     AuthenticationError,
     DecodeError,
+    DropReason,
     LocalProtocolError,
     MirageVPNError,
-    RemoteProtocolError,
+    ProtocolError,
+    ServerCertificateRejected,
     TlsAlertReceived,
 )
 from .events import (
@@ -61,20 +71,19 @@ from .events import (
     ResolutionRequested,
     SessionEnded,
     SessionRestarting,
-    TlsEstablished,
     TunnelEstablished,
 )
 from .framing import encode_frame
-from .keying import Keying
-from .keystate import KeyState
+from .keying import Keying, KeysReceived
 from .packet import ControlPacket, Opcode
-from .push import PushReplyAssembler, encode_control_message
+from .push import PushReply, PushReplyAssembler, encode_control_message
 from .remotes import Advance, RemoteSelector, RetriesExhausted
 from .tls_wrap import authentication_failure_hint
 
 __all__ = ["Client", "Stats"]
 
 Rng = Callable[[int], bytes]
+WallClock = Callable[[], float]  # Unix time in seconds
 
 PUSH_REQUEST_INTERVAL = 5.0  # push.c: PUSH_REQUEST_INTERVAL
 OCC_EXIT_INTERVAL = 1.0  # §6.8: one OCC_EXIT per second
@@ -93,7 +102,8 @@ class Client:
     failed or the server closed it, e.g. a TCP EOF or reset: in every state with a transport
     the client restarts with the usual back-off, or ends when retries are exhausted; while
     closing it ends), `handle_connection_failed` (opening failed; in later states the same as
-    `handle_connection_lost`), and `close`. `stats` holds the counters.
+    `handle_connection_lost`), and `close`. `stats` holds the counters. Every `now` is
+    monotonic seconds and keyword-only.
     """
 
     def __init__(
@@ -102,12 +112,16 @@ class Client:
         *,
         rng: Rng,
         now: float,
+        wall_clock: WallClock,
         credentials: AuthUserPass | None = None,
         tls_ekm: bool = True,
     ) -> None:
-        """`tls_ekm=False` does not announce TLS-EKM (IV_PROTO bit 3): data keys then come
-        from OpenVPN's TLS 1.0 PRF, as with servers that mishandle the exporter."""
+        """`rng(n)` gives n random bytes; `now` is monotonic; `wall_clock()` is Unix time
+        (read for the control channel's replay ids only). `tls_ekm=False` does not announce
+        TLS-EKM (IV_PROTO bit 3): data keys then come from OpenVPN's TLS 1.0 PRF, as with
+        servers that mishandle the exporter."""
         self._config = config
+        self._wall_clock = wall_clock
         self._keying = Keying(
             config, rng=rng, credentials=credentials or config.auth_user_pass, tls_ekm=tls_ekm
         )
@@ -127,16 +141,16 @@ class Client:
         packets, self._tunnel = self._tunnel, []
         return packets
 
-    def handle_resolved(self, addresses: Sequence[IPAddress], now: float) -> None:
+    def handle_resolved(self, addresses: Sequence[IPAddress], *, now: float) -> None:
         if not isinstance(self._state, Resolving):
             return
         address = self._remotes.resolved(addresses)
         if address is None:
-            self.handle_resolve_failed(now)
+            self.handle_resolve_failed(now=now)
             return
         self._connect(address, now)
 
-    def handle_resolve_failed(self, now: float) -> None:
+    def handle_resolve_failed(self, *, now: float) -> None:
         if not isinstance(self._state, Resolving):
             return
         host = self._remotes.remote.host
@@ -147,7 +161,7 @@ class Client:
             return
         self._wait(f"cannot resolve {host}", pause, now)
 
-    def handle_connected(self, now: float) -> None:
+    def handle_connected(self, *, now: float) -> None:
         state = self._state
         if not isinstance(state, Connecting):
             return
@@ -157,12 +171,12 @@ class Client:
         self._move(Handshaking(session, now + self._config.hand_window, poll))
         self._progress(f"connected to {state.address} port {remote.port}; sent our reset")
 
-    def handle_connection_failed(self, now: float) -> None:
+    def handle_connection_failed(self, *, now: float) -> None:
         """The transport could not be opened; in any later state, the same as
         `handle_connection_lost` (so a runtime may report both through this one call)."""
-        self.handle_connection_lost(now)
+        self.handle_connection_lost(now=now)
 
-    def handle_connection_lost(self, now: float) -> None:
+    def handle_connection_lost(self, *, now: float) -> None:
         """The transport failed or was closed by the server (TCP close or reset, an unusable
         UDP socket): in every state that has a transport, restart with the usual back-off (or
         end when the retries are exhausted); while closing, end. Elsewhere nothing happens."""
@@ -174,10 +188,10 @@ class Client:
         elif isinstance(state, _SESSION_STATES):
             self._fail(control.connection_lost_reason(state), now)
 
-    def receive(self, data: bytes, now: float) -> None:
+    def receive(self, data: bytes, *, now: float) -> None:
         state = self._state
         if not isinstance(state, _SESSION_STATES):
-            self.stats.drop("no session")
+            self.stats.drop(DropReason.NO_SESSION)
             return
         session = state.session
         if session.decoder is None:
@@ -199,7 +213,7 @@ class Client:
             stats.bytes_received += len(packet)
             self._receive_packet(session, packet, now)
 
-    def encrypt_tunnel_packet(self, ip_packet: bytes, now: float) -> bytes | None:
+    def encrypt_tunnel_packet(self, ip_packet: bytes, *, now: float) -> bytes | None:
         state = self._state
         if type(state) is not Established or not ip_packet:
             return None
@@ -215,25 +229,29 @@ class Client:
         stats.bytes_sent += len(wire)
         return wire if session.decoder is None else encode_frame(wire)
 
-    def data_to_send(self, now: float) -> list[bytes]:
+    def data_to_send(self, *, now: float) -> list[bytes]:
         state = self._state
         if not isinstance(state, _SESSION_STATES):
             return []
-        if isinstance(state, Established) and state.renegotiation is None:
-            self._maybe_renegotiate(state, now)
         session = state.session
+        keys = session.keys
+        if isinstance(state, Established):
+            self._renegotiation_began(keys.maybe_renegotiate(now), by_us=True)
         out: list[bytes] = []
         if session.text_out:
-            primary = self._keying.primary(session)
+            primary = keys.primary()
             for text in session.text_out:
                 primary.send_text(text)
             session.text_out.clear()
-        for key_state in session.key_states.values():
+        wall_time: float | None = None  # read once, and only if a control packet goes out
+        for key_state in keys.key_states():
             packets = key_state.reliable.packets_to_send(
                 now, my_session_id=session.my_session_id, their_session_id=session.their_session_id
             )
             for packet in packets:
-                out.append(session.wrap.wrap(packet, now))
+                if wall_time is None:
+                    wall_time = self._wall_clock()
+                out.append(session.wrap.wrap(packet, wall_time))
         if isinstance(state, Established | Closing):
             out += self._due_data_packets(state, now)
         if out:
@@ -265,22 +283,21 @@ class Client:
                 deadlines.append(session.last_received + state.ping_restart)
             if state.ping_exit:
                 deadlines.append(session.last_received + state.ping_exit)
-            keying = self._keying.next_deadline(state)
-            if keying is not None:
-                deadlines.append(keying)
+            keys = session.keys.data_deadline()
+            if keys is not None:
+                deadlines.append(keys)
         elif isinstance(state, Closing):
             deadlines.append(state.deadline)
             if state.next_occ_exit is not None:
                 deadlines.append(state.next_occ_exit)
         else:
             return None
-        for key_state in state.session.key_states.values():
-            deadline = key_state.reliable.next_deadline()
-            if deadline is not None:
-                deadlines.append(deadline)
+        control = state.session.keys.control_deadline()
+        if control is not None:
+            deadlines.append(control)
         return min(deadlines) if deadlines else None
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timer(self, *, now: float) -> None:
         state = self._state
         if isinstance(state, Waiting):
             if now >= state.until:
@@ -307,14 +324,12 @@ class Client:
                 self._end("no packet from the server for ping-exit seconds", None)
             elif state.ping_restart and now >= last + state.ping_restart:
                 self._fail("no packet from the server for ping-restart seconds", now)
-            elif state.renegotiation is not None and now >= state.renegotiation.deadline:
-                self._fail("key renegotiation did not finish within hand-window", now)
             else:
-                self._data_keys_timer(state, now)
+                self._keys_timer(state, now)
         elif isinstance(state, Closing) and now >= state.deadline:
             self._end(state.reason, None)
 
-    def close(self, now: float) -> None:
+    def close(self, *, now: float) -> None:
         """Leave in order: EXIT (cc-exit) or OCC_EXIT (explicit-exit-notify), then end."""
         state = self._state
         if isinstance(state, Ended | Closing):
@@ -336,18 +351,18 @@ class Client:
 
     def _receive_packet(self, session: Session, packet: bytes, now: float) -> None:
         if not packet:
-            self.stats.drop("empty")
+            self.stats.drop(DropReason.EMPTY)
             return
         opcode = packet[0] >> 3
         if opcode in (_OP_DATA_V2, _OP_DATA_V1):  # the hot path
             state = self._state
             data = state.data if isinstance(state, (Established, Closing)) else None
             if data is None:
-                self.stats.drop("data before keys")
+                self.stats.drop(DropReason.DATA_BEFORE_KEYS)
                 return
             key = data.by_key_id[packet[0] & 7]
             if key is None:
-                self.stats.drop("unknown key id")
+                self.stats.drop(DropReason.UNKNOWN_KEY_ID)
                 return
             try:
                 payload = key.decrypt(packet, now)
@@ -366,7 +381,7 @@ class Client:
         try:
             control = session.wrap.unwrap(packet, now)
         except DecodeError as exc:
-            if type(exc) is AuthenticationError:
+            if isinstance(exc, AuthenticationError):
                 session.failed_authentication += 1
             self._bad_packet(session, exc, now)
             return
@@ -387,10 +402,10 @@ class Client:
         if payload == OCC_EXIT_MESSAGE:
             self._fail("server is exiting (OCC_EXIT)", now)
         else:
-            self.stats.drop("OCC message")
+            self.stats.drop(DropReason.OCC_MESSAGE)
 
     def _bad_packet(self, session: Session, exc: DecodeError, now: float) -> None:
-        self.stats.drop(type(exc).__name__)
+        self.stats.drop(DropReason.of(exc))
         if session.decoder is not None:
             self._fail(f"bad packet on TCP: {exc}", now)
 
@@ -405,124 +420,133 @@ class Client:
             if isinstance(state, Handshaking):
                 state.poll_deadline = None
         if session.their_session_id is None or packet.session_id != session.their_session_id:
-            self.stats.drop("foreign session id")
+            self.stats.drop(DropReason.FOREIGN_SESSION_ID)
             return
         if packet.acks and packet.remote_session_id != session.my_session_id:
-            self.stats.drop("bad remote session id")
+            self.stats.drop(DropReason.BAD_REMOTE_SESSION_ID)
             return
         session.last_received = now
-        key_state = session.key_states.get(packet.key_id)
-        if key_state is None:
-            if (
-                packet.opcode is Opcode.P_CONTROL_SOFT_RESET_V1
-                and isinstance(state, Established)
-                and state.renegotiation is None
-                and packet.key_id == next_key_id(state.primary_key_id)
-            ):
-                key_state = self._begin_renegotiation(state, packet.key_id, now, by_us=False)
-            else:
-                self.stats.drop("unknown key id")
-                return
-        sequence_number = packet.sequence_number
-        if sequence_number is not None:
-            dropped = key_state.reliable.drop_reason(sequence_number)
-            if dropped is not None:  # its acks still count; a duplicate is acked again
-                self.stats.drop(dropped)
         try:
-            messages = key_state.receive(packet, now)
-        except AuthenticationError as exc:
-            self._end(f"server rejected: {exc}", exc)
+            received = session.keys.receive(
+                packet,
+                now,
+                their_session_id=session.their_session_id,
+                may_renegotiate=isinstance(state, Established),
+            )
+        except ServerCertificateRejected as exc:
+            self._end(str(exc), exc)
             return
         except TlsAlertReceived as exc:
             self._fail(str(exc), now)
             return
-        except (DecodeError, RemoteProtocolError, LocalProtocolError) as exc:
+        except (DecodeError, ProtocolError) as exc:
             self._fail(f"control channel failed: {exc}", now)
             return
-        if key_state.tls_just_completed:
-            key_state.tls_just_completed = False
-            tls = key_state.tls
-            self._events.append(
-                TlsEstablished(
-                    version=tls.version, cipher=tls.cipher, peer_subject=tls.peer_subject
-                )
-            )
-        if key_state.negotiated:
-            self._key_state_negotiated(key_state, now)
-        for text in messages:
-            if self._state is not state and not isinstance(self._state, Established):
-                break
-            self._control_message(text, now)
+        self._keys_received(state, received, now)
 
-    def _key_state_negotiated(self, key_state: KeyState, now: float) -> None:
-        state = self._state
-        if isinstance(state, Handshaking) and key_state.key_id == 0:
+    def _keys_received(self, state: State, received: KeysReceived, now: float) -> None:
+        """Turn what a control packet did to the keys into counters, events and moves."""
+        if received.dropped is not None:
+            self.stats.drop(received.dropped)
+        self._renegotiation_began(received.began, by_us=False)
+        if received.tls is not None:
+            self._events.append(received.tls)
+        if received.first_negotiated and isinstance(state, Handshaking):
             self._progress("key exchange done; requesting the configuration (PUSH_REQUEST)")
             self._send_text(state.session, "PUSH_REQUEST")
-            self._move(
-                Pulling(
-                    state.session, state.deadline, now + PUSH_REQUEST_INTERVAL, PushReplyAssembler()
-                )
-            )
-        elif (
-            isinstance(state, Established)
-            and state.renegotiation is not None
-            and state.renegotiation.key_state is key_state
-        ):
-            self._finish_renegotiation(state, key_state, now)
+            assembler = PushReplyAssembler()
+            pulling = Pulling(state.session, state.deadline, now + PUSH_REQUEST_INTERVAL, assembler)
+            self._move(pulling)
+        if received.renegotiated is not None:
+            self.stats.renegotiations += 1
+            self._progress(f"new data keys (key id {received.renegotiated})")
+        for text in received.messages:
+            if self._state is not state and not isinstance(self._state, Established):
+                break
+            self._apply(control.react(text, self._state, config=self._config, now=now), now)
 
     # ------------------------------------------------------------------ control messages
 
-    def _control_message(self, text: str, now: float) -> None:
-        """Apply control.react's reactions to one message from the server."""
-        reactions = control.react(
-            text, self._state, config=self._config, keying=self._keying, now=now
-        )
+    def _apply(self, reactions: list[control.Reaction], now: float) -> None:
+        """Carry out control's reactions to one message, in order, while the session lasts."""
         for reaction in reactions:
+            state = self._state
+            if not isinstance(state, _SESSION_STATES):
+                return
             match reaction:
                 case control.RestartSession(reason=reason, advance=advance):
                     self._fail(reason, now, advance)
                 case control.StopSession(reason=reason, error=error):
                     self._end(reason, error)
-                case control.Tunnel(established=established):
-                    self._move(established)
-                    established.session.last_received = now
-                    self._remotes.succeeded()
-                    self._events.append(TunnelEstablished(settings=established.settings))
+                case control.CollectPushReply(part=part):
+                    self._collect_push_reply(part, now)
+                case control.Tunnel():
+                    self._tunnel_up(reaction, now)
+                case control.ExtendHandWindow(until=until):
+                    if isinstance(state, Pulling):
+                        state.deadline = max(state.deadline, until)
+                case control.UseAuthToken(token=token, user=user):
+                    self._keying.use_auth_token(token, user)
+                case control.ForgetAuthToken():
+                    self._keying.forget_auth_token()
                 case ProgressReported() | ControlMessageReceived():
                     self._events.append(reaction)
                 case _:
                     assert_never(reaction)
 
+    def _collect_push_reply(self, part: PushReply, now: float) -> None:
+        state = self._state
+        if not isinstance(state, Pulling):
+            return
+        try:
+            lines = state.assembler.add(part)
+        except (DecodeError, ProtocolError) as exc:
+            self._fail(f"unusable PUSH_REPLY: {exc}", now)
+            return
+        if lines is not None:
+            session, tls_ekm = state.session, self._keying.tls_ekm
+            self._apply(
+                control.push_reply(lines, session, config=self._config, tls_ekm=tls_ekm), now
+            )
+
+    def _tunnel_up(self, tunnel: control.Tunnel, now: float) -> None:
+        state = self._state
+        if not isinstance(state, Pulling):
+            return
+        session = state.session
+        try:
+            data = session.keys.start_data(
+                tunnel.params, their_session_id=session.their_session_id or b"", now=now
+            )
+        except (MirageVPNError, ValueError) as exc:
+            error = exc if isinstance(exc, MirageVPNError) else LocalProtocolError(str(exc))
+            self._end(f"cannot set up the data channel: {exc}", error)
+            return
+        settings = tunnel.settings
+        self._move(
+            Established.from_push(
+                self._config, tunnel.pushed, session=session, data=data, settings=settings
+            )
+        )
+        session.last_received = now
+        self._remotes.succeeded()
+        self._events.append(TunnelEstablished(settings=settings))
+
     # ------------------------------------------------------------------ renegotiation
 
-    def _maybe_renegotiate(self, state: Established, now: float) -> None:
-        if now >= self._keying.renegotiation_deadline(state):
-            key_id = next_key_id(state.primary_key_id)
-            self._begin_renegotiation(state, key_id, now, by_us=True)
+    def _renegotiation_began(self, key_id: int | None, *, by_us: bool) -> None:
+        if key_id is not None:
+            who = "we renegotiate" if by_us else "server renegotiates"
+            self._progress(f"{who} keys (key id {key_id})")
 
-    def _begin_renegotiation(
-        self, state: Established, key_id: int, now: float, *, by_us: bool
-    ) -> KeyState:
-        key_state = self._keying.begin_renegotiation(state, key_id, now)
-        who = "we renegotiate" if by_us else "server renegotiates"
-        self._progress(f"{who} keys (key id {key_id})")
-        return key_state
-
-    def _finish_renegotiation(self, state: Established, key_state: KeyState, now: float) -> None:
-        try:
-            self._keying.finish_renegotiation(state, key_state, now)
-        except (MirageVPNError, ValueError) as exc:
-            self._fail(f"renegotiation failed: {exc}", now)
+    def _keys_timer(self, state: Established, now: float) -> None:
+        timer = state.session.keys.handle_timer(now)
+        if timer.timed_out:
+            self._fail("key renegotiation did not finish within hand-window", now)
             return
-        self.stats.renegotiations += 1
-        self._progress(f"new data keys (key id {key_state.key_id})")
-
-    def _data_keys_timer(self, state: Established, now: float) -> None:
-        dead = self._keying.expire_lame_duck(state, now)
-        if dead is not None:
-            self._progress(f"lame-duck key (key id {dead}) expired (tran-window)")
-        self._maybe_renegotiate(state, now)
+        if timer.expired is not None:
+            self._progress(f"lame-duck key (key id {timer.expired}) expired (tran-window)")
+        self._renegotiation_began(timer.began, by_us=True)
 
     # ------------------------------------------------------------------ sending
 

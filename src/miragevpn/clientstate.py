@@ -10,22 +10,27 @@ States (per-state data in per-state dataclasses; `TRANSITIONS` lists the legal m
                      └── ping-restart, RESTART, EXIT, transport lost, TCP error ◀───┘
     any ─close()/HALT/AUTH_FAILED/ping-exit/retries exhausted─▶ Closing ─▶ Ended
 
-Within Established, renegotiation (reference §8) keeps the state: a `Renegotiation` records
-the key state being negotiated; `DataKeys` (datakeys.py) holds the primary and lame-duck keys.
+Within Established, renegotiation (reference §8) keeps the state: the session's `SessionKeys`
+(keying.py) owns the key states, the data keys and the renegotiation; the states here only hold
+a reference to them (`Established.data` is the same `DataKeys`, read on the fast path).
 """
 
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .config.model import Config, Transport
 from .datakeys import DataKeys
+from .errors import DropReason
 from .events import IPAddress, TunnelSettings
 from .framing import StreamDecoder
-from .keystate import KeyState
 from .push import PushedOptions, PushReplyAssembler
 from .tls_wrap import ControlChannelWrap
+
+if TYPE_CHECKING:
+    from .keying import SessionKeys
 
 
 @dataclass(slots=True)
@@ -42,18 +47,15 @@ class Stats:
     pings_received: int = 0
     restarts: int = 0
     renegotiations: int = 0  # key states negotiated after the first (key id > 0)
-    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    dropped: collections.Counter[DropReason] = field(default_factory=collections.Counter)
 
-    def drop(self, reason: str) -> None:
+    def drop(self, reason: DropReason) -> None:
         self.dropped[reason] += 1
 
 
 @dataclass(slots=True)
 class Session:
-    """One connection to one server address: ids, wrapping, key states, link timers.
-
-    `key_states` holds at most the primary key state and the lame duck (ssl_common.h:
-    KS_PRIMARY, KS_LAME_DUCK), keyed by key id."""
+    """One connection to one server address: ids, wrapping, its keys, link timers."""
 
     transport: Transport
     address: IPAddress
@@ -61,21 +63,12 @@ class Session:
     my_session_id: bytes
     wrap: ControlChannelWrap
     decoder: StreamDecoder | None  # TCP only
-    key_states: dict[int, KeyState]
+    keys: SessionKeys  # key states, data keys, renegotiation: their one owner
     their_session_id: bytes | None = None  # learnt from the server's reset
     last_received: float = 0.0
     last_sent: float = 0.0
     text_out: list[bytes] = field(default_factory=list)
     failed_authentication: int = 0  # control packets whose tls-auth/tls-crypt tag failed
-
-
-@dataclass(slots=True)
-class Renegotiation:
-    """A soft reset under way (either side began it): the new key state must negotiate
-    before `deadline` (hand-window)."""
-
-    key_state: KeyState
-    deadline: float
 
 
 @dataclass(slots=True)
@@ -107,7 +100,7 @@ class Pulling:
 @dataclass(slots=True)
 class Established:
     session: Session
-    data: DataKeys
+    data: DataKeys  # session.keys.data, read on the fast path (written only by SessionKeys)
     pushed: PushedOptions
     settings: TunnelSettings
     ping: float | None
@@ -115,9 +108,6 @@ class Established:
     ping_exit: float | None
     cc_exit: bool
     exit_notify: int
-    primary_key_id: int  # the key state whose data keys are the primary
-    key_active_since: float  # when the primary became ACTIVE (reneg-sec counts from here)
-    renegotiation: Renegotiation | None = None
 
     @classmethod
     def from_push(
@@ -128,7 +118,6 @@ class Established:
         session: Session,
         data: DataKeys,
         settings: TunnelSettings,
-        now: float,
     ) -> Established:
         """Pushed link timers override configured ones; 0 means off."""
         ping = pushed.ping if pushed.ping is not None else config.ping
@@ -142,8 +131,6 @@ class Established:
             ping_exit=(pushed.ping_exit or config.ping_exit) or None,
             cc_exit=pushed.cc_exit,
             exit_notify=pushed.explicit_exit_notify or config.explicit_exit_notify,
-            primary_key_id=0,
-            key_active_since=now,
         )
 
 
@@ -152,7 +139,7 @@ class Closing:
     session: Session
     data: DataKeys | None  # None: nothing more to send on the data channel
     deadline: float
-    next_occ_exit: float | None
+    next_occ_exit: float | None  # explicit-exit-notify: the next OCC_EXIT (UDP)
     reason: str
 
 
@@ -178,9 +165,3 @@ TRANSITIONS: dict[type, frozenset[type]] = {
     Waiting: frozenset({Resolving, Connecting, Ended}),
     Ended: frozenset(),
 }
-
-
-def next_key_id(key_id: int) -> int:
-    """The key id of the next renegotiation: 1, 2, ..., 7, then 1 again; 0 belongs to the
-    hard reset only (ssl.c: key_state_soft_reset, `session->key_id` wraps to 1)."""
-    return key_id % 7 + 1

@@ -2,38 +2,46 @@
 push.c: process_incoming_push_msg, ssl.c/forward.c: the AUTH_FAILED, RESTART, HALT, EXIT
 handlers).
 
-`react(text, state, ...)` is the client's answer to one control message (push.py parses it),
-returned as reactions the client applies in order (client.py: `_control_message`):
+Pure: `react(text, state, ...)` reads the message (push.py parses it) and the state and returns
+the client's reactions, in order, as values; it changes nothing. The client (client.py:
+`_apply`) carries them out:
 
-    PushReply   while Pulling: assemble the parts; the last one gives data keys, the tunnel
-                settings and `Tunnel(Established)`; a broken or unusable reply: Restart / Stop.
-                When Established (after renegotiation): only a fresh auth-token is taken.
-    AUTH_FAILED forgets the auth-token; TEMP → Restart, otherwise Stop
-    AUTH_PENDING extends the hand-window by its timeout; progress
-    RESTART     Restart ([N]: the next remote; without [P] the auth-token is forgotten)
+    PUSH_REPLY  while Pulling: CollectPushReply (the client owns the assembler); the complete
+                reply goes through `push_reply` → Tunnel (data channel parameters, settings),
+                UseAuthToken, progress notes; a broken or unusable reply: Restart / Stop.
+                When Established (after renegotiation): only UseAuthToken.
+    AUTH_FAILED ForgetAuthToken; TEMP → Restart, otherwise Stop (error: `AuthFailed`)
+    AUTH_PENDING ExtendHandWindow by its timeout (whatever cap push.py applied); progress
+    RESTART     Restart ([N]: the next remote; without [P] ForgetAuthToken first)
     HALT        Stop;  EXIT → Restart
     INFO, other reported as ControlMessageReceived
 
 Also here: `connection_lost_reason`, what a lost transport most likely means in each phase.
-Side effects are limited to the session's key and credential bookkeeping (`Keying`) and the
-Pulling state's own assembler and deadline; state changes are the client's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .clientstate import Established, Handshaking, Pulling, State
-from .config.model import Config
-from .errors import AuthenticationError, DecodeError, MirageVPNError, RemoteProtocolError
-from .events import ControlMessageReceived, ProgressReported
-from .keying import Keying
+from .clientstate import Established, Handshaking, Pulling, Session, State
+from .config.model import Config, Secret
+from .datakeys import DataChannelParams
+from .errors import (
+    AuthFailed as AuthFailedError,
+)
+from .errors import (
+    DecodeError,
+    MirageVPNError,
+    RemoteProtocolError,
+)
+from .events import ControlMessageReceived, ProgressReported, TunnelSettings
 from .push import (
     AuthFailed,
     AuthPending,
     Exit,
     Halt,
     Info,
+    PushedOptions,
     PushReply,
     Restart,
     Unrecognised,
@@ -44,11 +52,16 @@ from .remotes import Advance
 from .tunnelsettings import resolve_tunnel_settings
 
 __all__ = [
+    "CollectPushReply",
+    "ExtendHandWindow",
+    "ForgetAuthToken",
     "Reaction",
     "RestartSession",
     "StopSession",
     "Tunnel",
+    "UseAuthToken",
     "connection_lost_reason",
+    "push_reply",
     "react",
 ]
 
@@ -70,50 +83,86 @@ class StopSession:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CollectPushReply:
+    """One part of a PUSH_REPLY while pulling: add it to the Pulling state's assembler and,
+    once complete, take the reactions of `push_reply`."""
+
+    part: PushReply
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Tunnel:
-    """The PUSH_REPLY is complete and usable: move to `established`."""
+    """The PUSH_REPLY is complete and usable: start the data keys, move to Established."""
 
-    established: Established
+    params: DataChannelParams
+    pushed: PushedOptions
+    settings: TunnelSettings
 
 
-Reaction = RestartSession | StopSession | Tunnel | ProgressReported | ControlMessageReceived
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtendHandWindow:
+    """AUTH_PENDING: keep pulling until at least `until` (hand-window otherwise)."""
+
+    until: float
 
 
-def react(text: str, state: State, *, config: Config, keying: Keying, now: float) -> list[Reaction]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UseAuthToken:
+    """The server pushed auth-token / auth-token-user: later key states send them."""
+
+    token: Secret | None
+    user: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForgetAuthToken:
+    """The auth-token is no longer good: later key states send the configured password."""
+
+
+Reaction = (
+    RestartSession
+    | StopSession
+    | CollectPushReply
+    | Tunnel
+    | ExtendHandWindow
+    | UseAuthToken
+    | ForgetAuthToken
+    | ProgressReported
+    | ControlMessageReceived
+)
+
+
+def react(text: str, state: State, *, config: Config, now: float) -> list[Reaction]:
     """The client's reactions to one control message, in order (see the module doc)."""
     message = parse_control_message(text)
     match message:
         case PushReply():
             if isinstance(state, Pulling):
-                return _push_reply(state, message, config=config, keying=keying, now=now)
+                return [CollectPushReply(part=message)]
             if isinstance(state, Established):
-                _late_push_reply(message, config=config, keying=keying)
+                return _late_push_reply(message, config=config)
             return []
         case AuthFailed(reason=reason):
-            keying.forget_auth_token()
-            if message.temporary:
-                return [RestartSession(reason=f"temporary authentication failure: {reason}")]
-            return [
-                StopSession(
-                    reason=f"authentication failed: {reason or 'no reason given'}",
-                    error=AuthenticationError(f"AUTH_FAILED {reason}".strip()),
-                )
-            ]
+            error = AuthFailedError(reason, temporary=message.temporary)
+            if error.temporary:
+                return [ForgetAuthToken(), RestartSession(reason=str(error))]
+            return [ForgetAuthToken(), StopSession(reason=str(error), error=error)]
         case AuthPending(timeout=timeout):
+            reactions: list[Reaction] = []
             if isinstance(state, Pulling) and timeout is not None:
-                state.deadline = max(state.deadline, now + timeout)
-            return [ProgressReported(message="authentication pending")]
+                reactions.append(ExtendHandWindow(until=now + timeout))
+            reactions.append(ProgressReported(message="authentication pending"))
+            return reactions
         case Restart(message=why, flags=flags):
             advance = Advance.REMOTE if "N" in flags else Advance.NO
-            if "P" not in flags:
-                keying.forget_auth_token()
             reason = f"server asked to restart: {why or 'no reason given'}"
-            return [RestartSession(reason=reason, advance=advance)]
+            restart = RestartSession(reason=reason, advance=advance)
+            return [restart] if "P" in flags else [ForgetAuthToken(), restart]
         case Halt(message=why):
             return [
                 StopSession(
                     reason=f"server halted: {why or 'no reason given'}",
-                    error=RemoteProtocolError(f"server halted the session: {why}"),
+                    error=RemoteProtocolError(f"the server halted the session: {why}"),
                 )
             ]
         case Exit():
@@ -122,18 +171,14 @@ def react(text: str, state: State, *, config: Config, keying: Keying, now: float
             return [ControlMessageReceived(message=text)]
 
 
-def _push_reply(
-    state: Pulling, part: PushReply, *, config: Config, keying: Keying, now: float
+def push_reply(
+    lines: tuple[str, ...] | list[str], session: Session, *, config: Config, tls_ekm: bool
 ) -> list[Reaction]:
+    """The reactions to a complete PUSH_REPLY (its option lines, continuation joined)."""
     try:
-        lines = state.assembler.add(part)
-        if lines is None:
-            return []
         pushed = parse_pushed_options(lines, config)
     except (DecodeError, RemoteProtocolError) as exc:
         return [RestartSession(reason=f"unusable PUSH_REPLY: {exc}")]
-    session = state.session
-    key_state = session.key_states[0]
     cipher = pushed.cipher or config.data_ciphers_fallback or config.cipher
     if cipher is None:
         return [
@@ -142,22 +187,17 @@ def _push_reply(
                 error=RemoteProtocolError("no data channel cipher"),
             )
         ]
-    use_ekm = pushed.uses_ekm and keying.tls_ekm
+    use_ekm = pushed.uses_ekm and tls_ekm
     try:
-        data = keying.first_data_keys(
-            session,
-            key_state,
+        params = DataChannelParams.create(
             cipher=cipher,
-            compression=pushed.compression,
+            compression=pushed.compression or config.compression,
             peer_id=pushed.peer_id,
+            replay_window=config.replay_window,
             ekm=use_ekm,
         )
-    except ValueError as exc:  # e.g. a pushed peer-id out of range
-        reason = f"cannot set up the data channel: {exc}"
-        return [StopSession(reason=reason, error=RemoteProtocolError(str(exc)))]
     except MirageVPNError as exc:
         return [StopSession(reason=f"cannot set up the data channel: {exc}", error=exc)]
-    keying.apply_auth_token(pushed)
     settings, notes = resolve_tunnel_settings(
         config,
         pushed,
@@ -170,20 +210,21 @@ def _push_reply(
         ProgressReported(message=f"pushed option ignored: {ignored.text} ({ignored.reason})")
         for ignored in pushed.ignored
     ]
-    established = Established.from_push(
-        config, pushed, session=session, data=data, settings=settings, now=now
-    )
-    reactions.append(Tunnel(established=established))
+    reactions.append(Tunnel(params=params, pushed=pushed, settings=settings))
+    if pushed.auth_token is not None or pushed.auth_token_user is not None:
+        reactions.append(UseAuthToken(token=pushed.auth_token, user=pushed.auth_token_user))
     return reactions
 
 
-def _late_push_reply(part: PushReply, *, config: Config, keying: Keying) -> None:
+def _late_push_reply(part: PushReply, *, config: Config) -> list[Reaction]:
     """After renegotiation 2.6 pushes a fresh auth-token alone; nothing else changes."""
     try:
         pushed = parse_pushed_options(part.options, config)
     except (DecodeError, RemoteProtocolError):
-        return
-    keying.apply_auth_token(pushed)
+        return []
+    if pushed.auth_token is None and pushed.auth_token_user is None:
+        return []
+    return [UseAuthToken(token=pushed.auth_token, user=pushed.auth_token_user)]
 
 
 def connection_lost_reason(state: Handshaking | Pulling | Established) -> str:
@@ -197,8 +238,7 @@ def connection_lost_reason(state: Handshaking | Pulling | Established) -> str:
         return "the connection to the server was closed before its PUSH_REPLY"
     if session.their_session_id is None:
         return "the connection to the server was closed before it answered our reset"
-    first = session.key_states.get(0)
-    if first is not None and first.tls.handshake_complete:
+    if session.keys.first_handshake_complete:
         return (
             "the connection to the server was closed after the TLS handshake: the server "
             "probably rejected our certificate (its log says why)"

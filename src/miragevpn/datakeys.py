@@ -29,8 +29,14 @@ from typing import Protocol
 
 from .config.model import Compression
 from .config.model import ReplayWindow as ReplayWindowSettings
-from .datachannel import OCC_EXIT_MESSAGE, PING_MAGIC, SUPPORTED_AEAD_CIPHERS, DataChannelKey
-from .errors import LocalProtocolError
+from .datachannel import (
+    MAX_PEER_ID,
+    OCC_EXIT_MESSAGE,
+    PING_MAGIC,
+    SUPPORTED_AEAD_CIPHERS,
+    DataChannelKey,
+)
+from .errors import LocalProtocolError, RemoteProtocolError
 from .kdf import EKM_LABEL, EKM_LENGTH, client_data_keys, prf_key_expansion
 from .keymethod import ClientKeySource, ServerKeyMethod2
 
@@ -84,9 +90,13 @@ class DataChannelParams:
         replay_window: ReplayWindowSettings,
         ekm: bool,
     ) -> DataChannelParams:
+        """LocalProtocolError for a cipher we do not implement, RemoteProtocolError for a
+        peer-id the server should not have pushed."""
         name = cipher.upper()
         if name not in SUPPORTED_AEAD_CIPHERS:
             raise LocalProtocolError(f"data cipher {cipher} is not supported (AEAD only)")
+        if peer_id is not None and not 0 <= peer_id <= MAX_PEER_ID:
+            raise RemoteProtocolError(f"the server pushed peer-id {peer_id}, beyond {MAX_PEER_ID}")
         return cls(name, compression, peer_id, replay_window, ekm)
 
     def key(self, key_id: int, key2: bytes) -> DataChannelKey:

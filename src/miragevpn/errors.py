@@ -1,12 +1,25 @@
-"""The one error hierarchy of the engine.
+"""The one error hierarchy of the engine, and why a packet was dropped.
 
-Every error says whose fault it was: the local configuration, the remote peer, or our own use of
-the API. A peer's malformed packet raises a `DecodeError` (or a subclass) inside the engine, which
-the engine turns into "drop and count" or a session-ending event; it never escapes as a stray
-`struct.error` or `IndexError`.
+Every error says whose fault it was and what happens next:
+
+    ConfigError                 the local configuration (or a pushed option) cannot be used
+    DecodeError                 a peer's bytes that do not parse: the packet is dropped and counted
+      AuthenticationError       a packet whose HMAC / AEAD tag does not verify: dropped, counted
+      ReplayError               a packet seen before (or too old): dropped, counted
+    ProtocolError
+      LocalProtocolError        we (the caller of the engine) broke a rule
+      RemoteProtocolError       the server broke a rule that ends the session
+        TlsAlertReceived        the server refused our TLS session (e.g. our certificate)
+    ServerCertificateRejected   WE refused the server's certificate (our CA, EKU, name checks)
+    AuthFailed                  the server refused our credentials (AUTH_FAILED[,TEMP], reason)
+
+A peer's malformed packet never escapes as a stray `struct.error` or `IndexError`. A dropped
+packet is counted in the client's statistics under a `DropReason`.
 """
 
 from __future__ import annotations
+
+import enum
 
 
 class MirageVPNError(Exception):
@@ -53,7 +66,9 @@ class DecodeError(MirageVPNError):
 
 
 class AuthenticationError(DecodeError):
-    """A packet whose HMAC or AEAD tag does not verify, or a peer certificate we reject."""
+    """A packet whose HMAC (tls-auth), tls-crypt tag or AEAD tag does not verify: forged,
+    corrupted, or sealed with another key. Dropped and counted, never fatal on its own. (Not a
+    certificate: `ServerCertificateRejected`; not the server's verdict: `AuthFailed`.)"""
 
 
 class ReplayError(DecodeError):
@@ -79,3 +94,56 @@ class TlsAlertReceived(RemoteProtocolError):
     def __init__(self, message: str, *, alert: str) -> None:
         super().__init__(message)
         self.alert = alert  # OpenSSL's words for the alert, e.g. "unknown ca"
+
+
+class ServerCertificateRejected(MirageVPNError):
+    """We refused the server's certificate (not signed by the configured CA, wrong EKU or
+    name, expired...). The fault is the server's certificate or our configuration; the server
+    did not refuse anything."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"we rejected the server's certificate: {reason}")
+        self.reason = reason
+
+
+class AuthFailed(MirageVPNError):
+    """The server refused our credentials: its `AUTH_FAILED[,reason]` control message.
+    `temporary` for `AUTH_FAILED,TEMP[...]` (the server asks us to try again later)."""
+
+    def __init__(self, reason: str, *, temporary: bool = False) -> None:
+        detail = reason or "no reason given"
+        if temporary:
+            message = "temporary authentication failure: the server refused our credentials"
+            message += f" for now (AUTH_FAILED,{detail})"
+        else:
+            message = f"authentication failed: the server refused our credentials ({detail})"
+        super().__init__(message)
+        self.reason = reason
+        self.temporary = temporary
+
+
+class DropReason(enum.Enum):
+    """Why the client dropped a packet: the key of `Stats.dropped`. `.value` is the phrase a
+    log or status page shows."""
+
+    NO_SESSION = "no session"  # a packet while no session is open (waiting, resolving...)
+    EMPTY = "empty"
+    MALFORMED = "malformed"  # DecodeError: truncated, bad length, unknown opcode
+    FAILED_AUTHENTICATION = "failed authentication"  # AuthenticationError
+    REPLAYED = "replayed"  # ReplayError
+    DATA_BEFORE_KEYS = "data before keys"
+    UNKNOWN_KEY_ID = "unknown key id"
+    FOREIGN_SESSION_ID = "foreign session id"  # not the server session we talk to
+    BAD_REMOTE_SESSION_ID = "bad remote session id"  # acks addressed to another session of ours
+    DUPLICATE_CONTROL = "duplicate control packet"  # received before: acked again
+    BEYOND_RECEIVE_WINDOW = "control packet beyond the receive window"  # not acked
+    OCC_MESSAGE = "occ message"  # an OCC message a pull client does not use
+
+    @classmethod
+    def of(cls, error: DecodeError) -> DropReason:
+        """The reason for a packet that raised `error` while being decoded."""
+        if isinstance(error, AuthenticationError):
+            return cls.FAILED_AUTHENTICATION
+        if isinstance(error, ReplayError):
+            return cls.REPLAYED
+        return cls.MALFORMED

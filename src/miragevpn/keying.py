@@ -1,40 +1,82 @@
-"""Key-state management: making sessions and key states, their data keys, and rotating them.
+"""Key state of a client: one owner per session, outcomes instead of flags.
 
-The client's state machine (client.py) decides *when*; this module knows *how*:
+- `Keying` (one per client): the credentials and the pushed auth-token (reference §7.3), the TLS
+  settings; it makes sessions (`new_session`): session ids, control-channel wrapping and the
+  session's `SessionKeys`.
+- `SessionKeys` (one per session) is the only writer of the session's key states (by key id),
+  its data keys and its renegotiation. Its methods say what happened (`KeysReceived`,
+  `KeysTimer`, the key id a renegotiation began with); the client turns that into events and
+  state moves and never reaches inside.
 
-- `new_session` / `new_key_state`: session ids, control-channel wrapping, a key state with a
-  fresh TLS session and our key-method-2 message (credentials, or the pushed auth-token as the
-  password, reference §7.3).
-- `first_data_keys`: the data keys of key id 0 once the PUSH_REPLY chose cipher and derivation.
-- Renegotiation (reference §8; ssl.c: key_state_soft_reset, tls_select_encryption_key):
-  `renegotiation_deadline` (our triggers), `begin_renegotiation` (primary → lame duck, a new key
-  state with the next key id), `finish_renegotiation` (install its data keys, sending on them
-  from start + min(hand-window, reneg-sec/2)), `expire_lame_duck` (tran-window).
+Renegotiation (reference §8; ssl.c: key_state_soft_reset, tls_select_encryption_key): our
+triggers (reneg-sec since the key became active, reneg-bytes, reneg-pkts, replay ids near
+exhaustion) or the server's P_CONTROL_SOFT_RESET_V1 for the next key id begin it (the primary
+data key becomes the lame duck, a new key state sends its soft reset); when the new key state
+has negotiated, its data keys become the primary and we send with them from its start +
+min(hand-window, reneg-sec/2); the lame duck dies after tran-window; a renegotiation that does
+not finish within hand-window ends the session (the client restarts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from .clientstate import Established, Renegotiation, Session
-from .config.model import AuthUserPass, Compression, Config, Secret, Transport
+from .clientstate import Session
+from .config.model import AuthUserPass, Config, Secret, Transport
 from .datakeys import DataChannelParams, DataKeys, derive_key2
-from .errors import LocalProtocolError
-from .events import IPAddress
+from .errors import DropReason, LocalProtocolError
+from .events import IPAddress, TlsEstablished
 from .framing import StreamDecoder
 from .keystate import KeyState, client_key_method_2
-from .packet import Opcode
-from .push import PushedOptions
+from .packet import ControlPacket, Opcode
 from .reliable import max_control_payload
 from .tls import TlsSession, TlsSettings, build_context
-from .tls_wrap import TlsCryptV2Wrap, make_wrap
+from .tls_wrap import ControlChannelWrap, TlsCryptV2Wrap, make_wrap
+
+__all__ = ["Keying", "KeysReceived", "KeysTimer", "SessionKeys", "next_key_id"]
 
 NO_DEADLINE = float("inf")
 DUE_NOW = 0.0
 
+MakeKeyState = Callable[[int, Opcode, float], KeyState]
+
+
+def next_key_id(key_id: int) -> int:
+    """The key id of the next renegotiation: 1, 2, ..., 7, then 1 again; 0 belongs to the
+    hard reset only (ssl.c: key_state_soft_reset, `session->key_id` wraps to 1)."""
+    return key_id % 7 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class KeysReceived:
+    """What one control packet did to the session's keys."""
+
+    messages: tuple[str, ...] = ()  # control messages that became readable, in order
+    dropped: DropReason | None = None  # counted; with UNKNOWN_KEY_ID nothing else happened
+    began: int | None = None  # the server's soft reset began a renegotiation with this key id
+    tls: TlsEstablished | None = None  # a TLS handshake completed: what was agreed
+    first_negotiated: bool = False  # key id 0 negotiated: time for PUSH_REQUEST
+    renegotiated: int | None = None  # a renegotiation finished: the new primary key id
+
+
+@dataclass(frozen=True, slots=True)
+class KeysTimer:
+    """What the passing of time did to the session's keys."""
+
+    expired: int | None = None  # the lame duck's key id, dropped after tran-window
+    began: int | None = None  # our trigger began a renegotiation with this key id
+    timed_out: bool = False  # the renegotiation did not finish within hand-window
+
+
+@dataclass(frozen=True, slots=True)
+class _Renegotiation:
+    key_id: int
+    deadline: float  # hand-window
+
 
 class Keying:
-    """Sessions and key states of one client (see the module doc)."""
+    """Credentials and TLS settings of one client; makes its sessions (see the module doc)."""
 
     def __init__(
         self,
@@ -55,11 +97,12 @@ class Keying:
 
     # ------------------------------------------------------------------ credentials
 
-    def apply_auth_token(self, pushed: PushedOptions) -> None:
-        if pushed.auth_token is not None:
-            self._auth_token = pushed.auth_token
-        if pushed.auth_token_user is not None:
-            self._auth_token_user = pushed.auth_token_user
+    def use_auth_token(self, token: Secret | None, user: str | None) -> None:
+        """The server pushed `auth-token` / `auth-token-user`: later key states send them."""
+        if token is not None:
+            self._auth_token = token
+        if user is not None:
+            self._auth_token_user = user
 
     def forget_auth_token(self) -> None:
         self._auth_token = None
@@ -74,31 +117,38 @@ class Keying:
         password = credentials.password.value if credentials.password is not None else b""
         return username, password
 
-    # ------------------------------------------------------------------ set-up
+    # ------------------------------------------------------------------ sessions
 
     def new_session(
         self, address: IPAddress, port: int, transport: Transport, now: float
     ) -> Session:
+        """A session with key id 0's key state, its hard reset queued."""
         config = self._config
         wrap = make_wrap(config.tls_protection, config.auth, replay_window=config.replay_window)
-        session = Session(
-            transport=transport,
-            address=address,
-            port=port,
-            my_session_id=self._session_id(),
-            wrap=wrap,
-            decoder=StreamDecoder() if transport is Transport.TCP else None,
-            key_states={},
-            last_received=now,
-            last_sent=now,
-        )
         reset = (
             Opcode.P_CONTROL_HARD_RESET_CLIENT_V3
             if isinstance(wrap, TlsCryptV2Wrap)
             else Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
         )
-        session.key_states[0] = self.new_key_state(session, 0, reset, now)
-        return session
+        my_session_id = self._session_id()
+
+        def make_key_state(key_id: int, opcode: Opcode, started: float) -> KeyState:
+            return self._new_key_state(wrap, transport, key_id, opcode, started)
+
+        keys = SessionKeys(
+            config, make_key_state, my_session_id=my_session_id, reset=reset, now=now
+        )
+        return Session(
+            transport=transport,
+            address=address,
+            port=port,
+            my_session_id=my_session_id,
+            wrap=wrap,
+            decoder=StreamDecoder() if transport is Transport.TCP else None,
+            keys=keys,
+            last_received=now,
+            last_sent=now,
+        )
 
     def _session_id(self) -> bytes:
         for _ in range(16):
@@ -107,14 +157,22 @@ class Keying:
                 return candidate
         raise LocalProtocolError("rng returned all-zero session ids")
 
-    def new_key_state(self, session: Session, key_id: int, reset: Opcode, now: float) -> KeyState:
+    def _new_key_state(
+        self,
+        wrap: ControlChannelWrap,
+        transport: Transport,
+        key_id: int,
+        reset: Opcode,
+        now: float,
+    ) -> KeyState:
+        """A key state with a fresh TLS session and our key-method-2 message (credentials as
+        they are now: a renegotiation sends the auth-token pushed since)."""
         config = self._config
-        wrap = session.wrap
         username, password = self._username_password()
         message, source = client_key_method_2(
             config,
             self._rng,
-            session.transport,
+            transport,
             username=username,
             password=password,
             tls_ekm=self.tls_ekm,
@@ -131,57 +189,184 @@ class Keying:
             started=now,
         )
 
-    @staticmethod
-    def primary(session: Session) -> KeyState:
+
+class SessionKeys:
+    """The key states, data keys and renegotiation of one session (see the module doc)."""
+
+    def __init__(
+        self,
+        config: Config,
+        make_key_state: MakeKeyState,
+        *,
+        my_session_id: bytes,
+        reset: Opcode,
+        now: float,
+    ) -> None:
+        self._config = config
+        self._make_key_state = make_key_state
+        self._my_session_id = my_session_id
+        # at most the primary key state and the lame duck (ssl_common.h: KS_PRIMARY,
+        # KS_LAME_DUCK), by key id
+        self._states: dict[int, KeyState] = {0: make_key_state(0, reset, now)}
+        self.data: DataKeys | None = None  # from the PUSH_REPLY on (`start_data`)
+        self._primary_key_id = 0
+        self._active_since = now  # when the primary became active: reneg-sec counts from here
+        self._renegotiation: _Renegotiation | None = None
+
+    # ------------------------------------------------------------------ queries
+
+    def key_states(self) -> Iterator[KeyState]:
+        return iter(self._states.values())
+
+    @property
+    def key_ids(self) -> frozenset[int]:
+        return frozenset(self._states)
+
+    @property
+    def renegotiating(self) -> bool:
+        return self._renegotiation is not None
+
+    @property
+    def first_handshake_complete(self) -> bool:
+        """Key id 0's TLS handshake completed (the server accepted the TLS session so far)."""
+        first = self._states.get(0)
+        return first is not None and first.tls.handshake_complete
+
+    def primary(self) -> KeyState:
         """The key state control messages go on: the newest negotiated one (else key id 0)."""
-        negotiated = [k for k in session.key_states.values() if k.negotiated]
+        negotiated = [k for k in self._states.values() if k.is_negotiated]
         if not negotiated:
-            return session.key_states[0]
+            return self._states[min(self._states)]
         return max(negotiated, key=lambda k: k.started)
+
+    def control_deadline(self) -> float | None:
+        """The earliest retransmission or ack of any key state."""
+        deadlines = [k.reliable.next_deadline() for k in self._states.values()]
+        due = [d for d in deadlines if d is not None]
+        return min(due) if due else None
+
+    def data_deadline(self) -> float | None:
+        """Once data keys exist: the send switch, the lame duck's death, the renegotiation's
+        hand-window, our own renegotiation triggers (`handle_timer` acts on each)."""
+        if self.data is None:
+            return None
+        deadlines = [self.data.next_deadline()]
+        if self._renegotiation is not None:
+            deadlines.append(self._renegotiation.deadline)
+        else:
+            deadlines.append(self._renegotiation_trigger())
+        due = [d for d in deadlines if d is not None and d != NO_DEADLINE]
+        return min(due) if due else None
+
+    # ------------------------------------------------------------------ control channel
+
+    def receive(
+        self,
+        packet: ControlPacket,
+        now: float,
+        *,
+        their_session_id: bytes,
+        may_renegotiate: bool,
+    ) -> KeysReceived:
+        """One control packet of this session (session ids checked by the caller). The
+        server's soft reset for the next key id begins a renegotiation if `may_renegotiate`
+        and none is under way. Raises what `KeyState.receive` raises, and MirageVPNError if
+        a renegotiated key state's data keys cannot be made."""
+        began: int | None = None
+        key_state = self._states.get(packet.key_id)
+        if key_state is None:
+            if not (
+                may_renegotiate
+                and packet.opcode is Opcode.P_CONTROL_SOFT_RESET_V1
+                and packet.key_id == next_key_id(self._primary_key_id)
+                and self.data is not None
+                and self._renegotiation is None
+            ):
+                return KeysReceived(dropped=DropReason.UNKNOWN_KEY_ID)
+            key_state = self._begin(packet.key_id, now)
+            began = packet.key_id
+        dropped = None
+        if packet.sequence_number is not None:  # its acks still count; a duplicate is acked
+            dropped = key_state.reliable.drop_reason(packet.sequence_number)
+        received = key_state.receive(packet, now)
+        tls = None
+        if received.tls_completed:
+            session = key_state.tls
+            tls = TlsEstablished(
+                version=session.version, cipher=session.cipher, peer_subject=session.peer_subject
+            )
+        first = renegotiated = None
+        if received.negotiated:
+            renegotiation = self._renegotiation
+            if renegotiation is not None and renegotiation.key_id == key_state.key_id:
+                self._finish(key_state, their_session_id, now)
+                renegotiated = key_state.key_id
+            elif key_state.key_id == 0 and self.data is None:
+                first = True
+        return KeysReceived(
+            messages=received.messages,
+            dropped=dropped,
+            began=began,
+            tls=tls,
+            first_negotiated=bool(first),
+            renegotiated=renegotiated,
+        )
 
     # ------------------------------------------------------------------ data keys
 
-    @staticmethod
-    def key2(session: Session, key_state: KeyState, ekm: bool) -> bytes:
+    def start_data(
+        self, params: DataChannelParams, *, their_session_id: bytes, now: float
+    ) -> DataKeys:
+        """Key id 0's data keys, once the PUSH_REPLY chose cipher and derivation. Raises
+        MirageVPNError or ValueError if they cannot be made."""
+        if self.data is not None:
+            raise LocalProtocolError("data keys started twice")
+        key2 = self._key2(self._states[0], params.ekm, their_session_id)
+        self.data = DataKeys(params, 0, key2)
+        self._active_since = now
+        return self.data
+
+    def _key2(self, key_state: KeyState, ekm: bool, their_session_id: bytes) -> bytes:
         return derive_key2(
             key_state.tls,
             ekm=ekm,
             mine=key_state.key_source,
             theirs=key_state.their_key_method,
-            my_session_id=session.my_session_id,
-            their_session_id=session.their_session_id or b"",
+            my_session_id=self._my_session_id,
+            their_session_id=their_session_id,
         )
-
-    def first_data_keys(
-        self,
-        session: Session,
-        key_state: KeyState,
-        *,
-        cipher: str,
-        compression: Compression | None,
-        peer_id: int | None,
-        ekm: bool,
-    ) -> DataKeys:
-        """Raises MirageVPNError (cipher, derivation) or ValueError (a pushed value)."""
-        params = DataChannelParams.create(
-            cipher=cipher,
-            compression=compression or self._config.compression,
-            peer_id=peer_id,
-            replay_window=self._config.replay_window,
-            ekm=ekm,
-        )
-        return DataKeys(params, key_state.key_id, self.key2(session, key_state, ekm))
 
     # ------------------------------------------------------------------ renegotiation
 
-    def renegotiation_deadline(self, state: Established) -> float:
+    def maybe_renegotiate(self, now: float) -> int | None:
+        """Begin a renegotiation if one of our triggers fired: the new key id, or None."""
+        if self.data is None or self._renegotiation is not None:
+            return None
+        if now < self._renegotiation_trigger():
+            return None
+        key_id = next_key_id(self._primary_key_id)
+        self._begin(key_id, now)
+        return key_id
+
+    def handle_timer(self, now: float) -> KeysTimer:
+        """The renegotiation's hand-window, the send switch, the lame duck's death, our
+        renegotiation triggers."""
+        renegotiation = self._renegotiation
+        if renegotiation is not None and now >= renegotiation.deadline:
+            return KeysTimer(timed_out=True)
+        expired = None
+        if self.data is not None:
+            expired = self.data.handle_timer(now)
+            if expired is not None:
+                self._states.pop(expired, None)
+        return KeysTimer(expired=expired, began=self.maybe_renegotiate(now))
+
+    def _renegotiation_trigger(self) -> float:
         """When our own triggers fire (reference §8): reneg-sec after the key became active,
         or DUE_NOW once reneg-bytes / reneg-pkts (both directions, payload bytes) or the
-        replay-id limit is reached. Not while a renegotiation is under way."""
-        if state.renegotiation is not None:
-            return NO_DEADLINE
+        replay-id limit is reached."""
         config = self._config
-        key = state.data.primary
+        key = self.data.primary if self.data is not None else None
         if key is not None:
             if key.should_renegotiate:
                 return DUE_NOW
@@ -191,48 +376,32 @@ class Keying:
             if config.reneg_pkts and packets >= config.reneg_pkts:
                 return DUE_NOW
         if config.reneg_sec:
-            return state.key_active_since + config.reneg_sec
+            return self._active_since + config.reneg_sec
         return NO_DEADLINE
 
-    def next_deadline(self, state: Established) -> float | None:
-        """The earliest of: the send switch, the lame duck's death, the renegotiation's
-        hand-window, our own renegotiation triggers."""
-        deadlines = [state.data.next_deadline()]
-        if state.renegotiation is not None:
-            deadlines.append(state.renegotiation.deadline)
-        else:
-            deadlines.append(self.renegotiation_deadline(state))
-        due = [d for d in deadlines if d is not None and d != NO_DEADLINE]
-        return min(due) if due else None
-
-    def begin_renegotiation(self, state: Established, key_id: int, now: float) -> KeyState:
-        """A soft reset: the primary key state becomes the lame duck (the previous lame duck
-        goes), and a new key state sends its own P_CONTROL_SOFT_RESET_V1."""
-        session = state.session
-        primary = session.key_states[state.primary_key_id]
-        state.data.retire(now + self._config.tran_window)
-        key_state = self.new_key_state(session, key_id, Opcode.P_CONTROL_SOFT_RESET_V1, now)
-        session.key_states = {primary.key_id: primary, key_id: key_state}
-        state.renegotiation = Renegotiation(key_state, now + self._config.hand_window)
+    def _begin(self, key_id: int, now: float) -> KeyState:
+        """A soft reset: the primary becomes the lame duck (the previous lame duck goes), a new
+        key state sends its own P_CONTROL_SOFT_RESET_V1."""
+        assert self.data is not None
+        primary = self._states[self._primary_key_id]
+        self.data.retire(now + self._config.tran_window)
+        key_state = self._make_key_state(key_id, Opcode.P_CONTROL_SOFT_RESET_V1, now)
+        self._states = {primary.key_id: primary, key_id: key_state}
+        self._renegotiation = _Renegotiation(key_id, now + self._config.hand_window)
         return key_state
 
-    def finish_renegotiation(self, state: Established, key_state: KeyState, now: float) -> None:
-        """The new key state negotiated: its data keys become the primary. Raises
-        MirageVPNError or ValueError if they cannot be derived."""
-        key2 = self.key2(state.session, key_state, state.data.params.ekm)
-        config = self._config
-        window = config.hand_window  # ssl.c: auth_deferred_expire_window
-        if config.reneg_sec:
-            window = min(window, config.reneg_sec / 2)
-        state.data.install(key_state.key_id, key2, send_from=key_state.started + window, now=now)
-        state.primary_key_id = key_state.key_id
-        state.key_active_since = now
-        state.renegotiation = None
-
-    @staticmethod
-    def expire_lame_duck(state: Established, now: float) -> int | None:
-        """Switch sending / drop the lame duck when due; the dead key id, if any."""
-        dead = state.data.handle_timer(now)
-        if dead is not None:
-            state.session.key_states.pop(dead, None)
-        return dead
+    def _finish(self, key_state: KeyState, their_session_id: bytes, now: float) -> None:
+        """The new key state negotiated: its data keys become the primary."""
+        assert self.data is not None
+        try:
+            key2 = self._key2(key_state, self.data.params.ekm, their_session_id)
+            config = self._config
+            window = config.hand_window  # ssl.c: auth_deferred_expire_window
+            if config.reneg_sec:
+                window = min(window, config.reneg_sec / 2)
+            self.data.install(key_state.key_id, key2, send_from=key_state.started + window, now=now)
+        except ValueError as exc:
+            raise LocalProtocolError(f"renegotiated data keys unusable: {exc}") from exc
+        self._primary_key_id = key_state.key_id
+        self._active_since = now
+        self._renegotiation = None

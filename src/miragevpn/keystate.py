@@ -10,6 +10,9 @@ chopped to fit `tls-mtu`). Phases, each with its own data:
     AwaitingTheirs our key-method-2 sent; waiting for the server's
     Negotiated     both key-method-2 messages known; control text flows
 
+`receive` returns what the packet changed (`Received`: control messages, and whether the TLS
+handshake or the key-method-2 exchange completed in this call); nothing is left to poll.
+
 OpenVPN: ssl.c (`tls_process`, `key_method_2_write/read`), ssl_pkt.c (`write_control_auth`).
 """
 
@@ -117,6 +120,15 @@ class Negotiated:
 Phase = AwaitingReset | TlsHandshake | AwaitingTheirs | Negotiated
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What one control packet did to a key state."""
+
+    messages: tuple[str, ...] = ()  # complete control messages that became readable
+    tls_completed: bool = False  # the TLS handshake completed with this packet
+    negotiated: bool = False  # the key-method-2 exchange completed with this packet
+
+
 class KeyState:
     """The control channel of one key id (see module doc)."""
 
@@ -144,16 +156,17 @@ class KeyState:
         self._wkc_overhead = wkc_overhead
         self._resend_wkc = False
         self._text = bytearray()
-        self.tls_just_completed = False
         self.reliable.send(reset_opcode, b"")
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, packet: ControlPacket, now: float) -> list[str]:
-        """Process one unwrapped control packet of this key id; return complete control
-        messages (text) that became readable. Raises `DecodeError`/`AuthenticationError`/
-        `RemoteProtocolError` when the key state cannot go on."""
+    def receive(self, packet: ControlPacket, now: float) -> Received:
+        """Process one unwrapped control packet of this key id: the messages that became
+        readable and the steps completed. Raises `DecodeError`, `ServerCertificateRejected`
+        or `RemoteProtocolError` (`TlsAlertReceived`) when the key state cannot go on."""
         messages: list[str] = []
+        was_complete = self.tls.handshake_complete
+        was_negotiated = self.is_negotiated
         for opcode, payload in self.reliable.receive(packet, now):
             if opcode in (Opcode.P_CONTROL_HARD_RESET_SERVER_V2, Opcode.P_CONTROL_SOFT_RESET_V1):
                 self._their_reset(opcode, payload)
@@ -165,7 +178,11 @@ class KeyState:
             else:
                 raise RemoteProtocolError(f"unexpected {opcode.name} on key id {self.key_id}")
         self._flush_tls()
-        return messages
+        return Received(
+            messages=tuple(messages),
+            tls_completed=self.tls.handshake_complete and not was_complete,
+            negotiated=self.is_negotiated and not was_negotiated,
+        )
 
     def _their_reset(self, opcode: Opcode, payload: bytes) -> None:
         if not isinstance(self.phase, AwaitingReset):
@@ -176,7 +193,6 @@ class KeyState:
 
     def _after_tls_input(self) -> list[str]:
         if isinstance(self.phase, TlsHandshake) and self.tls.handshake_complete:
-            self.tls_just_completed = True
             self.tls.write_application_data(self._my_key_method)
             self.phase = AwaitingTheirs(bytearray())
         plaintext = self.tls.read_application_data()
@@ -217,7 +233,7 @@ class KeyState:
             position += size
 
     @property
-    def negotiated(self) -> bool:
+    def is_negotiated(self) -> bool:
         return isinstance(self.phase, Negotiated)
 
     @property

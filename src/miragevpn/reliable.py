@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import DropReason
 from .packet import (
     ACK_V1_MAX_ACKS,
     CONTROL_MAX_ACKS,
@@ -221,15 +222,15 @@ class ReliableChannel:
 
     # ------------------------------------------------------------------ receiving
 
-    def drop_reason(self, sequence_number: int) -> str | None:
+    def drop_reason(self, sequence_number: int) -> DropReason | None:
         """Why `receive` would not deliver a message with this sequence number, or None:
-        "duplicate control packet" (received before, delivered or buffered: acked again) or
-        "control packet beyond the receive window" (not acked)."""
+        DUPLICATE_CONTROL (received before, delivered or buffered: acked again) or
+        BEYOND_RECEIVE_WINDOW (not acked)."""
         expected = self._their_next_sequence_number
         if sequence_number >= expected + RECEIVE_WINDOW:
-            return "control packet beyond the receive window"
+            return DropReason.BEYOND_RECEIVE_WINDOW
         if sequence_number < expected or sequence_number in self._received:
-            return "duplicate control packet"
+            return DropReason.DUPLICATE_CONTROL
         return None
 
     def receive(self, packet: ControlPacket, now: float) -> list[tuple[Opcode, bytes]]:

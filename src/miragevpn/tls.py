@@ -12,9 +12,9 @@ Trust, as OpenVPN 2.6 does it (`ssl_verify.c`, `ssl_openssl.c`):
 - `remote-cert-tls server`: the leaf must carry a Key Usage extension and the TLS Web Server
   Authentication extended key usage.
 - `verify-x509-name`: subject / CN / CN prefix of the leaf.
-A rejected certificate raises `AuthenticationError` with the reason in plain words; an alert
-from the server (e.g. it rejected *our* certificate) raises `TlsAlertReceived`, also in plain
-words (`describe_alert`).
+When WE reject the server's certificate, `ServerCertificateRejected` says why in plain words;
+an alert from the server (e.g. it rejected *our* certificate) raises `TlsAlertReceived`, also
+in plain words (`describe_alert`): the two sides are never confused.
 
 pyOpenSSL calls whose form depends on its release (23 on Debian 12 to the newest) go through
 `openssl_compat`: certificates and keys in the form each release wants, and `tls-ciphersuites`.
@@ -33,10 +33,10 @@ from OpenSSL import SSL, crypto
 
 from .config.model import Config, TlsVersion, VerifyX509Name, X509NameKind
 from .errors import (
-    AuthenticationError,
     ConfigError,
     LocalProtocolError,
     RemoteProtocolError,
+    ServerCertificateRejected,
     TlsAlertReceived,
 )
 from .openssl_compat import (
@@ -344,7 +344,7 @@ class TlsSession:
     # ------------------------------------------------------------------ records
 
     def receive_records(self, data: bytes) -> None:
-        """Feed TLS bytes from the server. Raises `AuthenticationError` (certificate rejected)
+        """Feed TLS bytes from the server. Raises `ServerCertificateRejected` (we refused it)
         or `RemoteProtocolError` (TLS failure); the key state is dead afterwards."""
         if self.closed:
             return
@@ -373,7 +373,7 @@ class TlsSession:
         except SSL.Error as exc:
             self.closed = True
             if self._rejection is not None:
-                raise AuthenticationError(self._rejection) from exc
+                raise ServerCertificateRejected(self._rejection) from exc
             reason = _describe(exc)
             alert = describe_alert(reason)
             if alert is not None:

@@ -1,7 +1,8 @@
 """Control-channel protection for the client side: none, tls-auth, tls-crypt, tls-crypt-v2.
 
 Every implementation of `ControlChannelWrap` owns, for one session (all key ids):
-- my replay id counter (long form: id from 1, `time` = int(now) fixed at first use), a new id
+- my replay id counter (long form: id from 1, `time` = the wall clock's Unix seconds at first
+  use, given to `wrap`; the client gets it from its `wall_clock`), a new id
   for every transmission, retransmissions and acks included (reference §2.3);
 - their replay window (`LongReplayWindow`, the configured `replay-window`).
 
@@ -132,12 +133,14 @@ class ControlChannelWrap(Protocol):
         """Bytes a wrapped packet has over the plain encoding (without any WKc)."""
         ...
 
-    def wrap(self, packet: ControlPacket, now: float) -> bytes:
-        """The full wire bytes of `packet`, with the next replay id."""
+    def wrap(self, packet: ControlPacket, wall_time: float) -> bytes:
+        """The full wire bytes of `packet`, with the next replay id. `wall_time` is Unix
+        time (the long-form replay id's `time` field is the sender's wall clock)."""
         ...
 
     def unwrap(self, data: bytes, now: float) -> ControlPacket:
-        """Authenticate, replay-check and decode; DecodeError or a subclass on failure."""
+        """Authenticate, replay-check and decode; DecodeError or a subclass on failure. `now`
+        is monotonic (the replay window's time backtrack is a duration)."""
         ...
 
 
@@ -146,7 +149,7 @@ class PlainWrap:
 
     overhead = 0
 
-    def wrap(self, packet: ControlPacket, now: float) -> bytes:
+    def wrap(self, packet: ControlPacket, wall_time: float) -> bytes:
         return encode_control(packet)
 
     def unwrap(self, data: bytes, now: float) -> ControlPacket:
@@ -166,13 +169,13 @@ class _LongFormCounter:
         self.last_id = next_replay_id - 1
         self.time = time
 
-    def next(self, now: float) -> tuple[int, int]:
+    def next(self, wall_time: float) -> tuple[int, int]:
         if self.time is None:
-            self.time = int(now)
+            self.time = int(wall_time)
         if self.last_id == _MAX_REPLAY_ID:
-            if int(now) <= self.time:
+            if int(wall_time) <= self.time:
                 raise LocalProtocolError("control replay id exhausted within one second")
-            self.time = int(now)
+            self.time = int(wall_time)
             self.last_id = 0
         self.last_id += 1
         return self.last_id, self.time
@@ -215,8 +218,8 @@ class TlsAuthWrap:
         self._replay = LongReplayWindow(replay_window.packets, replay_window.seconds)
         self.overhead = size + _REPLAY_SIZE
 
-    def wrap(self, packet: ControlPacket, now: float) -> bytes:
-        replay_id, time = self._counter.next(now)
+    def wrap(self, packet: ControlPacket, wall_time: float) -> bytes:
+        replay_id, time = self._counter.next(wall_time)
         replay = _REPLAY.pack(replay_id, time)
         header = bytes((encode_header(packet.opcode, packet.key_id),)) + packet.session_id
         body = encode_control_body(packet)
@@ -273,8 +276,8 @@ class TlsCryptWrap:
         self._replay = LongReplayWindow(replay_window.packets, replay_window.seconds)
         self.overhead = TLS_CRYPT_OVERHEAD
 
-    def wrap(self, packet: ControlPacket, now: float) -> bytes:
-        replay_id, time = self._counter.next(now)
+    def wrap(self, packet: ControlPacket, wall_time: float) -> bytes:
+        replay_id, time = self._counter.next(wall_time)
         clear = (
             bytes((encode_header(packet.opcode, packet.key_id),))
             + packet.session_id
@@ -345,8 +348,8 @@ class TlsCryptV2Wrap(TlsCryptWrap):
         self.wrapped_key = wrapped_key
         self.wkc_overhead = len(wrapped_key)
 
-    def wrap(self, packet: ControlPacket, now: float) -> bytes:
-        wire = super().wrap(packet, now)
+    def wrap(self, packet: ControlPacket, wall_time: float) -> bytes:
+        wire = super().wrap(packet, wall_time)
         if packet.opcode in _WKC_OPCODES:
             return wire + self.wrapped_key
         return wire

@@ -103,7 +103,14 @@ def engine_client_factory(
     """Build the real engine client; `tls_ekm=False` keeps to the TLS 1.0 PRF key derivation."""
 
     def factory(config: Config, now: float) -> EngineClient:
-        return Client(config, rng=os.urandom, now=now, credentials=credentials, tls_ekm=tls_ekm)
+        return Client(
+            config,
+            rng=os.urandom,
+            now=now,
+            wall_clock=time.time,
+            credentials=credentials,
+            tls_ekm=tls_ekm,
+        )
 
     return factory
 

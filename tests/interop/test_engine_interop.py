@@ -73,7 +73,9 @@ def drive(config_path: str, *, tls_ekm: bool = True) -> dict[str, Any]:
     from qubes_miragevpn.cli import load_config
 
     config = load_config(Path(config_path))
-    client = Client(config, rng=os.urandom, now=time.time(), tls_ekm=tls_ekm)
+    client = Client(
+        config, rng=os.urandom, now=time.monotonic(), wall_clock=time.time, tls_ekm=tls_ekm
+    )
     result: dict[str, Any] = {"events": []}
     sock: socket.socket | None = None
     transport = Transport.UDP
@@ -84,14 +86,14 @@ def drive(config_path: str, *, tls_ekm: bool = True) -> dict[str, Any]:
 
     def send_all(now: float) -> None:
         assert sock is not None
-        for wire in client.data_to_send(now):
+        for wire in client.data_to_send(now=now):
             if transport is Transport.UDP:
                 sock.send(wire)
             else:
                 sock.sendall(wire)
 
     while time.monotonic() < deadline:
-        now = time.time()
+        now = time.monotonic()
         while (event := client.next_event()) is not None:
             result["events"].append(type(event).__name__)
             if isinstance(event, ConnectionRequested):
@@ -103,7 +105,7 @@ def drive(config_path: str, *, tls_ekm: bool = True) -> dict[str, Any]:
                 sock.settimeout(10)
                 sock.connect((str(event.address), event.port))
                 sock.setblocking(False)
-                client.handle_connected(time.time())
+                client.handle_connected(now=time.monotonic())
             elif isinstance(event, TlsEstablished):
                 result["tls"] = f"{event.version} {event.cipher}"
             elif isinstance(event, TunnelEstablished):
@@ -121,33 +123,33 @@ def drive(config_path: str, *, tls_ekm: bool = True) -> dict[str, Any]:
             request = icmp_echo_request(
                 settings.ipv4.ip.packed, socket.inet_aton("10.8.0.1"), ident, seq
             )
-            wire = client.encrypt_tunnel_packet(request, now)
+            wire = client.encrypt_tunnel_packet(request, now=now)
             assert wire is not None, "no data key after TunnelEstablished"
             sock.send(wire)
             echo_sent_at = now
         timer = client.get_timer()
-        wait = 0.2 if timer is None else min(max(timer - time.time(), 0.0), 0.2)
+        wait = 0.2 if timer is None else min(max(timer - time.monotonic(), 0.0), 0.2)
         readable, _, _ = select.select([sock], [], [], wait)
         if readable:
             data = sock.recv(65536)
             if not data:
                 result["failure"] = "server closed the connection"
                 return result
-            client.receive(data, time.time())
+            client.receive(data, now=time.monotonic())
             for packet in client.tunnel_packets():
                 if is_echo_reply(packet, ident, seq):
                     result["echo_reply"] = True
                     result["stats"] = {
-                        "dropped": dict(client.stats.dropped),
+                        "dropped": {r.value: n for r, n in client.stats.dropped.items()},
                         "tunnel_packets_in": client.stats.tunnel_packets_in,
                     }
-                    client.close(time.time())
-                    send_all(time.time())
+                    client.close(now=time.monotonic())
+                    send_all(time.monotonic())
                     return result
         timer = client.get_timer()
-        if timer is not None and time.time() >= timer:
-            client.handle_timer(time.time())
-        if echo_sent_at is not None and time.time() - echo_sent_at > 3:
+        if timer is not None and time.monotonic() >= timer:
+            client.handle_timer(now=time.monotonic())
+        if echo_sent_at is not None and time.monotonic() - echo_sent_at > 3:
             echo_sent_at = None  # resend the echo request (a fresh packet id)
             seq += 1
     result["failure"] = "timed out"

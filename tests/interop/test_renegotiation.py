@@ -49,7 +49,7 @@ def drive(config_path: str, goal: int) -> dict[str, Any]:
     from qubes_miragevpn.cli import load_config
 
     config = load_config(Path(config_path))
-    client = Client(config, rng=os.urandom, now=time.time())
+    client = Client(config, rng=os.urandom, now=time.monotonic(), wall_clock=time.time)
     result: dict[str, Any] = {"progress": []}
     sent_kids: collections.Counter[int] = collections.Counter()
     received_kids: collections.Counter[int] = collections.Counter()
@@ -72,17 +72,17 @@ def drive(config_path: str, goal: int) -> dict[str, Any]:
         result["sent_kids"] = dict(sent_kids)
         result["received_kids"] = dict(received_kids)
         result["renegotiations"] = client.stats.renegotiations
-        result["dropped"] = dict(client.stats.dropped)
+        result["dropped"] = {r.value: n for r, n in client.stats.dropped.items()}
         return result
 
     while time.monotonic() < deadline:
-        now = time.time()
+        now = time.monotonic()
         while (event := client.next_event()) is not None:
             if isinstance(event, ConnectionRequested):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 sock.connect((str(event.address), event.port))
                 sock.setblocking(False)
-                client.handle_connected(time.time())
+                client.handle_connected(now=time.monotonic())
             elif isinstance(event, TunnelEstablished):
                 assert event.settings.ipv4 is not None
                 source = event.settings.ipv4.ip.packed
@@ -92,39 +92,39 @@ def drive(config_path: str, goal: int) -> dict[str, Any]:
                 return finish(event.reason)
         if sock is None:
             return finish("the client asked for no connection")
-        for wire in client.data_to_send(now):
+        for wire in client.data_to_send(now=now):
             if wire[0] >> 3 in (6, 9):  # P_DATA_V1 / P_DATA_V2 (pings)
                 sent_kids[wire[0] & 7] += 1
             sock.send(wire)
         if source is not None and time.monotonic() >= next_echo:
             seq += 1
             request = icmp_echo_request(source, socket.inet_aton("10.8.0.1"), ident, seq)
-            wire = client.encrypt_tunnel_packet(request, now)
+            wire = client.encrypt_tunnel_packet(request, now=now)
             if wire is not None:
                 sent_kids[wire[0] & 7] += 1
                 sock.send(wire)
                 requests[seq] = time.monotonic()
             next_echo = time.monotonic() + ECHO_INTERVAL
         timer = client.get_timer()
-        wait = 0.05 if timer is None else min(max(timer - time.time(), 0.0), 0.05)
+        wait = 0.05 if timer is None else min(max(timer - time.monotonic(), 0.0), 0.05)
         readable, _, _ = select.select([sock], [], [], wait)
         if readable:
             data = sock.recv(65536)
             if data and data[0] >> 3 in (6, 9):
                 received_kids[data[0] & 7] += 1
-            client.receive(data, time.time())
+            client.receive(data, now=time.monotonic())
             for packet in client.tunnel_packets():
                 for s in range(max(seq - 40, 1), seq + 1):
                     if is_echo_reply(packet, ident, s):
                         replies.add(s)
         timer = client.get_timer()
-        if timer is not None and time.time() >= timer:
-            client.handle_timer(time.time())
+        if timer is not None and time.monotonic() >= timer:
+            client.handle_timer(now=time.monotonic())
         if goal_reached_at is None and client.stats.renegotiations >= goal:
             goal_reached_at = time.monotonic()
         if goal_reached_at is not None and time.monotonic() - goal_reached_at >= SETTLE:
-            client.close(time.time())
-            for wire in client.data_to_send(time.time()):
+            client.close(now=time.monotonic())
+            for wire in client.data_to_send(now=time.monotonic()):
                 sock.send(wire)
             return finish(None)
     return finish("timed out")

@@ -14,6 +14,7 @@ import pytest
 from miragevpn.client import Client
 from miragevpn.config.keys import parse_static_key
 from miragevpn.config.model import KeyDirection, Proto, Remote, TlsAuth, TlsVersion, Transport
+from miragevpn.errors import DropReason
 from miragevpn.events import (
     DisconnectionRequested,
     Event,
@@ -33,6 +34,7 @@ from tests.miragevpn.test_client import (
     established,
     exchange,
     make_config,
+    wall_clock,
 )
 
 
@@ -49,12 +51,12 @@ def tcp_exchange(client: Client, server: MiniServer, now: float, rounds: int = 2
     decoder = StreamDecoder()
     for _ in range(rounds):
         moved = False
-        for chunk in client.data_to_send(now):
+        for chunk in client.data_to_send(now=now):
             for wire in decoder.feed(chunk):
                 server.receive(wire, now)
             moved = True
         for wire in server.to_send(now):
-            client.receive(encode_frame(wire), now)
+            client.receive(encode_frame(wire), now=now)
             moved = True
         if not moved:
             return
@@ -75,13 +77,13 @@ def test_tcp_close_after_the_tls_handshake_says_the_certificate_was_probably_ref
 ) -> None:
     """OpenVPN 2.6 over TCP refuses our certificate by closing the connection, no alert: the
     client restarts at once (not at hand-window) and says what probably happened."""
-    client = Client(make_config(pki, remotes=TCP), rng=counter_rng(), now=T0)
-    client.handle_connected(T0)
+    client = Client(make_config(pki, remotes=TCP), rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    client.handle_connected(now=T0)
     server = MiniServer(pki, client_ca=pki.wrong_ca.cert, send_alerts=False)
     tcp_exchange(client, server, T0)
     assert server.tls_errors  # the server refused our certificate
     assert any(isinstance(e, TlsEstablished) for e in drain(client))
-    client.handle_connection_lost(T0 + 0.1)
+    client.handle_connection_lost(now=T0 + 0.1)
     reason = restarting(drain(client)).reason
     assert "closed after the TLS handshake" in reason
     assert "rejected our certificate" in reason
@@ -89,10 +91,15 @@ def test_tcp_close_after_the_tls_handshake_says_the_certificate_was_probably_ref
 
 
 def test_tcp_close_ends_the_session_when_retries_are_exhausted(pki: Pki) -> None:
-    client = Client(make_config(pki, remotes=TCP, connect_retry_max=1), rng=counter_rng(), now=T0)
-    client.handle_connected(T0)
+    client = Client(
+        make_config(pki, remotes=TCP, connect_retry_max=1),
+        rng=counter_rng(),
+        now=T0,
+        wall_clock=wall_clock,
+    )
+    client.handle_connected(now=T0)
     drain(client)
-    client.handle_connection_failed(T0 + 1)  # the runtime's existing call works too
+    client.handle_connection_failed(now=T0 + 1)  # the runtime's existing call works too
     events = drain(client)
     assert [type(e) for e in events] == [DisconnectionRequested, SessionEnded]
     ended = events[-1]
@@ -103,27 +110,27 @@ def test_tcp_close_ends_the_session_when_retries_are_exhausted(pki: Pki) -> None
 
 def test_a_lost_transport_restarts_an_established_session_at_once(pki: Pki) -> None:
     client, _server, _ = established(pki)
-    client.handle_connection_lost(T0 + 1)
+    client.handle_connection_lost(now=T0 + 1)
     assert restarting(drain(client)).reason == "the connection to the server was closed"
-    client.handle_timer(T0 + 2)
+    client.handle_timer(now=T0 + 2)
     assert [type(e).__name__ for e in drain(client)] == ["ConnectionRequested"]
 
 
 def test_a_lost_transport_while_closing_ends_and_elsewhere_is_ignored(pki: Pki) -> None:
     client, server, _ = established(pki)
-    client.close(T0 + 1)
+    client.close(now=T0 + 1)
     exchange(client, server, T0 + 1)
-    client.handle_connection_lost(T0 + 1.5)
+    client.handle_connection_lost(now=T0 + 1.5)
     events = drain(client)
     assert isinstance(events[-1], SessionEnded) and events[-1].reason == "closed"
-    client.handle_connection_lost(T0 + 2)  # Ended: nothing more
+    client.handle_connection_lost(now=T0 + 2)  # Ended: nothing more
     assert drain(client) == []
 
-    waiting = Client(make_config(pki), rng=counter_rng(), now=T0)
-    waiting.handle_connected(T0)
-    waiting.handle_connection_lost(T0)
+    waiting = Client(make_config(pki), rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    waiting.handle_connected(now=T0)
+    waiting.handle_connection_lost(now=T0)
     drain(waiting)
-    waiting.handle_connection_lost(T0 + 0.5)  # Waiting: no transport, nothing happens
+    waiting.handle_connection_lost(now=T0 + 0.5)  # Waiting: no transport, nothing happens
     assert drain(waiting) == []
 
 
@@ -132,8 +139,13 @@ def test_a_lost_transport_while_closing_ends_and_elsewhere_is_ignored(pki: Pki) 
 
 def test_the_servers_tls_alert_is_the_reason_in_plain_words(pki: Pki) -> None:
     for version_max in (None, TlsVersion.TLS1_2):  # alert after / during our handshake
-        client = Client(make_config(pki, tls_version_max=version_max), rng=counter_rng(), now=T0)
-        client.handle_connected(T0)
+        client = Client(
+            make_config(pki, tls_version_max=version_max),
+            rng=counter_rng(),
+            now=T0,
+            wall_clock=wall_clock,
+        )
+        client.handle_connected(now=T0)
         server = MiniServer(pki, client_ca=pki.wrong_ca.cert)
         exchange(client, server, T0)
         reason = restarting(drain(client)).reason
@@ -160,15 +172,15 @@ def server_reset_wrapped_with(key_text: str, client_sid: bytes, replay_id: int) 
 
 def test_handshake_timeout_says_how_many_packets_failed_tls_auth(pki: Pki) -> None:
     config = make_config(pki, tls_protection=tls_auth_config(pki), server_poll_timeout=5.0)
-    client = Client(config, rng=counter_rng(), now=T0)
-    client.handle_connected(T0)
-    [ours] = client.data_to_send(T0)
+    client = Client(config, rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    client.handle_connected(now=T0)
+    [ours] = client.data_to_send(now=T0)
     client_sid = ours[1:9]
     for n in range(3):
-        client.receive(server_reset_wrapped_with(pki.wrong_ta_key, client_sid, n + 1), T0 + 1)
-    assert client.stats.dropped["AuthenticationError"] == 3
+        client.receive(server_reset_wrapped_with(pki.wrong_ta_key, client_sid, n + 1), now=T0 + 1)
+    assert client.stats.dropped[DropReason.FAILED_AUTHENTICATION] == 3
     drain(client)
-    client.handle_timer(T0 + 5)
+    client.handle_timer(now=T0 + 5)
     reason = restarting(drain(client)).reason
     assert reason.startswith("no answer from the server (server-poll-timeout): ")
     assert reason.endswith(
@@ -179,13 +191,13 @@ def test_handshake_timeout_says_how_many_packets_failed_tls_auth(pki: Pki) -> No
 
 def test_handshake_timeout_without_failed_packets_says_nothing_about_keys(pki: Pki) -> None:
     config = make_config(pki, tls_protection=tls_auth_config(pki), server_poll_timeout=5.0)
-    client = Client(config, rng=counter_rng(), now=T0)
-    client.handle_connected(T0)
-    [ours] = client.data_to_send(T0)
-    client.receive(server_reset_wrapped_with(pki.ta_key, ours[1:9], 1), T0 + 1)  # the right key
-    client.receive(server_reset_wrapped_with(pki.wrong_ta_key, ours[1:9], 2), T0 + 1)
+    client = Client(config, rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    client.handle_connected(now=T0)
+    [ours] = client.data_to_send(now=T0)
+    client.receive(server_reset_wrapped_with(pki.ta_key, ours[1:9], 1), now=T0 + 1)  # the right key
+    client.receive(server_reset_wrapped_with(pki.wrong_ta_key, ours[1:9], 2), now=T0 + 1)
     drain(client)
-    client.handle_timer(T0 + 60)  # hand-window; the server answered, so keys are not the issue
+    client.handle_timer(now=T0 + 60)  # hand-window; the server answered, so keys are not the issue
     reason = restarting(drain(client)).reason
     assert reason == "TLS negotiation did not finish within hand-window"
 
@@ -197,10 +209,10 @@ def test_wire_counters_include_data_packets_both_ways(pki: Pki) -> None:
     client, server, _ = established(pki)
     stats = client.stats
     before = (stats.packets_sent, stats.bytes_sent, stats.packets_received, stats.bytes_received)
-    wire = client.encrypt_tunnel_packet(b"\x45" + b"x" * 40, T0 + 1)
+    wire = client.encrypt_tunnel_packet(b"\x45" + b"x" * 40, now=T0 + 1)
     assert wire is not None
     reply = server.data_key().encrypt(b"\x45reply")
-    client.receive(reply, T0 + 1)
+    client.receive(reply, now=T0 + 1)
     assert (
         stats.packets_sent,
         stats.bytes_sent,
@@ -210,14 +222,14 @@ def test_wire_counters_include_data_packets_both_ways(pki: Pki) -> None:
 
 
 def test_tcp_counters_count_frames_not_stream_chunks(pki: Pki) -> None:
-    client = Client(make_config(pki, remotes=TCP), rng=counter_rng(), now=T0)
-    client.handle_connected(T0)
-    [framed] = client.data_to_send(T0)
+    client = Client(make_config(pki, remotes=TCP), rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    client.handle_connected(now=T0)
+    [framed] = client.data_to_send(now=T0)
     assert (client.stats.packets_sent, client.stats.bytes_sent) == (1, len(framed) - 2)
     sid = decode_control(framed[2:]).session_id
     ack = ControlPacket(Opcode.P_ACK_V1, 0, SERVER_SID, (0,), sid, None)
     wire = encode_control(ack)
-    client.receive(encode_frame(wire) * 2, T0)  # two frames in one chunk
+    client.receive(encode_frame(wire) * 2, now=T0)  # two frames in one chunk
     assert (client.stats.packets_received, client.stats.bytes_received) == (2, 2 * len(wire))
 
 
@@ -228,11 +240,11 @@ def test_duplicate_control_packets_are_counted_and_acked_again(pki: Pki) -> None
     client, server, _ = established(pki)  # no tls-auth/tls-crypt: replays reach the channel
     server.send_text("INFO,once")
     [wire] = server.to_send(T0 + 1)
-    client.receive(wire, T0 + 1)
-    client.data_to_send(T0 + 1)  # the ack
-    client.receive(wire, T0 + 2)  # the same packet again
-    assert client.stats.dropped["duplicate control packet"] == 1
-    acks = [decode_control(w) for w in client.data_to_send(T0 + 2)]
+    client.receive(wire, now=T0 + 1)
+    client.data_to_send(now=T0 + 1)  # the ack
+    client.receive(wire, now=T0 + 2)  # the same packet again
+    assert client.stats.dropped[DropReason.DUPLICATE_CONTROL] == 1
+    acks = [decode_control(w) for w in client.data_to_send(now=T0 + 2)]
     assert [(a.opcode, a.acks[:1]) for a in acks] == [
         (Opcode.P_ACK_V1, (decode_control(wire).sequence_number,))
     ]
@@ -246,10 +258,10 @@ def test_a_control_packet_beyond_the_receive_window_is_counted(pki: Pki) -> None
     packet = decode_control(wire)
     assert packet.sequence_number is not None
     far = packet.sequence_number + 12  # RECEIVE_WINDOW ahead: e.g. a flipped sequence number
-    client.receive(encode_control(dataclasses.replace(packet, sequence_number=far)), T0 + 1)
-    assert client.stats.dropped["control packet beyond the receive window"] == 1
-    assert client.data_to_send(T0 + 1) == []  # not acked
-    client.receive(wire, T0 + 1)  # the real one still works
+    client.receive(encode_control(dataclasses.replace(packet, sequence_number=far)), now=T0 + 1)
+    assert client.stats.dropped[DropReason.BEYOND_RECEIVE_WINDOW] == 1
+    assert client.data_to_send(now=T0 + 1) == []  # not acked
+    client.receive(wire, now=T0 + 1)  # the real one still works
     assert [getattr(e, "message", None) for e in drain(client)] == ["INFO,far ahead"]
 
 
@@ -257,7 +269,7 @@ def test_a_corrupted_control_packet_that_breaks_tls_restarts_with_a_reason(pki: 
     client, server, _ = established(pki)
     server.send_text("INFO,corrupted on the way")
     [wire] = server.to_send(T0 + 1)
-    client.receive(wire[:-1] + bytes([wire[-1] ^ 0x01]), T0 + 1)  # a flipped TLS record byte
+    client.receive(wire[:-1] + bytes([wire[-1] ^ 0x01]), now=T0 + 1)  # a flipped TLS record byte
     reason = restarting(drain(client)).reason
     assert reason.startswith("control channel failed: TLS failure: ")
     assert "mac" in reason.lower() or "decrypt" in reason.lower()

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from miragevpn.errors import DropReason
 from miragevpn.packet import ControlPacket, Opcode, decode_control, encode_control
 from miragevpn.reliable import (
     RECEIVE_WINDOW,
@@ -232,7 +233,7 @@ def test_drop_reason_says_what_receive_would_not_deliver() -> None:
     assert channel.drop_reason(0) is None
     channel.receive(peer_packet(0, payload=b"a"), 0.0)
     channel.receive(peer_packet(2, payload=b"c"), 0.0)  # buffered, out of order
-    assert channel.drop_reason(0) == "duplicate control packet"  # delivered
-    assert channel.drop_reason(2) == "duplicate control packet"  # buffered
+    assert channel.drop_reason(0) is DropReason.DUPLICATE_CONTROL  # delivered
+    assert channel.drop_reason(2) is DropReason.DUPLICATE_CONTROL  # buffered
     assert channel.drop_reason(1) is None
-    assert channel.drop_reason(1 + RECEIVE_WINDOW) == "control packet beyond the receive window"
+    assert channel.drop_reason(1 + RECEIVE_WINDOW) is DropReason.BEYOND_RECEIVE_WINDOW

@@ -9,37 +9,46 @@ from __future__ import annotations
 
 from miragevpn.client import Client
 from miragevpn.datachannel import PING_MAGIC
+from miragevpn.errors import DropReason
 from miragevpn.events import ProgressReported, SessionRestarting
 from miragevpn.packet import Opcode, decode_control, encode_control
 from tests.helpers.pki import Pki
 from tests.miragevpn.miniserver import MiniServer
-from tests.miragevpn.test_client import T0, counter_rng, drain, exchange, make_config, pki
+from tests.miragevpn.test_client import (
+    T0,
+    counter_rng,
+    drain,
+    exchange,
+    make_config,
+    pki,
+    wall_clock,
+)
 
 __all__ = ["pki"]  # the module-scoped fixture
 
 
 def established(pki: Pki, **changes: object) -> tuple[Client, MiniServer]:
-    client = Client(make_config(pki, **changes), rng=counter_rng(), now=T0)
-    client.handle_connected(T0)
+    client = Client(make_config(pki, **changes), rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    client.handle_connected(now=T0)
     server = MiniServer(pki)
     exchange(client, server, T0)
     drain(client)
-    assert client.encrypt_tunnel_packet(b"\x45", T0) is not None
+    assert client.encrypt_tunnel_packet(b"\x45", now=T0) is not None
     return client, server
 
 
 def tick(client: Client, server: MiniServer, now: float) -> None:
     """The server's keepalive arrives, the client's timer fires if due, packets go both ways."""
     for wire in server.keepalive():
-        client.receive(wire, now)
+        client.receive(wire, now=now)
     timer = client.get_timer()
     if timer is not None and timer <= now:
-        client.handle_timer(now)
+        client.handle_timer(now=now)
     exchange(client, server, now)
 
 
 def sent_key_id(client: Client, now: float) -> int:
-    wire = client.encrypt_tunnel_packet(b"\x45probe", now)
+    wire = client.encrypt_tunnel_packet(b"\x45probe", now=now)
     assert wire is not None
     return wire[0] & 7
 
@@ -47,7 +56,7 @@ def sent_key_id(client: Client, now: float) -> int:
 def round_trip(client: Client, server: MiniServer, key_id: int, now: float) -> None:
     """The server's data on `key_id` reaches the tunnel; ours decrypts on the key we chose."""
     server_key = server.data_key(key_id)
-    client.receive(server_key.encrypt(b"\x45from-server"), now)
+    client.receive(server_key.encrypt(b"\x45from-server"), now=now)
     assert client.tunnel_packets() == [b"\x45from-server"]
 
 
@@ -68,7 +77,7 @@ def test_server_soft_reset_new_keys_and_the_deferred_send_switch(pki: Pki) -> No
     tick(client, server, T0 + 20.5)
     assert sent_key_id(client, T0 + 20.5) == 0
     tick(client, server, T0 + 21)
-    wire = client.encrypt_tunnel_packet(b"\x45new", T0 + 21)
+    wire = client.encrypt_tunnel_packet(b"\x45new", now=T0 + 21)
     assert wire is not None and wire[0] & 7 == 1
     assert server.data_key(1).decrypt(wire, T0 + 21) == b"\x45new"
     # The lame duck dies at soft reset + tran-window.
@@ -76,9 +85,9 @@ def test_server_soft_reset_new_keys_and_the_deferred_send_switch(pki: Pki) -> No
     assert ProgressReported(message="lame-duck key (key id 0) expired (tran-window)") in drain(
         client
     )
-    client.receive(server.data_key(0).encrypt(b"\x45late"), T0 + 101)
+    client.receive(server.data_key(0).encrypt(b"\x45late"), now=T0 + 101)
     assert client.tunnel_packets() == []
-    assert client.stats.dropped["unknown key id"] == 1
+    assert client.stats.dropped[DropReason.UNKNOWN_KEY_ID] == 1
 
 
 def test_a_soft_reset_for_a_key_id_out_of_sequence_is_dropped(pki: Pki) -> None:
@@ -88,7 +97,7 @@ def test_a_soft_reset_for_a_key_id_out_of_sequence_is_dropped(pki: Pki) -> None:
         exchange(client, server, T0 + 1)
         assert not server.negotiated(key_id)
         del server.keys[key_id]
-    assert client.stats.dropped["unknown key id"] >= 2
+    assert client.stats.dropped[DropReason.UNKNOWN_KEY_ID] >= 2
     assert client.stats.renegotiations == 0
     server.soft_reset(1)
     exchange(client, server, T0 + 2)
@@ -117,8 +126,8 @@ def test_client_renegotiates_on_reneg_sec(pki: Pki) -> None:
     assert client.get_timer() == T0 + 10  # ping
     tick(client, server, T0 + 99)
     assert server.client_soft_resets == []
-    client.handle_timer(T0 + 100)
-    [reset] = [decode_control(w) for w in client.data_to_send(T0 + 100)]
+    client.handle_timer(now=T0 + 100)
+    [reset] = [decode_control(w) for w in client.data_to_send(now=T0 + 100)]
     assert (reset.opcode, reset.key_id, reset.sequence_number) == (
         Opcode.P_CONTROL_SOFT_RESET_V1,
         1,
@@ -140,19 +149,19 @@ def test_client_renegotiates_on_reneg_pkts_and_reneg_bytes(pki: Pki) -> None:
     client, server = established(pki, reneg_sec=None, reneg_pkts=10)
     server_key = server.data_key(0)
     for _ in range(4):  # one packet was sent by established(); both directions count
-        assert client.encrypt_tunnel_packet(b"\x45out", T0 + 1) is not None
+        assert client.encrypt_tunnel_packet(b"\x45out", now=T0 + 1) is not None
     for _ in range(4):
-        client.receive(server_key.encrypt(b"\x45in"), T0 + 1)
+        client.receive(server_key.encrypt(b"\x45in"), now=T0 + 1)
     assert client.get_timer() == T0 + 11  # 9 packets: not yet (the ping is next)
-    client.receive(server_key.encrypt(b"\x45in"), T0 + 1)
+    client.receive(server_key.encrypt(b"\x45in"), now=T0 + 1)
     assert client.get_timer() == 0.0  # due now
     exchange(client, server, T0 + 1)
     assert server.client_soft_resets == [1] and server.negotiated(1)
 
     client, server = established(pki, reneg_sec=None, reneg_bytes=1000)
-    client.encrypt_tunnel_packet(b"\x45" * 998, T0 + 1)
+    client.encrypt_tunnel_packet(b"\x45" * 998, now=T0 + 1)
     assert client.get_timer() == T0 + 11
-    client.encrypt_tunnel_packet(b"\x45", T0 + 1)
+    client.encrypt_tunnel_packet(b"\x45", now=T0 + 1)
     assert client.get_timer() == 0.0
     exchange(client, server, T0 + 1)
     assert server.client_soft_resets == [1]
@@ -170,7 +179,7 @@ def test_key_ids_wrap_from_7_to_1(pki: Pki) -> None:
         tick(client, server, now + 6)  # min(hand-window, reneg-sec/2) = 10 s after the start
         assert sent_key_id(client, now + 6) != expected
         tick(client, server, now + 10)
-        wire = client.encrypt_tunnel_packet(b"\x45x", now + 10)
+        wire = client.encrypt_tunnel_packet(b"\x45x", now=now + 10)
         assert wire is not None and wire[0] & 7 == expected
         assert server.data_key(expected).decrypt(wire, now + 10) == b"\x45x"
         server.keys = {k: v for k, v in server.keys.items() if k == expected}  # forget old ones
@@ -183,14 +192,14 @@ def test_renegotiation_that_does_not_finish_within_hand_window_restarts(pki: Pki
     client, server = established(pki, reneg_sec=None, hand_window=10.0)
     server.soft_reset(1)
     for wire in server.to_send(T0 + 1):  # the soft reset reaches the client; nothing more
-        client.receive(wire, T0 + 1)
-    client.data_to_send(T0 + 1)
+        client.receive(wire, now=T0 + 1)
+    client.data_to_send(now=T0 + 1)
     drain(client)
     timer = client.get_timer()
     assert timer is not None and timer < T0 + 11  # retransmissions, the ping, then the deadline
-    client.handle_timer(T0 + 10.9)
+    client.handle_timer(now=T0 + 10.9)
     assert not any(isinstance(e, SessionRestarting) for e in drain(client))
-    client.handle_timer(T0 + 11)
+    client.handle_timer(now=T0 + 11)
     events = drain(client)
     assert isinstance(events[-1], SessionRestarting)
     assert "hand-window" in events[-1].reason
@@ -201,8 +210,8 @@ def test_ping_goes_on_the_send_key(pki: Pki) -> None:
     server.soft_reset(1)
     exchange(client, server, T0 + 1)
     tick(client, server, T0 + 6)
-    [ping] = [w for w in client.data_to_send(T0 + 16) if w[0] >> 3 == int(Opcode.P_DATA_V2)] or [
-        None
-    ]
+    [ping] = [
+        w for w in client.data_to_send(now=T0 + 16) if w[0] >> 3 == int(Opcode.P_DATA_V2)
+    ] or [None]
     assert ping is not None and ping[0] & 7 == 1
     assert server.data_key(1).decrypt(ping, T0 + 16) == PING_MAGIC

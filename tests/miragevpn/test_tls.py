@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
 from miragevpn.config.model import TlsVersion, VerifyX509Name, X509NameKind
-from miragevpn.errors import AuthenticationError, ConfigError, LocalProtocolError
+from miragevpn.errors import ConfigError, LocalProtocolError, ServerCertificateRejected
 from miragevpn.openssl_compat import ssl_certificate, ssl_private_key, trust_certificate
 from miragevpn.tls import (
     TlsSession,
@@ -232,9 +232,11 @@ def test_client_certificate_is_presented(pki: dict[str, Identity]) -> None:
 
 def expect_rejection(settings: TlsSettings, server: Identity) -> str:
     client = TlsSession(settings)
-    with pytest.raises(AuthenticationError) as info:
+    with pytest.raises(ServerCertificateRejected) as info:
         pump(client, server_connection(server))
-    return str(info.value)
+    # our refusal, never worded as the server's
+    assert str(info.value) == f"we rejected the server's certificate: {info.value.reason}"
+    return info.value.reason
 
 
 def test_wrong_ca_is_rejected_in_words(pki: dict[str, Identity]) -> None:
