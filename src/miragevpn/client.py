@@ -48,6 +48,7 @@ from .clientstate import (
     State,
     Stats,
     Waiting,
+    next_deadline,
 )
 from .config.model import AuthUserPass, Config, Transport
 from .datachannel import OCC_EXIT_MESSAGE, OCC_MAGIC, PING_MAGIC
@@ -78,7 +79,6 @@ from .keying import Keying, KeysReceived
 from .packet import ControlPacket, Opcode
 from .push import PushReply, PushReplyAssembler, encode_control_message
 from .remotes import Advance, RemoteSelector, RetriesExhausted
-from .tls_wrap import authentication_failure_hint
 
 __all__ = ["Client", "Stats"]
 
@@ -263,39 +263,7 @@ class Client:
         return out
 
     def get_timer(self) -> float | None:
-        state = self._state
-        deadlines: list[float] = []
-        if isinstance(state, Waiting):
-            return state.until
-        if isinstance(state, Connecting):
-            return state.deadline
-        if isinstance(state, Handshaking):
-            deadlines.append(state.deadline)
-            if state.poll_deadline is not None:
-                deadlines.append(state.poll_deadline)
-        elif isinstance(state, Pulling):
-            deadlines += [state.deadline, state.next_push_request]
-        elif isinstance(state, Established):
-            session = state.session
-            if state.ping:
-                deadlines.append(session.last_sent + state.ping)
-            if state.ping_restart:
-                deadlines.append(session.last_received + state.ping_restart)
-            if state.ping_exit:
-                deadlines.append(session.last_received + state.ping_exit)
-            keys = session.keys.data_deadline()
-            if keys is not None:
-                deadlines.append(keys)
-        elif isinstance(state, Closing):
-            deadlines.append(state.deadline)
-            if state.next_occ_exit is not None:
-                deadlines.append(state.next_occ_exit)
-        else:
-            return None
-        control = state.session.keys.control_deadline()
-        if control is not None:
-            deadlines.append(control)
-        return min(deadlines) if deadlines else None
+        return next_deadline(self._state)
 
     def handle_timer(self, *, now: float) -> None:
         state = self._state
@@ -308,10 +276,14 @@ class Client:
         elif isinstance(state, Handshaking):
             if state.poll_deadline is not None and now >= state.poll_deadline:
                 reason = "no answer from the server (server-poll-timeout)"
-                self._fail(self._with_authentication_hint(reason, state.session), now)
+                self._fail(
+                    control.with_authentication_hint(reason, state.session, self._config), now
+                )
             elif now >= state.deadline:
                 reason = "TLS negotiation did not finish within hand-window"
-                self._fail(self._with_authentication_hint(reason, state.session), now)
+                self._fail(
+                    control.with_authentication_hint(reason, state.session, self._config), now
+                )
         elif isinstance(state, Pulling):
             if now >= state.deadline:
                 self._fail("no PUSH_REPLY within hand-window", now)
@@ -386,15 +358,6 @@ class Client:
             self._bad_packet(session, exc, now)
             return
         self._receive_control(session, control, now)
-
-    def _with_authentication_hint(self, reason: str, session: Session) -> str:
-        """A handshake timeout while nothing from the server authenticated but something
-        failed to: say so, and which key to check."""
-        failures = session.failed_authentication
-        if session.their_session_id is not None or not failures:
-            return reason
-        hint = authentication_failure_hint(self._config.tls_protection, failures)
-        return f"{reason}: {hint}" if hint else reason
 
     def _occ_message(self, payload: bytes, now: float) -> None:
         """OCC_EXIT: the server is going away (occ.c: process_received_occ_msg); other OCC

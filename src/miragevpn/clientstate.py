@@ -165,3 +165,40 @@ TRANSITIONS: dict[type, frozenset[type]] = {
     Waiting: frozenset({Resolving, Connecting, Ended}),
     Ended: frozenset(),
 }
+
+
+def next_deadline(state: State) -> float | None:
+    """The state's earliest deadline (the client's `get_timer`): its own timers, and its
+    session's retransmissions and key timers (`SessionKeys`)."""
+    deadlines: list[float] = []
+    if isinstance(state, Waiting):
+        return state.until
+    if isinstance(state, Connecting):
+        return state.deadline
+    if isinstance(state, Handshaking):
+        deadlines.append(state.deadline)
+        if state.poll_deadline is not None:
+            deadlines.append(state.poll_deadline)
+    elif isinstance(state, Pulling):
+        deadlines += [state.deadline, state.next_push_request]
+    elif isinstance(state, Established):
+        session = state.session
+        if state.ping:
+            deadlines.append(session.last_sent + state.ping)
+        if state.ping_restart:
+            deadlines.append(session.last_received + state.ping_restart)
+        if state.ping_exit:
+            deadlines.append(session.last_received + state.ping_exit)
+        keys = session.keys.data_deadline()
+        if keys is not None:
+            deadlines.append(keys)
+    elif isinstance(state, Closing):
+        deadlines.append(state.deadline)
+        if state.next_occ_exit is not None:
+            deadlines.append(state.next_occ_exit)
+    else:
+        return None
+    control = state.session.keys.control_deadline()
+    if control is not None:
+        deadlines.append(control)
+    return min(deadlines)

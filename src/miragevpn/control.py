@@ -16,7 +16,8 @@ the client's reactions, in order, as values; it changes nothing. The client (cli
     HALT        Stop;  EXIT → Restart
     INFO, other reported as ControlMessageReceived
 
-Also here: `connection_lost_reason`, what a lost transport most likely means in each phase.
+Also here, in words: `connection_lost_reason` (what a lost transport most likely means in each
+phase) and `with_authentication_hint` (a handshake timeout after packets failed tls-auth).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .push import (
     parse_pushed_options,
 )
 from .remotes import Advance
+from .tls_wrap import authentication_failure_hint
 from .tunnelsettings import resolve_tunnel_settings
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "connection_lost_reason",
     "push_reply",
     "react",
+    "with_authentication_hint",
 ]
 
 
@@ -225,6 +228,16 @@ def _late_push_reply(part: PushReply, *, config: Config) -> list[Reaction]:
     if pushed.auth_token is None and pushed.auth_token_user is None:
         return []
     return [UseAuthToken(token=pushed.auth_token, user=pushed.auth_token_user)]
+
+
+def with_authentication_hint(reason: str, session: Session, config: Config) -> str:
+    """A handshake timeout while nothing from the server authenticated but something failed
+    to: say so, and which key to check."""
+    failures = session.failed_authentication
+    if session.their_session_id is not None or not failures:
+        return reason
+    hint = authentication_failure_hint(config.tls_protection, failures)
+    return f"{reason}: {hint}" if hint else reason
 
 
 def connection_lost_reason(state: Handshaking | Pulling | Established) -> str:
