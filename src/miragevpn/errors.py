@@ -111,12 +111,12 @@ class AuthFailed(MirageVPNError):
     `temporary` for `AUTH_FAILED,TEMP[...]` (the server asks us to try again later)."""
 
     def __init__(self, reason: str, *, temporary: bool = False) -> None:
-        detail = reason or "no reason given"
+        said = f"AUTH_FAILED,{reason}" if reason else "AUTH_FAILED without a reason"
+        refused = "the server refused our credentials"
         if temporary:
-            message = "temporary authentication failure: the server refused our credentials"
-            message += f" for now (AUTH_FAILED,{detail})"
+            message = f"temporary authentication failure: {refused} for now ({said})"
         else:
-            message = f"authentication failed: the server refused our credentials ({detail})"
+            message = f"authentication failed: {refused} ({said})"
         super().__init__(message)
         self.reason = reason
         self.temporary = temporary
