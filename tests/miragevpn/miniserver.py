@@ -62,6 +62,7 @@ class MiniServer:
         peer_id: int | None = 7,
         client_ca: x509.Certificate | None = None,
         send_alerts: bool = True,
+        key_method_2: bytes = SERVER_KEY_METHOD_2,
     ) -> None:
         """`client_ca`: verify the client's certificate against this CA (a failed check ends
         the server's TLS with an alert, which goes out only if `send_alerts`; OpenVPN 2.6
@@ -75,6 +76,8 @@ class MiniServer:
                 SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: bool(args[-1])
             )
         self.send_alerts = send_alerts
+        self.key_method_2 = key_method_2  # what the server answers the client's with
+        self.client_key_methods: dict[int, bytes] = {}  # the client's key-method-2 by key id
         self.tls_errors: list[str] = []  # the server's own TLS failures
         self.keys: dict[int, ServerKeyState] = {0: ServerKeyState(self.ctx, 0)}
         self.client_sid: bytes | None = None
@@ -136,8 +139,10 @@ class MiniServer:
                 pass
             if not key.km2_done and len(key.plaintext) > CLIENT_KEY_METHOD_2_MIN:
                 key.km2_done = True
-                key.plaintext = b""  # the client's key-method-2 (its layout: test_keymethod)
-                key.tls.send(SERVER_KEY_METHOD_2)
+                # the client's key-method-2 (its layout: test_keymethod)
+                self.client_key_methods[key.key_id] = key.plaintext
+                key.plaintext = b""
+                key.tls.send(self.key_method_2)
             while b"\0" in key.plaintext:
                 text, _, key.plaintext = key.plaintext.partition(b"\0")
                 self.texts.append(text.decode())
