@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 
 from tests.helpers.ippacket import (
-    internet_checksum,
     icmp_echo_request,
+    internet_checksum,
     ipv4_header,
     is_echo_reply,
 )
