@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from tests.helpers.ippacket import internet_checksum
 from tests.helpers.netns import Netns
 
 ETH_P_ALL = 0x0003
@@ -112,15 +113,6 @@ def decode_udp_frame(frame: bytes) -> Datagram | None:
     return Datagram((src, sport), (dst, dport), bytes(ip[ihl + 8 : ihl + length]))
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def encode_ipv4_udp(src: Address, dst: Address, payload: bytes, *, ident: int = 0) -> bytes:
     """An IPv4 + UDP packet with a correct UDP checksum (the kernel fills the IP checksum)."""
     if len(payload) > MAX_UDP_PAYLOAD:
@@ -128,7 +120,9 @@ def encode_ipv4_udp(src: Address, dst: Address, payload: bytes, *, ident: int = 
     src_ip, dst_ip = (ipaddress.IPv4Address(a[0]).packed for a in (src, dst))
     length = UDP_HEADER.size + len(payload)
     pseudo = src_ip + dst_ip + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
-    checksum = _checksum(pseudo + UDP_HEADER.pack(src[1], dst[1], length, 0) + payload) or 0xFFFF
+    checksum = (
+        internet_checksum(pseudo + UDP_HEADER.pack(src[1], dst[1], length, 0) + payload) or 0xFFFF
+    )
     udp = UDP_HEADER.pack(src[1], dst[1], length, checksum) + payload
     ip = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ident, 0x4000, 64, socket.IPPROTO_UDP, 0,

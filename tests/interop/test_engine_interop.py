@@ -14,7 +14,6 @@ import json
 import os
 import select
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
@@ -22,38 +21,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.ippacket import icmp_echo_request, is_echo_reply
+
 DRIVER_TIMEOUT = 40.0
-
-
-# --------------------------------------------------------------------------- ICMP helpers
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def icmp_echo_request(source: bytes, destination: bytes, ident: int, seq: int) -> bytes:
-    payload = b"miragevpn-engine-interop" * 2
-    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), ident, 0, 64, 1, 0, source, destination
-    )
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
-    return header + icmp
-
-
-def is_echo_reply(packet: bytes, ident: int, seq: int) -> bool:
-    if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != 1:
-        return False
-    ihl = (packet[0] & 0x0F) * 4
-    icmp_type, _code, _sum, got_ident, got_seq = struct.unpack_from("!BBHHH", packet, ihl)
-    return icmp_type == 0 and got_ident == ident and got_seq == seq
 
 
 # --------------------------------------------------------------------------- the driver

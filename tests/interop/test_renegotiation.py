@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.interop.test_engine_interop import icmp_echo_request, is_echo_reply
+from tests.helpers.ippacket import icmp_echo_request, is_echo_reply
 
 DRIVER_TIMEOUT = 45.0
 ECHO_INTERVAL = 0.25

@@ -22,18 +22,10 @@ from miragevpn.config.model import Config, Proto, Remote
 from miragevpn.events import RouteSpec
 from qubes_miragevpn.unixclient import ExitCode, Outcome, UnixClient
 from tests.helpers.fake_client import SETTINGS, ScriptedClient
+from tests.helpers.ippacket import internet_checksum as checksum
 from tests.helpers.netns import Netns, wait_until
 
 pytestmark = pytest.mark.netns
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def echo_reply(packet: bytes) -> bytes | None:
