@@ -219,14 +219,6 @@ class SessionKeys:
         return iter(self._states.values())
 
     @property
-    def key_ids(self) -> frozenset[int]:
-        return frozenset(self._states)
-
-    @property
-    def renegotiating(self) -> bool:
-        return self._renegotiation is not None
-
-    @property
     def first_handshake_complete(self) -> bool:
         """Key id 0's TLS handshake completed (the server accepted the TLS session so far)."""
         first = self._states.get(0)
