@@ -18,6 +18,7 @@ from miragevpn.errors import DropReason
 from miragevpn.events import (
     DisconnectionRequested,
     Event,
+    ProgressReported,
     SessionEnded,
     SessionRestarting,
     TlsEstablished,
@@ -273,3 +274,26 @@ def test_a_corrupted_control_packet_that_breaks_tls_restarts_with_a_reason(pki: 
     reason = restarting(drain(client)).reason
     assert reason.startswith("control channel failed: TLS failure: ")
     assert "mac" in reason.lower() or "decrypt" in reason.lower()
+
+
+def test_auth_pending_extends_the_hand_window_by_whatever_timeout_it_carries(pki: Pki) -> None:
+    """The client applies control's ExtendHandWindow to its Pulling deadline: never shorter
+    than hand-window, as long as the (possibly capped) timeout says."""
+    client = Client(
+        make_config(pki, hand_window=10.0), rng=counter_rng(), now=T0, wall_clock=wall_clock
+    )
+    client.handle_connected(now=T0)
+    server = MiniServer(pki, reply="AUTH_PENDING,timeout 30")
+    exchange(client, server, T0)
+    assert ProgressReported(message="authentication pending") in drain(client)
+    assert client.get_timer() == T0 + 5  # the next PUSH_REQUEST, not the end
+    client.handle_timer(now=T0 + 10)  # hand-window alone would have ended the attempt here
+    assert not any(isinstance(e, SessionRestarting) for e in drain(client))
+    server.reply = "AUTH_PENDING,timeout 1"  # a shorter timeout never shortens the window
+    exchange(client, server, T0 + 10)
+    client.handle_timer(now=T0 + 29.9)
+    assert not any(isinstance(e, SessionRestarting) for e in drain(client))
+    client.handle_timer(now=T0 + 30)
+    [*_, restarting] = drain(client)
+    assert isinstance(restarting, SessionRestarting)
+    assert restarting.reason == "no PUSH_REPLY within hand-window"
