@@ -170,6 +170,8 @@ class Frame:
     sport: int = -1
     dport: int = -1
     icmp_type: int = -1
+    tcp_flags: int = -1
+    mss: int = -1  # the TCP MSS option, when the segment carries one
 
     def __str__(self) -> str:
         return (
@@ -206,12 +208,32 @@ def _decode_frame(frame: bytes) -> Frame:
         src, dst = str(A6(ip[8:24])), str(A6(ip[24:40]))
     else:
         return Frame(src_mac, ethertype)
-    sport = dport = icmp_type = -1
+    sport = dport = icmp_type = tcp_flags = mss = -1
     if proto in (6, 17) and len(l4) >= 4:
         sport, dport = struct.unpack_from("!HH", l4)
+    if proto == 6 and len(l4) >= 20:
+        tcp_flags, mss = l4[13], _tcp_mss(l4[20 : (l4[12] >> 4) * 4])
     elif proto in (1, 58) and l4:
         icmp_type = l4[0]
-    return Frame(src_mac, ethertype, src, dst, proto, sport, dport, icmp_type)
+    return Frame(src_mac, ethertype, src, dst, proto, sport, dport, icmp_type, tcp_flags, mss)
+
+
+def _tcp_mss(options: bytes) -> int:
+    """The MSS option (kind 2, length 4) of a TCP header's options, or -1 (RFC 9293 3.2)."""
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= len(options) or options[i + 1] < 2:
+            break
+        if kind == 2 and options[i + 1] == 4 and i + 4 <= len(options):
+            return int.from_bytes(options[i + 2 : i + 4], "big")
+        i += options[i + 1]
+    return -1
 
 
 @dataclass
@@ -463,15 +485,25 @@ class QubesTopology:
         return Probe("timeout", seconds)
 
     @contextlib.contextmanager
-    def capture(self) -> Iterator[Capture]:
-        """Capture on sys-net's end of the uplink while the block runs; parsed after."""
+    def capture(
+        self,
+        where: Netns | None = None,
+        interface: str | None = None,
+        sentinel_to: A4 | None = None,
+    ) -> Iterator[Capture]:
+        """Capture while the block runs, parsed after: by default on sys-net's end of the
+        uplink. A sentinel datagram from `where` to `sentinel_to` (default: sys-vpn's uplink
+        address) proves the capture live before the block and complete after it."""
+        where = where or self.sysnet
+        interface = interface or self.sysnet_vif
+        target = sentinel_to or self.sysvpn4
         fd, name = tempfile.mkstemp(prefix="mvpn-uplink-", suffix=".pcap")
         os.close(fd)
         errfd, errname = tempfile.mkstemp(prefix="mvpn-tcpdump-", suffix=".log")
         cap = Capture(Path(name))
         with os.fdopen(errfd, "w") as err:
-            proc = self.sysnet.spawn(
-                ["tcpdump", "-i", self.sysnet_vif, "-n", "-p", "-U", "-s", "256", "-w", name],
+            proc = where.spawn(
+                ["tcpdump", "-i", interface, "-n", "-p", "-U", "-s", "256", "-w", name],
                 stdout=err,
                 stderr=err,
             )
@@ -483,12 +515,12 @@ class QubesTopology:
             )
             if proc.poll() is not None:
                 raise RuntimeError(f"tcpdump exited: {Path(errname).read_text()}")
-            self._sentinel(Path(name))  # the capture is live once sys-net's own datagram is in
+            _sentinel(where, target, Path(name))  # live once the sentinel is in the file
             yield cap
-            self._sentinel(Path(name))  # and everything before this one is in the file
+            _sentinel(where, target, Path(name))  # and everything before it is in the file
         finally:
             stop_process(proc)
-            self.sysnet.processes.remove(proc)
+            where.processes.remove(proc)
             cap.frames = parse_pcap(Path(name).read_bytes())
             os.unlink(name)
             os.unlink(errname)
@@ -504,21 +536,6 @@ class QubesTopology:
                     if "counter" in stmt:
                         return int(stmt["counter"]["packets"])
         return 0
-
-    def _sentinel(self, pcap: Path) -> None:
-        """Send datagrams from sys-net to sys-vpn (dropped there) until the file grows."""
-        size = pcap.stat().st_size
-
-        def send() -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.sendto(b"mvpn capture sentinel", (str(self.sysvpn4), 9))
-
-        deadline = time.monotonic() + 10.0
-        while pcap.stat().st_size == size:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the uplink capture never saw sys-net's sentinel datagram")
-            self.sysnet.call(send)
-            time.sleep(0.05)
 
     # --- the stand-in tunnel ------------------------------------------------------------------
 
@@ -570,6 +587,22 @@ class QubesTopology:
             responder.close()
         for ns in [*self.extra_ns, *(a.ns for a in self.appvms), self.sysvpn, self.sysnet]:
             ns.close()
+
+
+def _sentinel(where: Netns, target: A4, pcap: Path) -> None:
+    """Send datagrams from `where` to `target` port 9 until the capture file grows."""
+    size = pcap.stat().st_size
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"mvpn capture sentinel", (str(target), 9))
+
+    deadline = time.monotonic() + 10.0
+    while pcap.stat().st_size == size:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the capture in {where.name} never saw its sentinel datagram")
+        where.call(send)
+        time.sleep(0.05)
 
 
 def _veth(a: Netns, a_name: str, b: Netns, b_name: str) -> None:

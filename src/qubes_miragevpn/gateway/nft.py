@@ -1,8 +1,9 @@
 """Apply a policy to the kernel: one libnftables transaction, read back, verified; else Blocked.
 
     backend = open_backend()                 # libnftables' Python binding, or `nft -j -f -`
-    apply_policy(Connecting(endpoints=...), facts, backend=backend)   # raises FirewallError
+    installed = apply_policy(Connecting(endpoints=...), facts, backend=backend)  # or raises
     verify_policy(Blocked(), facts, backend=backend)                  # raises FirewallError
+    verify_unchanged(installed, backend=backend)   # installed = what apply_policy returned
     remove_all(backend=backend)              # what `qubes-miragevpn unblock` runs
 
 Two backends behind one Protocol (`NftBackend`): `LibNftables` uses the `nftables` module
@@ -22,7 +23,7 @@ import logging
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qubes_miragevpn.gateway import ruleset
@@ -110,12 +111,18 @@ def open_backend() -> NftBackend:
 
 @dataclass(frozen=True, slots=True)
 class Installed:
-    """What the read-back found in our table, reduced to what we compare."""
+    """What the read-back found in our table, reduced to what we compare.
+
+    `statements` holds every rule's statements as the kernel lists them (counters zeroed). It
+    is not compared with `expected()` (libnftables lists rules in its own normal form: added
+    protocol dependencies, `meta l4proto udp th dport` shown as `udp dport`), but two
+    read-backs of one installed table are equal in it: see `verify_unchanged`."""
 
     chains: tuple[tuple[str, str | None, str | None, int | None, str | None], ...]
     sets: tuple[tuple[str, str, tuple[str, ...]], ...]
     rules: tuple[tuple[str, str, str], ...]  # (chain, comment, last statement)
     flags: tuple[str, ...]
+    statements: tuple[str, ...] = field(default=(), compare=False)
 
 
 def read_back(backend: NftBackend | None = None) -> Installed | None:
@@ -132,7 +139,7 @@ def read_back(backend: NftBackend | None = None) -> Installed | None:
 
 def _reduce(output: Any) -> Installed | None:
     objects = output.get("nftables", []) if isinstance(output, dict) else []
-    chains, sets, rules, found = [], [], [], False
+    chains, sets, rules, statements, found = [], [], [], [], False
     flags: tuple[str, ...] = ()
     for obj in objects:
         if "table" in obj:
@@ -149,9 +156,23 @@ def _reduce(output: Any) -> Installed | None:
             r = obj["rule"]
             last = str(next(iter(r["expr"][-1]))) if r.get("expr") else ""
             rules.append((r["chain"], r.get("comment", ""), last))
+            statements.append(_canonical(r.get("expr", [])))
     if not found:
         return None
-    return Installed(tuple(chains), tuple(sorted(sets)), tuple(rules), flags)
+    return Installed(tuple(chains), tuple(sorted(sets)), tuple(rules), flags, tuple(statements))
+
+
+def _canonical(expr: Any) -> str:
+    """A rule's statements as stable text, counters zeroed (they count, they do not decide)."""
+
+    def zero(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (None if k == "counter" else zero(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [zero(v) for v in node]
+        return node
+
+    return json.dumps(zero(expr), sort_keys=True)
 
 
 def _element(element: Any) -> str:
@@ -186,15 +207,31 @@ def _differences(want: Installed, have: Installed | None) -> list[str]:
 
 def verify_policy(policy: Policy, facts: Facts, *, backend: NftBackend | None = None) -> None:
     """Read our table back; raise FirewallError unless it is exactly (policy, facts)."""
+    _verified(policy, facts, backend or open_backend())
+
+
+def verify_unchanged(installed: Installed, *, backend: NftBackend | None = None) -> None:
+    """Raise FirewallError unless our table is still exactly what `apply_policy` returned,
+    statement for statement (for periodic checks: someone may have edited or deleted it)."""
     backend = backend or open_backend()
-    problems = _differences(expected(policy, facts), read_back(backend))
-    if problems:
+    now = read_back(backend)
+    if now is None:
+        raise FirewallError(f"table {ruleset.FAMILY} {ruleset.TABLE} has disappeared")
+    if now != installed or now.statements != installed.statements:
+        changed = [
+            f"{rule[0]}: {rule[1]!r}"
+            for rule, was, is_ in zip(
+                installed.rules, installed.statements, now.statements, strict=False
+            )
+            if was != is_
+        ]
         raise FirewallError(
-            f"the {ruleset.policy_name(policy)} firewall is not in place: " + "; ".join(problems)
+            "our firewall table was changed behind our back"
+            + (f" (rules: {'; '.join(changed)})" if changed else "")
         )
 
 
-def _apply_verified(policy: Policy, facts: Facts, backend: NftBackend) -> None:
+def _apply_verified(policy: Policy, facts: Facts, backend: NftBackend) -> Installed:
     name = ruleset.policy_name(policy)
     log.info(
         "firewall: replacing table %s %s with the %s policy (via %s)",
@@ -204,17 +241,27 @@ def _apply_verified(policy: Policy, facts: Facts, backend: NftBackend) -> None:
         backend.name,
     )
     backend.run(ruleset.build_document(policy, facts))
-    verify_policy(policy, facts, backend=backend)
+    return _verified(policy, facts, backend)
 
 
-def apply_policy(policy: Policy, facts: Facts, *, backend: NftBackend | None = None) -> None:
+def _verified(policy: Policy, facts: Facts, backend: NftBackend) -> Installed:
+    installed = read_back(backend)
+    problems = _differences(expected(policy, facts), installed)
+    if problems or installed is None:
+        raise FirewallError(
+            f"the {ruleset.policy_name(policy)} firewall is not in place: " + "; ".join(problems)
+        )
+    return installed
+
+
+def apply_policy(policy: Policy, facts: Facts, *, backend: NftBackend | None = None) -> Installed:
     """Install (policy, facts) atomically and verify it; on failure install Blocked and raise.
 
-    The FirewallError says what failed; its `blocked` tells whether Blocked is now in force."""
+    Returns the verified read-back (keep it for `verify_unchanged`). The FirewallError says
+    what failed; its `blocked` tells whether Blocked is now in force."""
     backend = backend or open_backend()
     try:
-        _apply_verified(policy, facts, backend)
-        return
+        return _apply_verified(policy, facts, backend)
     except FirewallError as e:
         failure = e
     if isinstance(policy, Blocked):

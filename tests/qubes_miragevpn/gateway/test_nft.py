@@ -24,6 +24,7 @@ from qubes_miragevpn.gateway.nft import (
     read_back,
     remove_all,
     verify_policy,
+    verify_unchanged,
 )
 from qubes_miragevpn.gateway.policy import Blocked, Connected, Connecting, Endpoint, Facts, Tunnel
 from tests.helpers.netns import Netns
@@ -217,3 +218,27 @@ def test_open_backend_prefers_the_binding_and_falls_back_to_nft(
     monkeypatch.setitem(sys.modules, "nftables", None)  # import now raises ImportError
     backend = nft.open_backend()
     assert isinstance(backend, NftCommand)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_verify_unchanged_notices_an_edited_rule_that_kept_its_comment(
+    netns: Netns, kind: str
+) -> None:
+    backend = InNamespace(netns, kind)
+    policy = Connecting(endpoints=(UDP,))
+    installed = apply_policy(policy, FACTS, backend=backend)
+    verify_unchanged(installed, backend=backend)  # a second read-back is identical
+    netns.run(["ping", "-c", "1", "-W", "1", "127.0.0.1"], check=False)  # counters move
+    verify_unchanged(installed, backend=backend)
+    listing = netns.run(["nft", "-a", "list", "chain", "inet", "qubes-miragevpn", "output"])
+    line = next(x for x in listing.stdout.splitlines() if "server endpoint" in x)
+    comment = line.split('comment "', 1)[1].split('"', 1)[0]
+    handle = line.rsplit("# handle ", 1)[1]
+    netns.run(["nft", "replace", "rule", "inet", "qubes-miragevpn", "output", "handle", handle,
+               "oifname", "eth0", "accept", "comment", f'"{comment}"'])  # fmt: skip
+    verify_policy(policy, FACTS, backend=backend)  # comments and verdicts alike: not seen here
+    with pytest.raises(FirewallError, match=r"changed behind our back.*server endpoint"):
+        verify_unchanged(installed, backend=backend)
+    remove_all(backend=backend)
+    with pytest.raises(FirewallError, match="disappeared"):
+        verify_unchanged(installed, backend=backend)

@@ -219,3 +219,60 @@ def test_unblock_hands_forwarding_back_to_qubes(topo: QubesTopology) -> None:
     topo.sysvpn.call(remove_all)
     assert topo.sysvpn.call(read_back) is None
     assert topo.probe(topo.appvms[0].ns, topo.web4, 80).reply == b"uplink web"
+
+
+def test_connected_clamps_the_mss_of_appvm_syns_to_the_tunnel_mtu(topo: QubesTopology) -> None:
+    policy = connected(topo)
+    install(topo, policy)
+    tunnel = topo.tunnels[0]
+    with topo.capture(tunnel.ns, "eth0", tunnel.local4) as cap:
+        assert topo.probe(topo.appvms[0].ns, topo.web4, 80).reply == b"tunnel web"
+    syns = [f for f in cap.frames if f.dport == 80 and f.tcp_flags & 0x12 == 0x02]
+    assert syns and {f.mss for f in syns} == {tunnel.mtu - 40}, [str(f) for f in cap.frames]
+
+
+@pytest.mark.parametrize("state", ["blocked", "connected"])
+def test_nothing_from_outside_opens_a_connection_to_an_appvm(
+    topo: QubesTopology, state: str
+) -> None:
+    """A user rule in Qubes' custom-forward lets sys-net (and the tunnel) reach an AppVM
+    service; our table must still drop it: an accept elsewhere cannot overrule our drop."""
+    app = topo.appvms[0]
+    listener = topo.serve(app.ns, app.ip4, 8080, tag=b"appvm service")
+    topo.sysnet.run(["ip", "route", "add", "10.137.0.0/24", "via", str(topo.sysvpn4), "dev",
+                     topo.sysnet_vif, "onlink"])  # fmt: skip
+    topo.sysvpn.run(["nft", "add", "rule", "ip", "qubes", "custom-forward", "accept"])
+    sources = [topo.sysnet]
+    policy: Policy = Blocked()
+    if state == "connected":
+        policy = connected(topo)
+        tunnel = topo.tunnels[0]
+        tunnel.ns.run(["ip", "route", "add", "10.137.0.0/24", "via", str(tunnel.local4)])
+        sources.append(tunnel.ns)
+    for source in sources:  # the probes can succeed: Qubes alone lets them in now
+        assert topo.probe(source, app.ip4, 8080).reply == b"appvm service", source.name
+    seen = len(listener.seen)
+    install(topo, policy)
+    for source in sources:
+        for proto in ("tcp", "udp"):
+            probe = topo.probe(source, app.ip4, 8080, proto=proto, timeout=1.0)
+            assert probe.outcome == "timeout", (source.name, proto, probe)
+    assert len(listener.seen) == seen
+
+
+def test_connecting_to_an_ipv6_endpoint(topo: QubesTopology) -> None:
+    topo.serve(topo.sysnet, topo.server6, VPN_PORT, tag=b"vpn server6")
+    ep6 = Endpoint(address=topo.server6, port=VPN_PORT, proto="tcp")
+    install(topo, Connecting(endpoints=(ep6,)))
+    with topo.capture() as cap:
+        marked = topo.probe(topo.sysvpn, topo.server6, VPN_PORT, mark=DEFAULT_MARK)
+        assert marked.reply == b"vpn server6", marked
+        unmarked = topo.probe(topo.sysvpn, topo.server6, VPN_PORT)
+        assert unmarked.failed_fast, unmarked
+        other = topo.probe(topo.sysvpn, topo.web6, 80, mark=DEFAULT_MARK)
+        assert other.failed_fast, other
+    for frame in cap.frames_from_sysvpn():
+        if frame.proto == 58:
+            assert frame.icmp_type in (135, 136), str(frame)  # neighbour discovery only
+        else:
+            assert (frame.dst, frame.dport) == (str(topo.server6), VPN_PORT), str(frame)
