@@ -4,6 +4,7 @@ and the daemon's marked sockets can reach under each policy, proven with an upli
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -276,3 +277,30 @@ def test_connecting_to_an_ipv6_endpoint(topo: QubesTopology) -> None:
             assert frame.icmp_type in (135, 136), str(frame)  # neighbour discovery only
         else:
             assert (frame.dst, frame.dport) == (str(topo.server6), VPN_PORT), str(frame)
+
+
+def test_a_flow_through_the_tunnel_never_falls_back_to_the_uplink(topo: QubesTopology) -> None:
+    """Conntrack state does not matter: when the tunnel routes vanish while Connected is still
+    in force, the next packet of an established flow routes to eth0 and must be refused."""
+    install(topo, connected(topo))
+    app = topo.appvms[0]
+
+    def open_flow() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(2.0)
+        sock.connect((str(topo.web4), 80))
+        return sock
+
+    sock = app.ns.call(open_flow)
+    try:
+        sock.send(b"first")
+        assert sock.recv(100) == b"tunnel web"
+        for half in ("0.0.0.0/1", "128.0.0.0/1"):
+            topo.sysvpn.run(["ip", "route", "del", half])
+        with topo.capture() as cap:
+            sock.send(b"second")
+            with pytest.raises(OSError):
+                sock.recv(100)  # an ICMP error (refused) or nothing at all
+        assert cap.frames_from_sysvpn() == []
+    finally:
+        sock.close()
