@@ -1,16 +1,23 @@
 """A simulated Qubes network in namespaces: sys-net, sys-vpn, two AppVMs, an uplink capture.
 
     sys-net ── vif5.0 ═══ eth0 (group 1) ── sys-vpn ── vif11.0 (group 2) ═══ eth0 ── appvm1
-      lo: the "internet"                    │      vif12.0 (group 2) ═══ eth0 ── appvm2
-      (servers, DNS, leak targets)             └── tun0 ═══ eth0 ── tunnel peer (add_tunnel)
+      lo: the "internet"                          │  ── vif12.0 (group 2) ═══ eth0 ── appvm2
+      (servers, DNS, leak targets)                └──── tun0 ═══ eth0 ── tunnel peer (add_tunnel)
 
 Addressing follows Qubes (network/setup-ip, vif-route-qubes, qubes/vm/mix/net.py): every qube
 has a /32 (and a /128), a permanent neighbour entry for its gateway at fe:ff:ff:ff:ff:ff and a
 default route `via gateway onlink`; each vif has proxy ARP (proxy NDP), the netvm gateway address
 as /32 and a host route to its AppVM with metric 32752-domid. sys-vpn's uplink is in interface
 group 1, its vifs in group 2; Qubes' own `ip qubes`, `ip6 qubes` and `inet qubes-nat-accel`
-tables are loaded as qubes-iptables and vif-route-qubes load them; forwarding is on, as
-qubes-network leaves it. sys-net serves the uplink DNS (10.139.1.1/.2) itself.
+tables are loaded as qubes-iptables and vif-route-qubes load them (tests/helpers/qubes_tables.py;
+without kernel flowtables, qubes-accel counts what it would offload: `offload_candidates()`);
+forwarding is on, as qubes-network leaves it. sys-net serves the uplink DNS (10.139.1.1/.2)
+itself; its "internet" addresses sit on its loopback. Captures are tcpdump -w files read by
+tests/helpers/pcap.py.
+
+The daemon's tests run the real OpenVPN server in `sysnet` on `server4` (a host address there)
+and the daemon in `sysvpn` with `topo.facts(mark)`; the firewall's own tests stand a veth in for
+the tunnel (`add_tunnel`).
 
     with qubes_topology() as topo:
         web = topo.serve(topo.sysnet, topo.web4, 80, tag=b"sys-net web")
@@ -30,7 +37,6 @@ import os
 import secrets
 import select
 import socket
-import struct
 import subprocess
 import tempfile
 import threading
@@ -41,6 +47,8 @@ from pathlib import Path
 
 from qubes_miragevpn.gateway.policy import Facts
 from tests.helpers.netns import IP, Netns, stop_process, wait_until
+from tests.helpers.pcap import Frame, parse_pcap
+from tests.helpers.qubes_tables import nat_accel_table, qubes_tables
 
 A4 = ipaddress.IPv4Address
 A6 = ipaddress.IPv6Address
@@ -158,84 +166,6 @@ _ERRNO_OUTCOME = {
 }
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One captured Ethernet frame, decoded as far as the tests need."""
-
-    src_mac: str
-    ethertype: int
-    src: str = ""
-    dst: str = ""
-    proto: int = -1  # IP protocol / IPv6 next header
-    sport: int = -1
-    dport: int = -1
-    icmp_type: int = -1
-    tcp_flags: int = -1
-    mss: int = -1  # the TCP MSS option, when the segment carries one
-
-    def __str__(self) -> str:
-        return (
-            f"{self.src_mac} type {self.ethertype:#06x} {self.src}:{self.sport} -> "
-            f"{self.dst}:{self.dport} proto {self.proto} icmp {self.icmp_type}"
-        )
-
-
-def parse_pcap(data: bytes) -> list[Frame]:
-    """Frames of a classic pcap file (Ethernet link type) as tcpdump -w writes it."""
-    if len(data) < 24:
-        return []
-    magic = data[:4]
-    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    frames, offset = [], 24
-    while offset + 16 <= len(data):
-        _, _, caplen, _ = struct.unpack_from(endian + "IIII", data, offset)
-        offset += 16
-        frames.append(_decode_frame(data[offset : offset + caplen]))
-        offset += caplen
-    return frames
-
-
-def _decode_frame(frame: bytes) -> Frame:
-    src_mac = ":".join(f"{b:02x}" for b in frame[6:12])
-    ethertype = int.from_bytes(frame[12:14], "big")
-    ip = frame[14:]
-    if ethertype == 0x0800 and len(ip) >= 20:
-        header = (ip[0] & 0x0F) * 4
-        proto, l4 = ip[9], ip[header:]
-        src, dst = str(A4(ip[12:16])), str(A4(ip[16:20]))
-    elif ethertype == 0x86DD and len(ip) >= 40:
-        proto, l4 = ip[6], ip[40:]
-        src, dst = str(A6(ip[8:24])), str(A6(ip[24:40]))
-    else:
-        return Frame(src_mac, ethertype)
-    sport = dport = icmp_type = tcp_flags = mss = -1
-    if proto in (6, 17) and len(l4) >= 4:
-        sport, dport = struct.unpack_from("!HH", l4)
-    if proto == 6 and len(l4) >= 20:
-        tcp_flags, mss = l4[13], _tcp_mss(l4[20 : (l4[12] >> 4) * 4])
-    elif proto in (1, 58) and l4:
-        icmp_type = l4[0]
-    return Frame(src_mac, ethertype, src, dst, proto, sport, dport, icmp_type, tcp_flags, mss)
-
-
-def _tcp_mss(options: bytes) -> int:
-    """The MSS option (kind 2, length 4) of a TCP header's options, or -1 (RFC 9293 3.2)."""
-    i = 0
-    while i < len(options):
-        kind = options[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= len(options) or options[i + 1] < 2:
-            break
-        if kind == 2 and options[i + 1] == 4 and i + 4 <= len(options):
-            return int.from_bytes(options[i + 2 : i + 4], "big")
-        i += options[i + 1]
-    return -1
-
-
 @dataclass
 class Capture:
     """tcpdump -w on sys-net's end of the uplink; `frames` filled when the capture stops."""
@@ -246,119 +176,6 @@ class Capture:
     def frames_from_sysvpn(self) -> list[Frame]:
         """Every frame sys-vpn sent to sys-net (ARP aside: it carries no payload)."""
         return [f for f in self.frames if f.src_mac == SYSVPN_MAC and f.ethertype != 0x0806]
-
-
-def _nft_qubes(vifs: list[tuple[str, A4, A6]], dnat_dns: tuple[A4, ...]) -> str:
-    """Qubes' own tables as network/qubes-ipv4.nft, qubes-ipv6.nft, qubes-antispoof.nft,
-    qubes-setup-dnat-to-ns and vif-route-qubes leave them (test fixture text, not our code)."""
-    allowed4 = ", ".join(f'"{v}" . {a}' for v, a, _ in vifs)
-    allowed6 = ", ".join(f'"{v}" . {a}' for v, _, a in vifs)
-    down4 = ", ".join(str(a) for _, a, _ in vifs)
-    down6 = ", ".join(str(a) for _, _, a in vifs)
-    dnat = "\n".join(
-        f"      ip daddr {d} {p} dport 53 dnat to {d}" for d in dnat_dns for p in ("udp", "tcp")
-    )
-    return f"""
-table ip qubes {{
-   set downstream {{ type ipv4_addr; elements = {{ {down4} }} }}
-   set allowed {{ type ifname . ipv4_addr; elements = {{ {allowed4} }} }}
-   chain prerouting {{
-      type filter hook prerouting priority raw; policy accept;
-      iifgroup 2 goto antispoof
-      ip saddr @downstream counter drop
-   }}
-   chain antispoof {{ iifname . ip saddr @allowed accept; counter drop; }}
-   chain postrouting {{
-      type nat hook postrouting priority srcnat; policy accept;
-      oifgroup 2 accept
-      oif lo accept
-      masquerade
-   }}
-   chain input {{
-      type filter hook input priority filter; policy drop;
-      jump custom-input
-      ct state invalid counter drop
-      iifgroup 2 meta l4proto udp udp dport 68 counter drop
-      ct state related,established accept
-      iifgroup 2 meta l4proto icmp accept
-      iif lo accept
-      iifgroup 2 counter reject with icmp type host-prohibited
-      counter
-   }}
-   chain forward {{
-      type filter hook forward priority filter; policy accept;
-      jump custom-forward
-      ct state invalid counter drop
-      ct state related,established accept
-      iifgroup != 2 counter drop
-      oifgroup 2 counter drop
-   }}
-   chain custom-input {{}}
-   chain custom-forward {{}}
-   chain dnat-dns {{
-      type nat hook prerouting priority dstnat; policy accept;
-{dnat}
-   }}
-}}
-table ip6 qubes {{
-   set downstream {{ type ipv6_addr; elements = {{ {down6} }} }}
-   set allowed {{ type ifname . ipv6_addr; elements = {{ {allowed6} }} }}
-   chain prerouting {{
-      type filter hook prerouting priority raw; policy accept;
-      iifgroup 2 ip6 saddr fe80::/10 accept
-      iifgroup 2 goto antispoof
-      ip6 saddr @downstream counter drop
-   }}
-   chain antispoof {{ iifname . ip6 saddr @allowed accept; counter drop; }}
-   chain postrouting {{
-      type nat hook postrouting priority srcnat; policy accept;
-      oifgroup 2 accept
-      oif lo accept
-      masquerade
-   }}
-   chain input {{
-      type filter hook input priority filter; policy drop;
-      jump custom-input
-      ct state invalid counter drop
-      ct state related,established accept
-      meta l4proto icmpv6 accept
-      iif lo accept
-      iifgroup 2 counter reject with icmpv6 type admin-prohibited
-      counter
-   }}
-   chain forward {{
-      type filter hook forward priority filter; policy accept;
-      jump custom-forward
-      ct state invalid counter drop
-      ct state related,established accept
-      iifgroup != 2 counter drop
-      oifgroup 2 counter drop
-   }}
-   chain custom-input {{}}
-   chain custom-forward {{}}
-}}
-"""
-
-
-def _nft_nat_accel(devices: list[str], *, flowtable: bool) -> str:
-    """vif-route-qubes' `inet qubes-nat-accel`: group 2 -> group 1 TCP/UDP flows offloaded at
-    filter+5. Kernels without flowtables (CONFIG_NF_FLOW_TABLE unset) get the same chain with a
-    counter in place of `flow add`: a packet counted there is one a flowtable would offload."""
-    names = ", ".join(f'"{d}"' for d in devices)
-    table = "table inet qubes-nat-accel {\n"
-    if flowtable:
-        hook = "hook ingress priority filter"
-        table += f"   flowtable qubes-accel {{ {hook}; devices = {{ {names} }}; }}\n"
-    offload = "flow add @qubes-accel" if flowtable else "counter"
-    return (
-        table
-        + f"""   chain qubes-accel {{
-      type filter hook forward priority filter + 5; policy accept;
-      meta l4proto {{ tcp, udp }} iifgroup 2 oifgroup 1 {offload} comment "offload"
-   }}
-}}
-"""
-    )
 
 
 @dataclass
@@ -661,14 +478,14 @@ def qubes_topology(appvm_count: int = 2) -> Iterator[QubesTopology]:
             namespaces.append(ns)
             topo.appvms.append(_build_appvm(topo, ns, index))
         vifs = [(a.vif, a.ip4, a.ip6) for a in topo.appvms]
-        sysvpn.run(["nft", "-f", "-"], input=_nft_qubes(vifs, topo.uplink_dns))
+        sysvpn.run(["nft", "-f", "-"], input=qubes_tables(vifs, topo.uplink_dns))
         devices = [topo.uplink, *(a.vif for a in topo.appvms)]
         accel = sysvpn.run(
-            ["nft", "-f", "-"], input=_nft_nat_accel(devices, flowtable=True), check=False
+            ["nft", "-f", "-"], input=nat_accel_table(devices, flowtable=True), check=False
         )
         if accel.returncode != 0:
             topo.flowtable = False
-            sysvpn.run(["nft", "-f", "-"], input=_nft_nat_accel(devices, flowtable=False))
+            sysvpn.run(["nft", "-f", "-"], input=nat_accel_table(devices, flowtable=False))
         _sysctl(sysvpn, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
     except BaseException:
         for ns in reversed(namespaces):

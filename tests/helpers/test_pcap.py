@@ -1,11 +1,12 @@
-"""The topology helper's own pieces: the pcap reader and the TCP option walk."""
+"""The pcap reader of the leak tests, and the topology capture's sys-vpn filter."""
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
 
-from tests.helpers.qubes_topology import SYSVPN_MAC, Capture, parse_pcap
+from tests.helpers.pcap import parse_pcap
+from tests.helpers.qubes_topology import SYSVPN_MAC, Capture
 
 SYSVPN = bytes.fromhex(SYSVPN_MAC.replace(":", ""))
 BACKEND = b"\xfe\xff\xff\xff\xff\xff"
