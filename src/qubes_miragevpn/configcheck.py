@@ -6,8 +6,10 @@ the self-contained config (every referenced file inlined; mode 0600, atomically)
 
 This is the IO edge of the checker: files are read through `files.ProfileFiles` (regular files
 only, never blocking, size-capped); what is shown comes from the pure `miragevpn.config.check`.
-A profile is hostile until checked, so nothing read from outside its folder is shown or copied,
-and every line printed has its control characters escaped.
+A profile is hostile until checked: by default files are confined to the profile's folder, as
+the gateway reads them (`--allow-outside` reads them anyway, as `miragevpn-client` does, with a
+warning; then nothing read from outside is shown or copied), and every line printed has its
+control characters escaped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Checked:
     outside: tuple[str, ...]  # those file names, as written in the config
 
 
-def check_file(path: str, *, confine: bool = False) -> Checked:
+def check_file(path: str, *, confine: bool = True) -> Checked:
     """Parse the config at `path`; every failure is a `ConfigError` located in it."""
     data = read_profile(path)
     reader = ProfileFiles(path, confine=confine)
@@ -111,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--inline", metavar="OUT", help="write the self-contained config (one FILE only)"
     )
     parser.add_argument(
-        "--confine",
+        "--allow-outside",
         action="store_true",
-        help="refuse files outside each config's folder, as the gateway does",
+        help="read files outside each config's folder (as miragevpn-client does; the gateway "
+        "refuses them); their content is never shown or inlined",
     )
     args = parser.parse_args(argv)
     if args.inline and len(args.files) != 1:
@@ -122,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     documents: list[object] = []
     for path in args.files:
         try:
-            checked = check_file(path, confine=args.confine)
+            checked = check_file(path, confine=not args.allow_outside)
         except ConfigError as exc:
             _say(format_error(exc), err=True)
             status = 1

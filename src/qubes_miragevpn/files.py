@@ -138,7 +138,7 @@ class ProfileFiles:
                 raise ConfigError("'..' is not allowed here: files must be in the profile's folder")
             if os.path.isabs(name) and not self.inside(os.path.realpath(name)):
                 raise ConfigError(
-                    f"it is outside the profile's folder {self.folder}; put it next to the profile"
+                    f"it is outside the profile's folder {self.folder}; copy it next to the profile"
                 )
         full = name if os.path.isabs(name) else os.path.join(self.base, name)
         data, real = read_regular(full, max_bytes=self.max_bytes)

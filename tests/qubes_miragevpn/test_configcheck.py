@@ -123,18 +123,23 @@ def test_outside_file_content_is_never_shown(
     shadow.write_bytes(SHADOW)
     path = config_dir / "steal.ovpn"
     path.write_text(HEAD + f"auth-user-pass {shadow}\n")
-    out, err, _ = _check(capsys, str(path), status=0)
+    # by default, the gateway's rule: the file is refused, in under a second, exit 1
+    _out, err, elapsed = _check(capsys, str(path))
+    assert elapsed < 1.0 and "toor" not in err
+    assert err == (
+        f"{path}:5: auth-user-pass: cannot read the credentials '{shadow}': it is outside "
+        f"the profile's folder {config_dir}; copy it next to the profile\n"
+    )
+    # read anyway: never shown, never inlined
+    out, err, _ = _check(capsys, "--allow-outside", str(path), status=0)
     assert "toor" not in out + err and "not shown" in out
     assert f"reads {shadow}, outside the profile's folder" in err
-    out, err, _ = _check(capsys, "--json", str(path), status=0)
+    out, err, _ = _check(capsys, "--allow-outside", "--json", str(path), status=0)
     assert "toor" not in out + err
     assert json.loads(out)["config"]["auth_user_pass"].startswith("<not shown")
     inline = tmp_path / "inline.ovpn"
-    out, err, _ = _check(capsys, "--inline", str(inline), str(path))
+    out, err, _ = _check(capsys, "--allow-outside", "--inline", str(inline), str(path))
     assert "--inline refused" in err and "toor" not in out + err and not inline.exists()
-    # the gateway's mode refuses the file itself
-    _out, err, _ = _check(capsys, "--confine", str(path))
-    assert "outside the profile's folder" in err and "toor" not in err
 
 
 def test_outside_file_content_is_not_quoted_in_errors(
@@ -145,7 +150,7 @@ def test_outside_file_content_is_not_quoted_in_errors(
     for directive in ("ca", "cert", "key", "tls-auth", "tls-crypt", "tls-crypt-v2", "pkcs12"):
         path = config_dir / "bad.ovpn"
         path.write_text(f"client\ndev tun\nremote a\nauth-user-pass creds\n{directive} {shadow}\n")
-        _out, err, _ = _check(capsys, str(path))
+        _out, err, _ = _check(capsys, "--allow-outside", str(path))
         assert LEAK not in err and "toor" not in err and f"{path}:5: {directive}: " in err
 
 
