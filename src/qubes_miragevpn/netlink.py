@@ -39,7 +39,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from miragevpn.events import TunnelSettings
 
-from .rtnl import Rtnl, open_rtnl
+from .rtnl import RoutePath, Rtnl, open_rtnl
 from .tun import Tun, open_tun
 
 log = logging.getLogger(__name__)
@@ -181,10 +181,22 @@ class Netlink:
         if index is None:
             raise TunnelSetupError(f"no interface named {ifname}")
 
-        # Every route the tunnel wants, decided before any is added, so that the path to the
-        # server is looked up while no tunnel route can change the answer.
+        # Decided before anything is changed, so that no change of ours alters the answers:
+        # which addresses may be used, every route the tunnel wants, the path to the server.
+        server = s.remote_address
+        wanted: list[tuple[IPInterface, ipaddress.IPv4Address | None]] = []
+        for interface, peer in ((s.ipv4, s.ipv4_peer), (s.ipv6, None)):
+            if interface is None:
+                continue
+            conflict = await self._conflict(interface.ip, server, index)
+            if conflict is None and peer is not None:
+                conflict = await self._conflict(peer, server, index)
+            if conflict is None:
+                wanted.append((interface, peer))
+            else:
+                run.skip(f"adding address {interface} to {ifname}", conflict)
+        onlink = _onlink_networks(wanted)
         routes: list[tuple[IPNetwork, IPAddress | None, int | None, str]] = []
-        onlink = _onlink_networks(s)
         if allow_routes:
             routes += [(net, None, None, "on-link route") for net in onlink]
         if s.redirect_gateway_ipv4:
@@ -192,8 +204,7 @@ class Netlink:
         if s.redirect_gateway_ipv6:
             routes += [(ipaddress.ip_network(n), None, None, "route") for n in _HALVES_V6]
         routes += [(r.network, r.gateway, r.metric, "route") for r in s.routes]
-        server = s.remote_address
-        server_path: tuple[IPAddress | None, int] | None = None
+        server_path: RoutePath | None = None
         server_path_error = ""
         if any(_covers(net, server) for net, *_ in routes):
             try:
@@ -201,7 +212,7 @@ class Netlink:
             except STEP_ERRORS as e:
                 server_path_error = _error_words(e)
             else:
-                if server_path[1] == index:
+                if server_path.oif == index:
                     server_path, server_path_error = None, f"it already goes through {ifname}"
 
         info = await rtnl.link_info(index)
@@ -221,10 +232,8 @@ class Netlink:
         await rtnl.link_set(index, state="up")  # without it nothing works: not skippable
 
         added = 0
-        if s.ipv4 is not None:
-            added += await self._add_address(run, ifname, index, s.ipv4, s.ipv4_peer)
-        if s.ipv6 is not None:
-            added += await self._add_address(run, ifname, index, s.ipv6, None)
+        for interface, peer in wanted:
+            added += await self._add_address(run, ifname, index, interface, peer)
         if not added:
             raise TunnelSetupError(
                 f"no address could be added to {ifname}: the tunnel is unusable"
@@ -255,6 +264,26 @@ class Netlink:
                 flags = RTNH_F_ONLINK  # no on-link route (route-nopull): say it ourselves
             await self._add_route(run, ifname, index, network, gateway, metric, what, flags)
 
+    async def _conflict(self, address: IPAddress, server: IPAddress, index: int) -> str | None:
+        """Why `address` must not be a tunnel address here, or None: the server's address,
+        one of this system's own, or inside a subnet connected on another interface (the LAN
+        gateway's address, a neighbour's)."""
+        if address == server:
+            return f"{address} is the server's address"
+        try:
+            path = await self._rtnl.route_get(address, _family(address))
+        except STEP_ERRORS:
+            return None  # no route at all: nothing it could collide with
+        if path.oif == index:
+            return None
+        if path.local or path.gateway is None:
+            info = await self._rtnl.link_info(path.oif)
+            where = info[0] if info else f"#{path.oif}"
+            if path.local:
+                return f"{address} is already an address of this system"
+            return f"{address} is inside a subnet connected on {where}"
+        return None
+
     async def _add_address(
         self,
         run: _Run,
@@ -284,10 +313,8 @@ class Netlink:
             )
         )
 
-    async def _add_server_route(
-        self, run: _Run, server: IPAddress, path: tuple[IPAddress | None, int]
-    ) -> bool:
-        gateway, oif = path
+    async def _add_server_route(self, run: _Run, server: IPAddress, path: RoutePath) -> bool:
+        gateway, oif = path.gateway, path.oif
         info = await self._rtnl.link_info(oif)
         ifname = info[0] if info else f"#{oif}"
         network = ipaddress.ip_network(server)
@@ -361,18 +388,18 @@ _HALVES_V4 = ("0.0.0.0/1", "128.0.0.0/1")
 _HALVES_V6 = ("::/1", "8000::/1")
 
 
-def _onlink_networks(s: TunnelSettings) -> list[IPNetwork]:
-    """The routes the kernel would have added for the tunnel's addresses."""
+def _onlink_networks(
+    addresses: list[tuple[IPInterface, ipaddress.IPv4Address | None]],
+) -> list[IPNetwork]:
+    """The routes the kernel would have added for the tunnel's addresses: the peer's host
+    route (p2p), else the address's subnet (none for a single-address prefix)."""
     networks: list[IPNetwork] = []
-    if s.ipv4 is not None:
-        networks.append(
-            ipaddress.ip_network(s.ipv4_peer) if s.ipv4_peer is not None else s.ipv4.network
-        )
-    if s.ipv6 is not None and s.ipv6.network.prefixlen < 128:
-        networks.append(s.ipv6.network)
-    return [
-        n for n in networks if not (n.version == 4 and n.prefixlen == 32 and s.ipv4_peer is None)
-    ]
+    for interface, peer in addresses:
+        if peer is not None:
+            networks.append(ipaddress.ip_network(peer))
+        elif interface.network.num_addresses > 1:
+            networks.append(interface.network)
+    return networks
 
 
 def _covers(network: IPNetwork, address: IPAddress) -> bool:

@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import pyroute2
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+RTN_LOCAL = 2  # <linux/rtnetlink.h>: a route to one of our own addresses
 BACKEND_ENV = "QUBES_MIRAGEVPN_NETLINK"  # "thread" or "async": force a backend (tests, diagnosis)
 
 
@@ -52,17 +54,30 @@ class Rtnl(Protocol):
 
     async def route(self, command: str, **kwargs: Any) -> None: ...
 
-    async def route_get(self, dst: IPAddress, family: int) -> tuple[IPAddress | None, int]:
-        """(gateway or None if on-link, output interface index) of the kernel's route to `dst`."""
+    async def route_get(self, dst: IPAddress, family: int) -> RoutePath:
+        """The kernel's route to `dst` (`ip route get`)."""
         ...
 
     async def close(self) -> None: ...
 
 
-def _route_answer(messages: Any) -> tuple[IPAddress | None, int]:
+@dataclass(frozen=True, slots=True)
+class RoutePath:
+    """Where the kernel sends packets for one address."""
+
+    gateway: IPAddress | None  # None: on-link (a connected subnet, or a point-to-point device)
+    oif: int  # output interface index
+    local: bool  # the address is one of this system's own (route type "local")
+
+
+def _route_answer(messages: Any) -> RoutePath:
     msg = next(iter(messages))
     gateway = msg.get_attr("RTA_GATEWAY")
-    return (ipaddress.ip_address(gateway) if gateway else None, int(msg.get_attr("RTA_OIF")))
+    return RoutePath(
+        gateway=ipaddress.ip_address(gateway) if gateway else None,
+        oif=int(msg.get_attr("RTA_OIF")),
+        local=msg["type"] == RTN_LOCAL,
+    )
 
 
 def _link_answer(messages: Any) -> tuple[str, int] | None:
@@ -115,7 +130,7 @@ class ThreadRtnl:
     async def route(self, command: str, **kwargs: Any) -> None:
         await self._run(lambda: self._ipr.route(command, **kwargs))
 
-    async def route_get(self, dst: IPAddress, family: int) -> tuple[IPAddress | None, int]:
+    async def route_get(self, dst: IPAddress, family: int) -> RoutePath:
         return await self._run(
             lambda: _route_answer(self._ipr.route("get", dst=str(dst), family=family))
         )
@@ -157,7 +172,7 @@ class AsyncRtnl:
     async def route(self, command: str, **kwargs: Any) -> None:
         await self._ipr.route(command, **kwargs)
 
-    async def route_get(self, dst: IPAddress, family: int) -> tuple[IPAddress | None, int]:
+    async def route_get(self, dst: IPAddress, family: int) -> RoutePath:
         return _route_answer(await self._ipr.route("get", dst=str(dst), family=family))
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -340,5 +341,39 @@ def test_a_route_covering_the_server_is_refused_without_a_path(
             "adding route 203.0.113.0/24 dev tun0",
         }
         assert "0.0.0.0/1 tun0" in routes(pair)  # the half without the server is fine
+
+    run_in(pair, backend, scenario)
+
+
+@pytest.mark.parametrize(
+    ("ipv4", "peer", "why"),
+    [
+        ("10.250.0.1/24", None, "is inside a subnet connected on"),  # the LAN gateway's address
+        ("10.250.0.2/30", None, "is already an address of this system"),  # our own LAN address
+        (f"{REMOTE}/24", None, "is the server's address"),
+        ("10.8.0.6/32", "10.250.0.1", "is inside a subnet connected on"),  # peer on the LAN
+    ],
+)
+def test_a_tunnel_address_that_collides_with_the_system_is_refused(
+    pair: NetnsPair, backend: str, ipv4: str, peer: str | None, why: str
+) -> None:
+    """`ifconfig` accepted the LAN gateway's own address and the server's address."""
+    colliding = settings(
+        ipv4=ipaddress.IPv4Interface(ipv4),
+        ipv4_peer=ipaddress.IPv4Address(peer) if peer else None,
+        routes=(),
+        redirect_gateway_ipv4=False,
+    )
+    before = routes(pair)
+
+    async def scenario(netlink: Netlink, tun: Tun) -> None:
+        report = await netlink.apply(tun.name, colliding)
+        refused = [s for s in report.skipped if s.change.startswith("adding address ")]
+        assert len(refused) == 1 and why in refused[0].reason, report.skipped
+        assert addresses(pair, "tun0") == {"fd00:8::1000/64"}  # IPv6 alone carries on
+        assert routes(pair) == before  # nothing for the refused address
+        with pytest.raises(TunnelSetupError, match="no address could be added"):
+            await netlink.apply(tun.name, replace(colliding, ipv6=None))
+        assert routes(pair) == before
 
     run_in(pair, backend, scenario)
