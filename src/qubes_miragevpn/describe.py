@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from miragevpn.events import TunnelSettings
 
+from .hooks import Endpoint, Phase, SessionState
 from .transport import UdpStats
 
 # Older engines counted a packet that failed to decode under the error's class name.
@@ -49,6 +50,44 @@ def describe_settings(ifname: str, s: TunnelSettings) -> str:
             "dhcp " + ", ".join(f"{o.kind} {o.value or ''}".strip() for o in s.dhcp_options)
         )
     return ", ".join(parts)
+
+
+def describe_duration(seconds: float) -> str:
+    """ "4s", "2m 5s", "3h 0m", "2d 1h": two units at most."""
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def describe_endpoint(endpoint: Endpoint) -> str:
+    return f"{endpoint.address} port {endpoint.port} over {endpoint.transport.value.upper()}"
+
+
+def describe_state(state: SessionState, now: float, ifname: str | None = None) -> str:
+    """Where the session is, for how long, with whom: "tunnel up for 2m 5s with 192.0.2.1
+    port 1194 over UDP: tun0, 10.8.0.2/24, ...". `now` is the session loop's clock."""
+    text = f"{state.phase.value} for {describe_duration(now - state.since)}"
+    if state.endpoint is not None and state.phase in (
+        Phase.CONNECTING,
+        Phase.NEGOTIATING,
+        Phase.UP,
+    ):
+        text += (" to " if state.phase is Phase.CONNECTING else " with ") + describe_endpoint(
+            state.endpoint
+        )
+    if state.phase is Phase.UP and state.settings is not None and ifname is not None:
+        text += ": " + describe_settings(ifname, state.settings)
+    elif state.detail:
+        text += f": {state.detail}"
+    return text
 
 
 def describe_stats(stats: object) -> str:

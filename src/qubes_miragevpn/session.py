@@ -37,14 +37,13 @@ Not the loop's: signals, sd_notify, exit codes, the tun device's life, routes an
 from __future__ import annotations
 
 import asyncio
-import enum
 import ipaddress
 import logging
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar, assert_never
 
 from miragevpn.client import Client
@@ -64,7 +63,21 @@ from miragevpn.events import (
 )
 
 from . import transport as transports
+from .hooks import Ending, Endpoint, Phase, SessionHooks, SessionOutcome, SessionState
 from .tun import TunDevice
+
+__all__ = [
+    "ClientFactory",
+    "Ending",
+    "Endpoint",
+    "EngineClient",
+    "Phase",
+    "SessionHooks",
+    "SessionLoop",
+    "SessionOutcome",
+    "SessionState",
+    "engine_client_factory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,57 +128,6 @@ def engine_client_factory(
     return factory
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Endpoint:
-    """Where the next connection attempt goes."""
-
-    address: IPAddress
-    port: int
-    transport: Transport
-
-
-class Ending(enum.Enum):
-    """How a session ended."""
-
-    CLOSED = "closed"  # close() was called, or the engine ended without an error
-    FAILED = "failed"  # the engine ended on an error: auth failed, server HALT, retries over
-    SETUP_FAILED = "setup failed"  # a hook raised: tun device, routes, firewall
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionOutcome:
-    ending: Ending
-    reason: str
-    error: BaseException | None = None
-
-
-class SessionHooks(Protocol):
-    """What the application decides. Called on the loop, one at a time, in event order."""
-
-    async def before_connect(self, endpoint: Endpoint) -> None:
-        """Awaited before the socket to `endpoint` is opened; raise to refuse (ends the
-        session with SETUP_FAILED)."""
-        ...
-
-    async def tunnel_up(self, settings: TunnelSettings) -> TunDevice:
-        """The tunnel is (again) established with `settings`: open or keep the tun device,
-        apply what should be applied, and return the device for the loop to pump. Raise if
-        nothing usable could be set up (ends the session with SETUP_FAILED)."""
-        ...
-
-    def restarting(self, reason: str, retry_in: float) -> None:
-        """The session was lost and is retried in `retry_in` seconds (the tun stays)."""
-        ...
-
-    def progress(self, message: str) -> None:
-        """A step of the connection, in words ("TLS handshake", "pulling options")."""
-        ...
-
-    def ended(self, outcome: SessionOutcome) -> None:
-        """Called once, just before `run()` returns `outcome`."""
-        ...
-
-
 def _families(family: AddressFamily) -> int:
     return {
         AddressFamily.ANY: socket.AF_UNSPEC,
@@ -211,6 +173,7 @@ class SessionLoop:
         self._done: asyncio.Future[SessionOutcome] | None = None
         self._closing = False
         self._failure: BaseException | None = None
+        self._state = SessionState(phase=Phase.STARTING, since=clock())
 
     # ------------------------------------------------------------------ entry points
 
@@ -239,6 +202,7 @@ class SessionLoop:
             self._finish(SessionOutcome(ending=Ending.CLOSED, reason=f"{reason} (forced)"))
             return
         self._closing = True
+        self._enter(Phase.CLOSING, detail=reason)
         log.info("%s: closing the session", reason)
         self._loop.call_later(
             self._close_timeout,
@@ -259,6 +223,11 @@ class SessionLoop:
     def udp_stats(self) -> transports.UdpStats | None:
         """The counters of the current (or last) UDP socket."""
         return self._udp_stats
+
+    @property
+    def state(self) -> SessionState:
+        """Where the session is now (`describe.describe_state` says it in words)."""
+        return self._state
 
     @property
     def tun(self) -> TunDevice | None:
@@ -334,6 +303,7 @@ class SessionLoop:
         match event:
             case ResolutionRequested(host=host, family=family):
                 log.info("resolving %s", host)
+                self._enter(Phase.RESOLVING, detail=host)
                 self._spawn(self._resolve(host, family))
             case ConnectionRequested(address=address, port=port, transport=kind):
                 self._close_transport()
@@ -344,6 +314,7 @@ class SessionLoop:
                 self._close_transport()
             case ProgressReported(message=message):
                 log.info("%s", message)
+                self._enter(self._state.phase, detail=message)
                 self._hooks.progress(message)
             case TlsEstablished(version=version, cipher=cipher, peer_subject=subject):
                 log.info("TLS established: %s %s with %s", version, cipher, subject)
@@ -353,6 +324,7 @@ class SessionLoop:
                 log.info("server says: %s", message)
             case SessionRestarting(reason=reason, retry_in=retry_in):
                 log.warning("session lost (%s); reconnecting in %.1fs", reason, retry_in)
+                self._enter(Phase.RESTARTING, detail=reason)
                 self._hooks.restarting(reason, retry_in)
             case SessionEnded(reason=reason, error=error):
                 self._close_transport()
@@ -401,6 +373,7 @@ class SessionLoop:
                 self._loop.remove_reader(self._tun.fileno())
             self._tun = tun
             self._loop.add_reader(tun.fileno(), self._on_tun_readable)
+        self._enter(Phase.UP, settings=settings, detail="")
 
     # ------------------------------------------------------------------ IO callbacks
 
@@ -431,6 +404,7 @@ class SessionLoop:
             return
         address, port, kind = endpoint.address, endpoint.port, endpoint.transport
         log.info("connecting to %s port %d over %s", address, port, kind.value.upper())
+        self._enter(Phase.CONNECTING, endpoint=endpoint, detail="")
 
         def on_data(batch: list[bytes]) -> None:
             if generation == self._generation:
@@ -464,6 +438,7 @@ class SessionLoop:
         if isinstance(opened, transports.UdpTransport):
             self._udp_stats = opened.stats
         log.info("connected to %s port %d", address, port)
+        self._enter(Phase.NEGOTIATING, detail="")
         self._call(lambda c, now: c.handle_connected(now=now))
 
     def _on_wire_data(self, batch: list[bytes]) -> None:
@@ -533,6 +508,17 @@ class SessionLoop:
     def _finish(self, outcome: SessionOutcome) -> None:
         if self._done is not None and not self._done.done():
             self._done.set_result(outcome)
+            self._enter(Phase.ENDED, detail=outcome.reason)
+
+    def _enter(self, phase: Phase, **changes: Any) -> None:
+        """Move `state` to `phase` (its time only if the phase changes); once closing, only
+        on to ENDED."""
+        current = self._state
+        closing = current.phase in (Phase.CLOSING, Phase.ENDED)
+        if closing and phase is not current.phase and phase is not Phase.ENDED:
+            return
+        since = current.since if phase is current.phase else self._clock()
+        self._state = replace(current, phase=phase, since=since, **changes)
 
     async def _teardown(self) -> None:
         self._finish(SessionOutcome(ending=Ending.CLOSED, reason="cancelled"))

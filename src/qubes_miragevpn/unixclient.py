@@ -9,8 +9,8 @@ What it decides (`SessionHooks`), and what it owns around the loop:
                 then "tunnel up: ..." in the log and READY=1 to systemd
     connect     nothing to prepare (no firewall of its own)
     signals     SIGTERM/SIGINT → the loop's orderly close (explicit-exit-notify, bounded), a
-                second signal stops at once; SIGUSR1 (and OpenVPN's SIGUSR2) → the statistics
-                lines (`describe`), which are also logged at exit
+                second signal stops at once; SIGUSR1 (and OpenVPN's SIGUSR2) → the state and
+                statistics lines (`describe`), which are also logged at exit
     exit        the outcome as an `ExitCode`; the network changes are undone and the tun device
                 closed whatever the reason
 """
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from miragevpn.config.model import Config
 from miragevpn.events import TunnelSettings
 
-from .describe import describe_settings, describe_stats, describe_udp_stats
+from .describe import describe_settings, describe_state, describe_stats, describe_udp_stats
 from .netlink import Netlink, NetworkConfigurator, TunnelSetupError
 from .sdnotify import sd_notify
 from .session import (
@@ -95,6 +95,7 @@ class UnixClient:
         self._tun_name = tun_name
         self._open_network = open_network
         self._notify = notify
+        self._clock = clock
         self._network: NetworkConfigurator | None = None
         self._tun: TunDevice | None = None
         self._stopping = False
@@ -138,8 +139,10 @@ class UnixClient:
         self.session.close(name)
 
     def log_stats(self) -> None:
-        """The engine's counters in one line, the UDP socket's on a second, and the system
-        changes refused so far (if any) on a third."""
+        """Where the session is, the engine's counters, the UDP socket's, and the system
+        changes refused so far (if any): one line each."""
+        ifname = self._tun.name if self._tun is not None else None
+        log.info("session: %s", describe_state(self.session.state, self._clock(), ifname))
         log.info("%s", describe_stats(self.session.engine_stats))
         udp = self.session.udp_stats
         if udp is not None:

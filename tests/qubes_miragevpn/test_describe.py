@@ -6,13 +6,17 @@ import enum
 import ipaddress
 from dataclasses import replace
 
+from miragevpn.config.model import Transport
 from miragevpn.events import DhcpOption, RouteSpec
 from qubes_miragevpn.describe import (
+    describe_duration,
     describe_settings,
+    describe_state,
     describe_stats,
     describe_udp_stats,
     drop_reason_words,
 )
+from qubes_miragevpn.hooks import Endpoint, Phase, SessionState
 from qubes_miragevpn.transport import UdpStats
 from tests.helpers.fake_client import SETTINGS, FakeStats
 
@@ -75,3 +79,39 @@ def test_describe_udp_stats() -> None:
         "UDP socket: received 10 in 4 wake-ups (2.5 per wake-up), sent 7 (1 GSO sendmsg), "
         "errors 0 in 0 out, waited for the socket 0, dropped on a full queue 0"
     )
+
+
+def test_describe_duration() -> None:
+    assert [describe_duration(s) for s in (-1, 0, 4.9, 65, 3600, 3 * 86400 + 7200)] == [
+        "0s",
+        "0s",
+        "4s",
+        "1m 5s",
+        "1h 0m",
+        "3d 2h",
+    ]
+
+
+def test_describe_state_in_each_phase() -> None:
+    endpoint = Endpoint(
+        address=ipaddress.ip_address("192.0.2.1"), port=1194, transport=Transport.UDP
+    )
+    starting = SessionState(phase=Phase.STARTING, since=100.0)
+    assert describe_state(starting, 100.5) == "starting for 0s"
+    connecting = SessionState(phase=Phase.CONNECTING, since=100.0, endpoint=endpoint)
+    assert describe_state(connecting, 103.0) == (
+        "connecting for 3s to 192.0.2.1 port 1194 over UDP"
+    )
+    negotiating = replace(connecting, phase=Phase.NEGOTIATING, detail="TLS handshake")
+    assert describe_state(negotiating, 101.0) == (
+        "connected, negotiating for 1s with 192.0.2.1 port 1194 over UDP: TLS handshake"
+    )
+    up = replace(connecting, phase=Phase.UP, settings=SETTINGS)
+    assert describe_state(up, 225.0, "tun0") == (
+        "tunnel up for 2m 5s with 192.0.2.1 port 1194 over UDP: tun0, 10.8.0.2/24, mtu 1500, "
+        "cipher AES-256-GCM (tls-ekm)"
+    )
+    restarting = replace(up, phase=Phase.RESTARTING, detail="ping-restart")
+    assert describe_state(restarting, 100.0, "tun0") == "reconnecting for 0s: ping-restart"
+    ended = replace(up, phase=Phase.ENDED, detail="server halted")
+    assert describe_state(ended, 100.0) == "ended for 0s: server halted"

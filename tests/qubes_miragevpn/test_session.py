@@ -18,7 +18,7 @@ import pytest
 
 from miragevpn.config.model import Config, Proto, Remote, Transport
 from miragevpn.events import TunnelSettings
-from qubes_miragevpn.session import Ending, Endpoint, SessionLoop, SessionOutcome
+from qubes_miragevpn.session import Ending, Endpoint, Phase, SessionLoop, SessionOutcome
 from qubes_miragevpn.transport import SO_MARK, UdpTransport
 from tests.helpers.fake_client import FakeTun, ScriptedClient
 
@@ -133,14 +133,19 @@ def test_udp_session_end_to_end() -> None:
         await asyncio.sleep(0.05)
         tun = hooks.tun
         assert tun is not None and session.tun is tun
+        state = session.state
+        assert state.phase is Phase.UP and state.settings is not None
+        assert state.endpoint == hooks.endpoints[0]
         tun.peer.send(b"ip-packet-1")  # tun → wire
         await server.expect(b"Dip-packet-1")
         server.send(b"Dip-packet-2")  # wire → tun
         got = await asyncio.wait_for(asyncio.to_thread(tun.peer.recv, 100), TIMEOUT)
         assert got == b"ip-packet-2"
         session.close("test over")  # explicit exit reaches the server
+        assert session.state.phase is Phase.CLOSING and session.state.detail == "test over"
         await server.expect(b"EXIT")
         outcome = await asyncio.wait_for(run, TIMEOUT)
+        assert session.state.phase is Phase.ENDED and session.state.detail == "closed"
         assert outcome == SessionOutcome(ending=Ending.CLOSED, reason="closed")
         assert clients[0].calls[:3] == ["resolved", "connected", "receive"]
 
@@ -203,7 +208,11 @@ def test_restart_keeps_the_tun_and_reconnects() -> None:
         server.send(b"WELCOME")
         await server.expect(b"PING")
         server.send(b"RESTART")
+        await asyncio.sleep(0.02)
+        assert session.state.phase in (Phase.RESTARTING, Phase.RESOLVING, Phase.CONNECTING)
         await server.expect(b"HELLO")  # reconnected by itself after retry_in
+        assert session.state.phase is Phase.NEGOTIATING
+        assert session.state.settings is not None  # the last settings, kept
         server.send(b"WELCOME")
         await server.expect(b"PING")
         server.send(b"HALT")

@@ -184,6 +184,10 @@ def test_sigusr1_logs_statistics_and_again_at_exit(caplog: pytest.LogCaptureFixt
     run_with_server(body)
     lines = stats_lines()
     assert len(lines) == 2, lines
+    states = [r.getMessage() for r in caplog.records if r.getMessage().startswith("session: ")]
+    assert states[0].startswith("session: tunnel up for 0s with 127.0.0.1 port ")
+    assert states[0].endswith("over UDP: tun0, 10.8.0.2/24, mtu 1500, cipher AES-256-GCM (tls-ekm)")
+    assert states[-1] == "session: ended for 0s: closed"
     assert lines[-1].endswith("dropped 4 (unknown packet 4)")  # the same line, at exit
     udp_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("UDP socket")]
     assert len(udp_lines) == 2
