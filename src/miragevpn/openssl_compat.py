@@ -13,7 +13,8 @@ OpenSSL's `SSL_CTX_set_ciphersuites` is pyOpenSSL's private cffi binding (`OpenS
 which we use only where the public method does not exist.
 
 `X509Store.add_cert` still takes only `X509` in every release (26.4), so `trust_certificate`
-always converts.
+always converts. No release has a public call for OpenSSL's text of a certificate verification
+error code, so `verify_error_text` uses the private binding in every release.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "ssl_certificate",
     "ssl_private_key",
     "trust_certificate",
+    "verify_error_text",
 ]
 
 
@@ -94,3 +96,11 @@ def set_tls13_ciphersuites(ctx: SSL.Context, suites: str) -> None:
     if lib.SSL_CTX_set_ciphersuites(ctx._context, encoded) != 1:
         lib.ERR_clear_error()  # so the refusal cannot surface in a later, unrelated call
         raise ConfigError(f"tls-ciphersuites not accepted by OpenSSL: {suites!r}")
+
+
+def verify_error_text(errno: int) -> str:
+    """OpenSSL's words for an X509_V_ERR_* code (X509_verify_cert_error_string)."""
+    from OpenSSL._util import ffi, lib  # private: no public route in any release
+
+    text: bytes = ffi.string(lib.X509_verify_cert_error_string(errno))
+    return text.decode("ascii", "replace")

@@ -44,6 +44,7 @@ from .openssl_compat import (
     ssl_certificate,
     ssl_private_key,
     trust_certificate,
+    verify_error_text,
 )
 
 _PEM_CERT = re.compile(
@@ -290,10 +291,7 @@ def _chain_error_reason(errno: int) -> str:
         return "server certificate (or its CA) is not yet valid"
     if errno == _INVALID_PURPOSE:
         return "server certificate lacks TLS Web Server Authentication EKU"
-    from OpenSSL._util import ffi, lib
-
-    text = ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
-    return f"server certificate rejected: {text}"
+    return f"server certificate rejected: {verify_error_text(errno)}"
 
 
 class TlsSession:

@@ -25,6 +25,7 @@ from miragevpn.openssl_compat import (
     ssl_certificate,
     ssl_private_key,
     trust_certificate,
+    verify_error_text,
 )
 
 RELEASE = tuple(int(part) for part in OpenSSL.__version__.split(".")[:2])
@@ -125,3 +126,12 @@ def test_refused_ciphersuites_are_a_config_error(
     # OpenSSL's error queue is left clean: the next call on the context still works
     set_tls13_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256")
     assert tls13_suites(ctx) == {"TLS_AES_128_GCM_SHA256"}
+
+
+@pytest.mark.parametrize(
+    ("errno", "words"),
+    [(10, "certificate has expired"), (26, "certificate purpose"), (999999, "unknown")],
+)
+def test_verify_error_text_is_openssls(errno: int, words: str) -> None:
+    """The private route this needs still exists on this stack and gives OpenSSL's words."""
+    assert words in verify_error_text(errno).lower()
