@@ -50,7 +50,7 @@ def test_the_stack_description_names_every_version() -> None:
     text = "\n".join(describe())
     for name in _floors():
         assert f"{name} {importlib.metadata.version(name)}" in text
-    assert "aead backend: " in text and "cryptography" not in text.split("aead backend: ")[1][:8]
+    assert "\naead backend: " in text
 
 
 def test_the_nftables_binding_loads_libnftables() -> None:

@@ -138,7 +138,7 @@ VECTORS = [
 
 
 def backends_for(cipher: str) -> list[str]:
-    return [b for b in BACKENDS if backend_available(b, cipher)]
+    return [b for b in aead.PREFERENCE if backend_available(b, cipher)]
 
 
 def test_the_fallback_is_always_there() -> None:
@@ -154,19 +154,31 @@ def test_selected_backend_is_the_first_that_passes() -> None:
 CRYPTOGRAPHY_MAJOR = int(cryptography.__version__.split(".")[0])
 
 
-def test_fast_path_in_use_on_every_stack() -> None:
-    """No skip anywhere: the plain cryptography API is never what a stack ends up with.
+def test_the_fastest_path_is_in_use_on_every_stack() -> None:
+    """No skip anywhere: each stack ends up on the path measured fastest for its release.
 
     Before cryptography 42 (Debian 12 ships 38) its cffi binding has the EVP functions and is
-    the fastest; from 42 on it lacks them and the system libcrypto.so.3 through ctypes must
-    carry every key (Debian 12/13 and Fedora 41/42 all have OpenSSL 3). A failure here means
-    a fallback silently became the only path (see bench/datachannel_micro.py for the cost)."""
+    the fastest; in 42-44 it lacks them and the system libcrypto.so.3 through ctypes carries
+    every key (Debian 12/13 and Fedora 41/42 all have OpenSSL 3); from 45 the public API is
+    faster than either. A failure here means a fallback silently became the only path (see
+    bench/datachannel_micro.py for the cost of each)."""
     cffi_has_evp = aead._load_cffi() is not None
     if CRYPTOGRAPHY_MAJOR < 42:
         assert cffi_has_evp, "cryptography < 42 should still expose the EVP functions"
-    expected = "cffi" if cffi_has_evp else "ctypes"
+    native = "cffi" if cffi_has_evp else "ctypes"
+    expected = "cryptography" if CRYPTOGRAPHY_MAJOR >= 45 else native
     assert {selected_backend(c) for c in CIPHERS} == {expected}
     assert all(backend_available("ctypes", c) for c in CIPHERS), "libcrypto.so.3 unusable"
+
+
+@pytest.mark.parametrize(
+    ("version", "first"),
+    [("38.0.4", "cffi"), ("41.0.7", "cffi"), ("44.0.3", "cffi"), ("45.0.0", "cryptography")],
+)
+def test_preference_follows_the_cryptography_release(version: str, first: str) -> None:
+    order = aead._preference(version)
+    assert order[0] == first
+    assert sorted(order) == sorted(BACKENDS)
 
 
 def test_every_native_backend_this_stack_has_is_exercised() -> None:
