@@ -8,7 +8,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from pyroute2 import Conntrack
 
+from qubes_miragevpn.gateway.conntrack import flush_connections
 from qubes_miragevpn.gateway.nft import apply_policy, read_back, remove_all
 from qubes_miragevpn.gateway.policy import (
     Blocked,
@@ -301,6 +303,48 @@ def test_a_flow_through_the_tunnel_never_falls_back_to_the_uplink(topo: QubesTop
             sock.send(b"second")
             with pytest.raises(OSError):
                 sock.recv(100)  # an ICMP error (refused) or nothing at all
+        assert cap.frames_from_sysvpn() == []
+    finally:
+        sock.close()
+
+
+def tracked_flows() -> list[tuple[str, int, int]]:
+    """(source, destination port, protocol) of every tracked connection in this namespace."""
+    ct = Conntrack()
+    try:
+        return [
+            (e.tuple_orig.saddr, e.tuple_orig.dport, e.tuple_orig.proto) for e in ct.dump_entries()
+        ]
+    finally:
+        ct.close()
+
+
+def test_flushing_connections_ends_flows_that_predate_the_firewall(topo: QubesTopology) -> None:
+    """An AppVM flow set up before our table (service enabled while AppVMs are online) is
+    tracked, and would be offloaded by qubes-nat-accel past our forward chain on a kernel with
+    flowtables; the flush ends it, so its next packet meets the kill switch."""
+    app = topo.appvms[0]
+
+    def open_flow() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(1.0)
+        sock.connect((str(topo.web4), 80))
+        return sock
+
+    sock = app.ns.call(open_flow)
+    try:
+        sock.send(b"before")
+        assert sock.recv(100) == b"uplink web"  # Qubes alone forwards it
+        flow = (str(app.ip4), 80, 17)
+        assert flow in topo.sysvpn.call(tracked_flows)
+        install(topo, Blocked())
+        assert flow in topo.sysvpn.call(tracked_flows)  # our table alone does not end it
+        assert topo.sysvpn.call(flush_connections) >= 1
+        assert flow not in topo.sysvpn.call(tracked_flows)
+        with topo.capture() as cap:
+            sock.send(b"after")
+            with pytest.raises(OSError):
+                sock.recv(100)
         assert cap.frames_from_sysvpn() == []
     finally:
         sock.close()
