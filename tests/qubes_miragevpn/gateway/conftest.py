@@ -1,4 +1,5 @@
-"""Fixtures for the gateway tests: the real QubesDB daemons (one start per test module)."""
+"""Fixtures for the gateway tests: the real QubesDB daemons (built once per session, started
+once per test module)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,23 @@ import pytest
 from tests.helpers.real_qubesdb import RealQubesDB
 
 
+@pytest.fixture(scope="session")
+def qubesdb_prefix(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Where the real QubesDB is built: pytest's cache (kept between runs) or a session temp."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("qubesdb-build"))
+    return tmp_path_factory.mktemp("qdb")
+
+
 @pytest.fixture(scope="module")
 def real_qubesdb(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    qubesdb_prefix: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RealQubesDB]:
     """The real daemons (vm mode) and binding; skipped with the reason when unavailable."""
-    cache = getattr(request.config, "cache", None)
-    prefix = (
-        Path(cache.mkdir("qubesdb-build")) if cache is not None else tmp_path_factory.mktemp("qdb")
-    )
-    real = RealQubesDB.start(prefix, tmp_path_factory.mktemp("qdb-run"))
+    real = RealQubesDB.start(qubesdb_prefix, tmp_path_factory.mktemp("qdb-run"))
     try:
         yield real
     finally:
