@@ -431,10 +431,13 @@ class FileFacts:
         self.path = path
         self._poll_seconds = poll_seconds
         self._tracker = _Tracker()
+        self._read_stamp: tuple[int, int, int] | None = None  # the file as `read()` saw it
 
     def read(self) -> NetworkFacts:
+        stamp = self._stamp()
         values, lines = self._read_values()
         self._tracker.last = values
+        self._read_stamp = stamp
         return self._parse(values, lines)
 
     def _parse(self, values: dict[str, str], lines: dict[str, int]) -> NetworkFacts:
@@ -455,11 +458,13 @@ class FileFacts:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     async def changes(self) -> AsyncIterator[FactsUpdate]:
-        stamp = self._stamp()
+        """Like `QubesDBFacts.changes()`: the first update is the current facts unless `read()`
+        saw them already; then one update per real change, checked every `poll_seconds`."""
+        stamp = self._read_stamp if self._tracker.last is not None else (-1, -1, -1)
         while True:
-            await asyncio.sleep(self._poll_seconds)
             now = self._stamp()
             if now == stamp:
+                await asyncio.sleep(self._poll_seconds)
                 continue
             stamp = now
             try:

@@ -106,13 +106,18 @@ def check_value(value: object) -> bytes:
 
 
 class RawHandle(Protocol):
-    """One `qubesdb.QubesDB` handle: the binding's methods this module uses."""
+    """One `qubesdb.QubesDB` handle: the binding's methods this module uses.
+
+    A failed call raises `Error`, except that it returns None when the thread's errno happens
+    to hold ENOENT (the binding mistakes that for "no such key"): `list` and `multiread` then
+    return None instead of a list or dict.
+    """
 
     def read(self, path: str) -> bytes | None: ...
     def write(self, path: str, value: bytes) -> None: ...
     def rm(self, path: str) -> None: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def multiread(self, prefix: str) -> dict[str, bytes]: ...
+    def list(self, prefix: str) -> list[str] | None: ...
+    def multiread(self, prefix: str) -> dict[str, bytes] | None: ...
     def watch(self, path: str) -> None: ...
     def read_watch(self) -> str: ...
     def watch_fd(self) -> int: ...
@@ -213,12 +218,20 @@ class QubesDBAdapter:
     def multiread(self, prefix: str) -> dict[str, bytes]:
         """Every key whose path starts with `prefix` (a plain string prefix: '/a' matches '/ab')."""
         checked = check_prefix(prefix)
-        return self._run(f"multiread {checked}", lambda h: dict(h.multiread(checked)))
+        found = self._run(f"multiread {checked}", lambda h: h.multiread(checked))
+        if found is None:  # a failure the binding masks when errno happens to be ENOENT
+            self._close_command()
+            raise QubesDBRefused(f"QubesDB multiread {checked} failed")
+        return dict(found)
 
     def list(self, prefix: str) -> list[str]:
         """Full paths starting with `prefix`, sorted bytewise (plain string prefix)."""
         checked = check_prefix(prefix)
-        return self._run(f"list {checked}", lambda h: list(h.list(checked)))
+        found = self._run(f"list {checked}", lambda h: h.list(checked))
+        if found is None:  # as for multiread
+            self._close_command()
+            raise QubesDBRefused(f"QubesDB list {checked} failed")
+        return list(found)
 
     def rm(self, path: str) -> None:
         """Remove a key, or a subtree when `path` ends with '/'; a missing key is no error."""

@@ -223,6 +223,23 @@ class Updates:
             await self.task
 
 
+def test_file_source_starts_with_the_current_facts_unless_read(tmp_path: Path) -> None:
+    path = tmp_path / "facts.yaml"
+    write_yaml(path, QUBES)
+
+    async def body() -> None:
+        updates = Updates(FileFacts(path, poll_seconds=0.02).changes())
+        try:
+            first = await updates.next()
+            assert isinstance(first, FactsChanged) and first.facts == EXPECTED
+            assert first.changed == set(QUBES)
+            assert await updates.quiet(0.1)
+        finally:
+            await updates.stop()
+
+    asyncio.run(body())
+
+
 def test_file_source_reports_real_changes_only(tmp_path: Path) -> None:
     path = tmp_path / "facts.yaml"
     write_yaml(path, QUBES)

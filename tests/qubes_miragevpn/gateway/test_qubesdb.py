@@ -28,6 +28,7 @@ from qubes_miragevpn.gateway.qubesdb import (
     InvalidValueError,
     KeyChanged,
     QubesDBAdapter,
+    QubesDBRefused,
     QubesDBUnavailable,
     Resynced,
     check_key,
@@ -518,3 +519,28 @@ def test_fake_hangs_on_a_stale_write_like_the_real_daemon() -> None:
         raw.write("/dir/", "x")  # drops the connection without the library noticing
     with pytest.raises(FakeDaemonHung):
         raw.write("/k", "2")
+
+
+def test_adapter_does_not_take_a_masked_failure_for_an_empty_result() -> None:
+    """The binding returns None for a failed list/multiread when errno is a leftover ENOENT."""
+    fake = FakeQubesDB()
+    db = QubesDBAdapter(fake.binding())
+
+    def masked() -> None:
+        assert db.read("/k") == b"1"  # opens the command handle
+        handle: Any = db._command
+        handle.list = lambda prefix: None
+        handle.multiread = lambda prefix: None
+
+    try:
+        db.write("/k", "1")
+        masked()
+        with pytest.raises(QubesDBRefused, match="list /k failed"):
+            db.list("/k")
+        assert db._command is None  # its state is unknown: not reused
+        masked()
+        with pytest.raises(QubesDBRefused, match="multiread /k failed"):
+            db.multiread("/k")
+        assert db.list("/k") == ["/k"]  # a new handle
+    finally:
+        db.close()
