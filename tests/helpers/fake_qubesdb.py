@@ -8,7 +8,10 @@ The behaviours come from reference/qubesdb-binding.md and were checked against t
 - `read`/`multiread` give bytes (None for a missing key, b'' for an empty value); `list` and
   `read_watch` give str; `list`/`multiread` are plain string-prefix matches, sorted bytewise;
 - paths: '/' first, at most 63 characters, only [A-Za-z0-9_.:@/-], else `Error`; values at most
-  3071 bytes and no NUL, else `Error`; `list('')`/`multiread('')` raise `Error`;
+  3071 bytes and no NUL, else `Error`; `list('')`/`multiread('')` raise `Error` (the real
+  binding returns None instead when the thread's errno happens to hold ENOENT; a NUL value
+  written in the VM also breaks the real VM-dom0 link: neither is modelled, the adapter
+  prevents both);
 - a forbidden character in a `multiread` path aborts the real process: here it raises
   `FakeAbort`, a BaseException no adapter may catch;
 - `watch('/x')` is exact, `watch('/dir/')` a subtree; every write fires (own and unchanged ones

@@ -81,6 +81,20 @@ class RealQubesDB:
         self.dom0.close()
         self._run("stop.sh")
 
+    def link_errors(self) -> list[str]:
+        """Log lines saying the VM-dom0 link broke: no test may cause one (in a real qube it
+        would cut the VM off dom0's QubesDB updates)."""
+        lines: list[str] = []
+        for role in ("vm", "dom0-peer"):
+            log = self.rundir / "log" / f"{role}.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            lines += [
+                f"{role}: {line}"
+                for line in text.splitlines()
+                if "invalid data received from peer" in line or "FATAL" in line
+            ]
+        return lines
+
     def _run(self, name: str, *args: str) -> None:
         done = _script(name, self.prefix, self.rundir, *args)
         if done.returncode != 0:

@@ -32,3 +32,4 @@ def real_qubesdb(
         yield real
     finally:
         real.stop()
+    assert real.link_errors() == [], "a test broke the link between the VM and dom0 daemons"

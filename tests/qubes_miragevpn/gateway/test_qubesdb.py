@@ -178,10 +178,15 @@ def test_binding_types_and_prefix_matching(backend: Backend) -> None:
         assert h.multiread(f"{t}/nothing") == {}
         h.write(f"{t}/max", b"x" * MAX_VALUE)
         assert h.read(f"{t}/max") == b"x" * MAX_VALUE
-        for bad_write in (b"x" * (MAX_VALUE + 1), b"a\0b"):
-            with pytest.raises(backend.binding.error) as info:
-                h.write(f"{t}/bad", bad_write)
-            assert not isinstance(info.value, backend.binding.disconnected)
+        with pytest.raises(backend.binding.error) as info:
+            h.write(f"{t}/bad", b"x" * (MAX_VALUE + 1))
+        assert not isinstance(info.value, backend.binding.disconnected)
+        if backend.name == "fake":
+            # The real VM daemon refuses it too, but forwards it to dom0 first, which breaks
+            # the vchan link ("invalid data received from peer"; once the dom0-side peer died):
+            # never sent to the real one here, and the adapter refuses it before the binding.
+            with pytest.raises(backend.binding.error):
+                h.write(f"{t}/bad", b"a\0b")
         # Rejected inside the library: Error, or None when errno happens to hold ENOENT
         for bad_call in (
             lambda: h.list(""),
