@@ -8,12 +8,13 @@ The folder is the qube's persistent `/rw/config/qubes-miragevpn/` (`--config-dir
     no selection     the one `.ovpn`/`.conf` file in the folder
     otherwise        blocked: no profile, several and none chosen, the chosen one missing
 
-The profile and every file it names are read through the injected `read_file(name) -> bytes`,
-which resolves names against the folder and refuses anything outside it (the runtime's
-`qubes_miragevpn.files.ProfileFiles(..., confine=True)`). Files holding secrets (the
-`auth-user-pass` file, `key`, `pkcs12`, `secret`, `tls-auth`, `tls-crypt`, `tls-crypt-v2`, or the
-profile itself when it carries them inline) must not be readable by other users (mode 0600 or
-stricter). The gateway cannot ask for a password, so `auth-user-pass` needs a complete file.
+The profile and every file it names are read through `read_file(name) -> bytes`, which
+resolves names against the folder and refuses anything outside it: by default the runtime's
+`qubes_miragevpn.files.ProfileFiles` confined to the folder (`confined_reader`). Files holding
+secrets (the `auth-user-pass` file, `key`, `pkcs12`, `secret`, `tls-auth`, `tls-crypt`,
+`tls-crypt-v2`, or the profile itself when it carries them inline) must not be readable by other
+users (mode 0600 or stricter). The gateway cannot ask for a password, so `auth-user-pass` needs
+a complete file.
 
 `load_profile()` never raises for the user's mistakes: it returns a `LoadedProfile`, or a
 `ProfileBlocked` whose `reason` says what is wrong and what to do.
@@ -32,6 +33,8 @@ from miragevpn.config.context import INLINE_MARKER
 from miragevpn.config.lexer import decode_config, lex
 from miragevpn.config.model import AuthUserPass, Config
 from miragevpn.errors import ConfigError
+
+from ..files import ProfileFiles
 
 DEFAULT_CONFIG_DIR = Path("/rw/config/qubes-miragevpn")
 PROFILE_SUFFIXES = (".ovpn", ".conf")
@@ -71,8 +74,18 @@ class ProfileBlocked:
 ProfileResult = LoadedProfile | ProfileBlocked
 
 
-def load_profile(config_dir: Path, selection: str | None, *, read_file: ReadFile) -> ProfileResult:
+def confined_reader(config_dir: Path) -> ReadFile:
+    """`read_file` for names relative to `config_dir`, refusing anything outside it."""
+    # ProfileFiles takes a profile's path and works in its folder: any name in it will do.
+    return ProfileFiles(str(config_dir / "profile.ovpn"), confine=True)
+
+
+def load_profile(
+    config_dir: Path, selection: str | None, *, read_file: ReadFile | None = None
+) -> ProfileResult:
     """The profile to run, from `config_dir` and the selection (None or '' = not set)."""
+    if read_file is None:
+        read_file = confined_reader(config_dir)
     chosen = choose_profile(config_dir, selection)
     if isinstance(chosen, ProfileBlocked):
         return chosen
@@ -186,7 +199,7 @@ def exposed_secrets(config_dir: Path, name: str, data: bytes) -> str | None:
 
 
 def profile_loader(
-    config_dir: Path, selection: Callable[[], str | None], *, read_file: ReadFile
+    config_dir: Path, selection: Callable[[], str | None], *, read_file: ReadFile | None = None
 ) -> Callable[[], ProfileResult]:
     """`load_profile` with the current selection, as the daemon calls it on each (re)start."""
 

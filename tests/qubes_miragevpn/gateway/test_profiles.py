@@ -72,17 +72,33 @@ def folder(tmp_path: Path, identities: tuple[Identity, Identity]) -> Path:
     return folder
 
 
-def load(folder: Path, selection: str | None = None) -> LoadedProfile | ProfileBlocked:
-    return load_profile(folder, selection, read_file=folder_reader(folder))
+Load = Callable[..., LoadedProfile | ProfileBlocked]
+Blocked = Callable[..., str]
 
 
-def blocked(folder: Path, selection: str | None = None) -> str:
-    result = load(folder, selection)
-    assert isinstance(result, ProfileBlocked), result
-    return result.reason
+@pytest.fixture(params=["files.ProfileFiles", "test reader"])
+def load(request: pytest.FixtureRequest) -> Load:
+    """load_profile with its default reader (files.ProfileFiles, confined) or the test's own."""
+
+    def load(folder: Path, selection: str | None = None) -> LoadedProfile | ProfileBlocked:
+        if request.param == "test reader":
+            return load_profile(folder, selection, read_file=folder_reader(folder))
+        return load_profile(folder, selection)
+
+    return load
 
 
-def test_the_one_profile_in_the_folder(folder: Path) -> None:
+@pytest.fixture
+def blocked(load: Load) -> Blocked:
+    def blocked(folder: Path, selection: str | None = None) -> str:
+        result = load(folder, selection)
+        assert isinstance(result, ProfileBlocked), result
+        return result.reason
+
+    return blocked
+
+
+def test_the_one_profile_in_the_folder(folder: Path, load: Load) -> None:
     result = load(folder)
     assert isinstance(result, LoadedProfile), result
     assert result.name == "work.ovpn" and result.path == folder / "work.ovpn"
@@ -91,7 +107,9 @@ def test_the_one_profile_in_the_folder(folder: Path) -> None:
     assert any(f"{folder}/work.ovpn:10: verb" in note for note in result.notes)
 
 
-def test_no_folder_no_profile_several_profiles(folder: Path, tmp_path: Path) -> None:
+def test_no_folder_no_profile_several_profiles(
+    folder: Path, tmp_path: Path, blocked: Blocked
+) -> None:
     assert "does not exist" in blocked(tmp_path / "absent")
     (folder / "work.ovpn").unlink()
     (folder / ".hidden.ovpn").write_text(PROFILE)
@@ -104,7 +122,7 @@ def test_no_folder_no_profile_several_profiles(folder: Path, tmp_path: Path) -> 
     assert "vm-config.miragevpn-profile" in reason
 
 
-def test_selection(folder: Path) -> None:
+def test_selection(folder: Path, load: Load, blocked: Blocked) -> None:
     write(folder / "home.ovpn", PROFILE.replace("192.0.2.1", "192.0.2.2"))
     assert choose_profile(folder, "home") == "home.ovpn"
     assert choose_profile(folder, "work.ovpn") == "work.ovpn"
@@ -128,7 +146,9 @@ def test_loader_follows_the_current_selection(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["auth.txt", "client.key", "ta.key"])
-def test_secrets_readable_by_others_block(folder: Path, name: str) -> None:
+def test_secrets_readable_by_others_block(
+    folder: Path, name: str, load: Load, blocked: Blocked
+) -> None:
     (folder / name).chmod(0o640)
     reason = blocked(folder)
     assert f"{folder / name} is readable by other users (mode 0640)" in reason
@@ -137,7 +157,9 @@ def test_secrets_readable_by_others_block(folder: Path, name: str) -> None:
     assert isinstance(load(folder), LoadedProfile)
 
 
-def test_inline_secrets_make_the_profile_a_secret(folder: Path) -> None:
+def test_inline_secrets_make_the_profile_a_secret(
+    folder: Path, load: Load, blocked: Blocked
+) -> None:
     key = (folder / "client.key").read_text()
     text = PROFILE.replace("key client.key\n", f"<key>\n{key}</key>\n")
     write(folder / "work.ovpn", text, 0o644)
@@ -147,7 +169,7 @@ def test_inline_secrets_make_the_profile_a_secret(folder: Path) -> None:
     assert isinstance(load(folder), LoadedProfile)
 
 
-def test_credentials_the_gateway_cannot_ask_for(folder: Path) -> None:
+def test_credentials_the_gateway_cannot_ask_for(folder: Path, blocked: Blocked) -> None:
     write(folder / "work.ovpn", PROFILE.replace("auth-user-pass auth.txt", "auth-user-pass"))
     assert "needs a username and password" in blocked(folder)
     write(folder / "work.ovpn", PROFILE)
@@ -155,7 +177,7 @@ def test_credentials_the_gateway_cannot_ask_for(folder: Path) -> None:
     assert "needs a password" in blocked(folder)
 
 
-def test_profile_errors_name_file_and_line(folder: Path) -> None:
+def test_profile_errors_name_file_and_line(folder: Path, blocked: Blocked) -> None:
     write(folder / "work.ovpn", PROFILE.replace("proto udp", "proto carrier-pigeon"))
     reason = blocked(folder)
     assert f"{folder}/work.ovpn:3" in reason and "proto" in reason
@@ -164,15 +186,18 @@ def test_profile_errors_name_file_and_line(folder: Path) -> None:
     assert "cannot read" in blocked(folder) and "client.crt" in blocked(folder)
 
 
-def test_side_files_stay_in_the_folder(folder: Path, tmp_path: Path) -> None:
+def test_side_files_stay_in_the_folder(folder: Path, tmp_path: Path, blocked: Blocked) -> None:
     outside = write(tmp_path / "elsewhere.crt", (folder / "ca.crt").read_text())
     write(folder / "work.ovpn", PROFILE.replace("ca ca.crt", f"ca {outside}"))
     assert "outside the profile's folder" in blocked(folder)
     write(folder / "work.ovpn", PROFILE.replace("ca ca.crt", "ca ../elsewhere.crt"))
+    assert "the profile's folder" in blocked(folder)
+    (folder / "link.crt").symlink_to(outside)
+    write(folder / "work.ovpn", PROFILE.replace("ca ca.crt", "ca link.crt"))
     assert "outside the profile's folder" in blocked(folder)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read a file of mode 0000")
-def test_mode_check_uses_the_file_itself(folder: Path) -> None:
+def test_mode_check_uses_the_file_itself(folder: Path, load: Load) -> None:
     (folder / "auth.txt").chmod(0o000)  # root still reads it; nobody else can
     assert isinstance(load(folder), LoadedProfile)
