@@ -162,37 +162,44 @@ def _refuse_rules() -> Iterator[Rule]:
 
 
 def _antispoof_rules(facts: Facts) -> Iterator[Rule]:
-    if not facts.connected_ips:
-        return  # not known yet (boot): the forward chain refuses everything from AppVMs anyway
+    """Per address family, once /connected-ips (-ips6) lists an address of it: before that (at
+    boot, or a QubesDB without IPv6) the forward chain refuses that family's AppVM packets
+    unless they go into the tunnel, and Qubes' own anti-spoofing (bound to each vif) runs."""
+    v4 = any(a.version == 4 for a in facts.connected_ips)
+    v6 = any(a.version == 6 for a in facts.connected_ips)
     group = match(meta("iifgroup"), facts.appvm_group)
     other = match(meta("iifgroup"), facts.appvm_group, "!=")
-    yield Rule(
-        "prerouting",
-        (group, match(payload("ip", "saddr"), named_set(SET_APPVM4), "!="), COUNTER, DROP),
-        "IPv4 from an AppVM interface with a source not in /connected-ips is dropped",
-    )
-    yield Rule(
-        "prerouting",
-        (
-            group,
-            match(payload("ip6", "saddr"), named_set(SET_APPVM6), "!="),
-            match(payload("ip6", "saddr"), address_value(LINK_LOCAL6), "!="),
-            COUNTER,
-            DROP,
-        ),
-        "IPv6 from an AppVM interface with a source neither in /connected-ips6 nor link-local"
-        " is dropped",
-    )
-    yield Rule(
-        "prerouting",
-        (other, match(payload("ip", "saddr"), named_set(SET_APPVM4)), COUNTER, DROP),
-        "IPv4 with an AppVM's source address arriving by another interface is dropped",
-    )
-    yield Rule(
-        "prerouting",
-        (other, match(payload("ip6", "saddr"), named_set(SET_APPVM6)), COUNTER, DROP),
-        "IPv6 with an AppVM's source address arriving by another interface is dropped",
-    )
+    if v4:
+        yield Rule(
+            "prerouting",
+            (group, match(payload("ip", "saddr"), named_set(SET_APPVM4), "!="), COUNTER, DROP),
+            "IPv4 from an AppVM interface with a source not in /connected-ips is dropped",
+        )
+    if v6:
+        yield Rule(
+            "prerouting",
+            (
+                group,
+                match(payload("ip6", "saddr"), named_set(SET_APPVM6), "!="),
+                match(payload("ip6", "saddr"), address_value(LINK_LOCAL6), "!="),
+                COUNTER,
+                DROP,
+            ),
+            "IPv6 from an AppVM interface with a source neither in /connected-ips6 nor link-local"
+            " is dropped",
+        )
+    if v4:
+        yield Rule(
+            "prerouting",
+            (other, match(payload("ip", "saddr"), named_set(SET_APPVM4)), COUNTER, DROP),
+            "IPv4 with an AppVM's source address arriving by another interface is dropped",
+        )
+    if v6:
+        yield Rule(
+            "prerouting",
+            (other, match(payload("ip6", "saddr"), named_set(SET_APPVM6)), COUNTER, DROP),
+            "IPv6 with an AppVM's source address arriving by another interface is dropped",
+        )
 
 
 def _forward_rules(policy: Policy, facts: Facts) -> Iterator[Rule]:

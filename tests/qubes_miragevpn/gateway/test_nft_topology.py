@@ -3,6 +3,7 @@ and the daemon's marked sockets can reach under each policy, proven with an upli
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from qubes_miragevpn.gateway.policy import (
     Connected,
     Connecting,
     Endpoint,
+    Facts,
     Policy,
     Tunnel,
 )
@@ -39,9 +41,9 @@ def topo() -> Iterator[QubesTopology]:
         yield t
 
 
-def install(topo: QubesTopology, policy: Policy) -> None:
-    facts = topo.facts()
-    topo.sysvpn.call(lambda: apply_policy(policy, facts))
+def install(topo: QubesTopology, policy: Policy, facts: Facts | None = None) -> None:
+    chosen = facts or topo.facts()
+    topo.sysvpn.call(lambda: apply_policy(policy, chosen))
 
 
 def endpoint(topo: QubesTopology) -> Endpoint:
@@ -348,3 +350,18 @@ def test_flushing_connections_ends_flows_that_predate_the_firewall(topo: QubesTo
         assert cap.frames_from_sysvpn() == []
     finally:
         sock.close()
+
+
+def test_without_connected_ips6_appvm_ipv6_is_refused_blocked_and_tunnelled_connected(
+    topo: QubesTopology,
+) -> None:
+    """A QubesDB that lists only /connected-ips: no IPv6 anti-spoofing of ours (Qubes' own
+    stays), AppVM IPv6 still refused at once when Blocked, and through a tunnel with IPv6."""
+    facts = dataclasses.replace(topo.facts(), connected_ips=frozenset(a.ip4 for a in topo.appvms))
+    app = topo.appvms[0]
+    install(topo, Blocked(), facts)
+    assert topo.probe(app.ns, topo.web6, 80).failed_fast
+    install(topo, connected(topo, ipv6=True), facts)
+    with topo.capture() as cap:
+        assert topo.probe(app.ns, topo.web6, 80).reply == b"tunnel web6"
+    assert cap.frames_from_sysvpn() == []

@@ -32,6 +32,7 @@ FACTS = Facts(
     socket_mark=0x6D76,
     connected_ips=frozenset({ip("10.137.0.21"), ip("10.137.0.22"), ip("fd09:24ef:4179::a89:15")}),
 )
+FACTS4 = Facts(socket_mark=0x6D76, connected_ips=frozenset({ip("10.137.0.21")}))
 BOOT_FACTS = Facts(socket_mark=0x6D76)  # `qubes-miragevpn block` before QubesDB lists AppVMs
 UDP = Endpoint(address=ip("198.51.100.1"), port=1194, proto="udp")
 TCP6 = Endpoint(address=ip("2001:db8:100::1"), port=443, proto="tcp")
@@ -59,6 +60,7 @@ CASES: dict[str, tuple[Policy, Facts]] = {
         FACTS,
     ),
     "connected-no-dns": (Connected(tunnel=tunnel(dns=(ip("fd08::1"),))), FACTS),
+    "connected-ipv6-without-connected-ips6": (Connected(tunnel=tunnel(ipv6=True)), FACTS4),
 }
 
 
@@ -247,3 +249,12 @@ def test_remove_document_is_idempotent_add_then_delete() -> None:
         {"add": {"table": ours}},
         {"delete": {"table": ours}},
     ]
+
+
+def test_antispoofing_per_family_follows_the_known_addresses() -> None:
+    def antispoof(facts: Facts) -> list[str]:
+        return [r.comment[:4] for r in ruleset.rules(Blocked(), facts) if r.chain == "prerouting"]
+
+    assert antispoof(BOOT_FACTS) == []
+    assert antispoof(FACTS4) == ["IPv4", "IPv4"]
+    assert antispoof(FACTS) == ["IPv4", "IPv6", "IPv4", "IPv6"]
