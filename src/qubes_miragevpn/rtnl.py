@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.metadata
 import ipaddress
 import logging
 import os
@@ -182,6 +183,14 @@ class AsyncRtnl:
 # --------------------------------------------------------------------------- choice
 
 
+def pyroute2_version() -> str:
+    """The installed pyroute2's version (Debian's module says "unknown"; its metadata knows)."""
+    try:
+        return importlib.metadata.version("pyroute2")
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(pyroute2, "__version__", "unknown"))
+
+
 def has_async_iproute() -> bool:
     return hasattr(pyroute2, "AsyncIPRoute")
 
@@ -196,9 +205,7 @@ async def open_rtnl(backend: str | None = None) -> ThreadRtnl | AsyncRtnl:
     rtnl: ThreadRtnl | AsyncRtnl
     if wanted == "async":
         if not has_async_iproute():
-            raise RuntimeError(
-                f"pyroute2 {getattr(pyroute2, '__version__', '?')} has no AsyncIPRoute"
-            )
+            raise RuntimeError(f"pyroute2 {pyroute2_version()} has no AsyncIPRoute")
         rtnl = AsyncRtnl()
     elif wanted == "thread":
         rtnl = ThreadRtnl()
@@ -209,5 +216,5 @@ async def open_rtnl(backend: str | None = None) -> ThreadRtnl | AsyncRtnl:
     except BaseException:
         await rtnl.close()
         raise
-    log.debug("netlink through %s (pyroute2 %s)", rtnl.name, getattr(pyroute2, "__version__", "?"))
+    log.info("netlink through %s (pyroute2 %s)", rtnl.name, pyroute2_version())
     return rtnl

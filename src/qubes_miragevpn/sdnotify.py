@@ -4,7 +4,8 @@ Written here instead of depending on a systemd binding: the whole protocol is on
 newline-separated KEY=VALUE text to the datagram socket named by `$NOTIFY_SOCKET` (a leading `@`
 means a Linux abstract socket name). Without `$NOTIFY_SOCKET` (not started by systemd with
 `Type=notify`) it does nothing. Errors are logged, never raised: status reporting must not take
-the tunnel down.
+the tunnel down. The send never blocks (a receiver that stopped reading loses the message, not
+the event loop that carries the packets).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def sd_notify(state: str, *, environ: dict[str, str] | None = None) -> bool:
         log.debug("NOTIFY_SOCKET %r is not a unix socket: not notifying", name)
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.sendto(state.encode(), address)
     except OSError as e:
         log.debug("sd_notify(%r) failed: %s", state, e)

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -221,3 +222,22 @@ def test_sd_notify_sends_to_the_socket(tmp_path: Path) -> None:
         sock.bind(b"\0" + abstract[1:].encode())
         assert sd_notify("STATUS=x", environ={"NOTIFY_SOCKET": abstract})
         assert sock.recv(100) == b"STATUS=x"
+
+
+def test_sd_notify_never_blocks_on_a_receiver_that_stopped_reading(tmp_path: Path) -> None:
+    path = f"{tmp_path}/notify"
+    results: list[bool] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)  # and never read: its queue fills up
+
+        def send_many() -> None:
+            results.extend(
+                sd_notify("STATUS=" + "x" * 1000, environ={"NOTIFY_SOCKET": path})
+                for _ in range(5000)
+            )
+
+        sender = threading.Thread(target=send_many, daemon=True)
+        sender.start()
+        sender.join(10)
+        assert not sender.is_alive(), "sd_notify blocked on a full receiver"
+    assert results[0] and not results[-1]  # sent while there was room, then dropped
