@@ -182,8 +182,11 @@ class SessionLoop:
         self._loop = loop
         self._done = loop.create_future()
         try:
-            self._client = self._client_factory(self._config, self._clock())
-            self._pump()
+            if self._closing:  # close() came before run(): nothing was started
+                self._finish(SessionOutcome(ending=Ending.CLOSED, reason=self._state.detail))
+            else:
+                self._client = self._client_factory(self._config, self._clock())
+                self._pump()
             outcome = await self._done
         finally:
             await self._teardown()
@@ -194,8 +197,13 @@ class SessionLoop:
 
     def close(self, reason: str = "stop request") -> None:
         """Close the session in order (explicit-exit-notify), bounded by the close timeout;
-        a second call ends it at once."""
-        if self._loop is None or self._finished:
+        a second call ends it at once. Before `run()`: `run()` returns at once, CLOSED."""
+        if self._loop is None:
+            if not self._closing:
+                self._closing = True
+                self._enter(Phase.CLOSING, detail=f"{reason} before the session started")
+            return
+        if self._finished:
             return
         if self._closing:
             log.warning("%s again: stopping now", reason)

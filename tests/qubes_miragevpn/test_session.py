@@ -284,6 +284,17 @@ def test_a_second_close_ends_at_once() -> None:
     asyncio.run(with_udp_server(body))
 
 
+def test_close_before_run_starts_nothing() -> None:
+    hooks = RecordingHooks()
+    session, clients = make_session(9, Transport.UDP, hooks)
+    session.close("profile changed")
+    outcome = asyncio.run(asyncio.wait_for(session.run(), TIMEOUT))
+    assert outcome == SessionOutcome(
+        ending=Ending.CLOSED, reason="profile changed before the session started"
+    )
+    assert clients == [] and hooks.calls == ["ended"]
+
+
 def test_connection_refused_tcp_reports_failure() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
