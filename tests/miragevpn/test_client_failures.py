@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from miragevpn.client import Client
 from miragevpn.config.keys import parse_static_key
 from miragevpn.config.model import KeyDirection, Proto, Remote, TlsAuth, TlsVersion, Transport
@@ -26,9 +24,9 @@ from miragevpn.events import (
 from miragevpn.framing import StreamDecoder, encode_frame
 from miragevpn.packet import ControlPacket, Opcode, decode_control, encode_control
 from miragevpn.tls_wrap import TlsAuthWrap
-from tests.helpers.pki import Pki, make_pki
+from tests.helpers.pki import Pki
 from tests.miragevpn.miniserver import SERVER_SID, MiniServer
-from tests.miragevpn.test_client import (
+from tests.miragevpn.scenario import (
     T0,
     counter_rng,
     drain,
@@ -37,12 +35,6 @@ from tests.miragevpn.test_client import (
     make_config,
     wall_clock,
 )
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return make_pki()
-
 
 TCP = (Remote("192.0.2.1", 443, Proto(Transport.TCP)),)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import ipaddress
 import typing
 
-import pytest
-
 from miragevpn.clientstate import (
     TRANSITIONS,
     Closing,
@@ -29,17 +27,12 @@ from miragevpn.errors import DropReason
 from miragevpn.keying import Keying
 from miragevpn.push import PushReplyAssembler, parse_pushed_options
 from miragevpn.tunnelsettings import resolve_tunnel_settings
-from tests.helpers.pki import Pki, make_pki
-from tests.miragevpn.test_client import T0, counter_rng, make_config
+from tests.helpers.pki import Pki
+from tests.miragevpn.scenario import T0, counter_rng, make_config
 
 SERVER = ipaddress.IPv4Address("192.0.2.1")
 ALL_STATES = set(typing.get_args(State))
 SESSION_STATES = {Handshaking, Pulling, Established, Closing}
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return make_pki()
 
 
 def sent_session(pki: Pki) -> Session:

@@ -24,8 +24,8 @@ from miragevpn.keying import Keying
 from miragevpn.push import PushReply, PushReplyAssembler, parse_pushed_options
 from miragevpn.remotes import Advance
 from miragevpn.tunnelsettings import resolve_tunnel_settings
-from tests.helpers.pki import Pki, make_pki
-from tests.miragevpn.test_client import T0, counter_rng, make_config
+from tests.helpers.pki import Pki
+from tests.miragevpn.scenario import T0, counter_rng, make_config
 
 SERVER = ipaddress.IPv4Address("192.0.2.1")
 REPLY = [
@@ -37,11 +37,6 @@ REPLY = [
     "protocol-flags tls-ekm",
     "ping 10",
 ]
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return make_pki()
 
 
 def session(pki: Pki, **changes: object) -> Session:

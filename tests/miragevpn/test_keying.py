@@ -17,9 +17,9 @@ from miragevpn.datakeys import DataChannelParams, DataKeys
 from miragevpn.errors import DropReason, LocalProtocolError
 from miragevpn.keying import Keying, KeysReceived, next_key_id
 from miragevpn.packet import Opcode, decode_control, encode_control
-from tests.helpers.pki import Pki, make_pki
+from tests.helpers.pki import Pki
 from tests.miragevpn.miniserver import SERVER_SID, MiniServer
-from tests.miragevpn.test_client import T0, counter_rng, make_config
+from tests.miragevpn.scenario import T0, counter_rng, make_config
 
 SERVER = ipaddress.IPv4Address("192.0.2.1")
 PARAMS = DataChannelParams.create(
@@ -29,11 +29,6 @@ PARAMS = DataChannelParams.create(
     replay_window=ReplayWindow(),
     ekm=True,
 )
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return make_pki()
 
 
 def key_ids(pair: Pair) -> set[int]:

@@ -19,16 +19,11 @@ from miragevpn.keystate import (
 from miragevpn.packet import ControlPacket, Opcode, decode_control, encode_control
 from miragevpn.push import encode_control_message
 from miragevpn.tls import TlsSession, TlsSettings
-from tests.helpers.pki import Pki, make_pki
+from tests.helpers.pki import Pki
 from tests.miragevpn.miniserver import SERVER_KEY_METHOD_2, SERVER_SID, MiniServer
-from tests.miragevpn.test_client import T0, counter_rng, make_config
+from tests.miragevpn.scenario import T0, counter_rng, make_config
 
 MY_SID = bytes.fromhex("0102030405060708")
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return make_pki()
 
 
 def new_key_state(pki: Pki) -> KeyState:

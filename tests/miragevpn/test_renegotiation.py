@@ -14,17 +14,14 @@ from miragevpn.events import ProgressReported, SessionRestarting
 from miragevpn.packet import Opcode, decode_control, encode_control
 from tests.helpers.pki import Pki
 from tests.miragevpn.miniserver import MiniServer
-from tests.miragevpn.test_client import (
+from tests.miragevpn.scenario import (
     T0,
     counter_rng,
     drain,
     exchange,
     make_config,
-    pki,
     wall_clock,
 )
-
-__all__ = ["pki"]  # the module-scoped fixture
 
 
 def established(pki: Pki, **changes: object) -> tuple[Client, MiniServer]:
