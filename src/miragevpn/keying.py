@@ -287,20 +287,20 @@ class SessionKeys:
             tls = TlsEstablished(
                 version=session.version, cipher=session.cipher, peer_subject=session.peer_subject
             )
-        first = renegotiated = None
+        first, renegotiated = False, None
         if received.negotiated:
             renegotiation = self._renegotiation
             if renegotiation is not None and renegotiation.key_id == key_state.key_id:
                 self._finish(key_state, their_session_id, now)
                 renegotiated = key_state.key_id
-            elif key_state.key_id == 0 and self.data is None:
-                first = True
+            else:
+                first = key_state.key_id == 0 and self.data is None
         return KeysReceived(
             messages=received.messages,
             dropped=dropped,
             began=began,
             tls=tls,
-            first_negotiated=bool(first),
+            first_negotiated=first,
             renegotiated=renegotiated,
         )
 
