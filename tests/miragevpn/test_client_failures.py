@@ -12,7 +12,7 @@ import dataclasses
 from miragevpn.client import Client
 from miragevpn.config.keys import parse_static_key
 from miragevpn.config.model import KeyDirection, Proto, Remote, TlsAuth, TlsVersion, Transport
-from miragevpn.errors import DropReason
+from miragevpn.errors import DropReason, ServerCertificateRejected
 from miragevpn.events import (
     DisconnectionRequested,
     Event,
@@ -24,7 +24,7 @@ from miragevpn.events import (
 from miragevpn.framing import StreamDecoder, encode_frame
 from miragevpn.packet import ControlPacket, Opcode, decode_control, encode_control
 from miragevpn.tls_wrap import TlsAuthWrap
-from tests.helpers.pki import Pki
+from tests.helpers.pki import Pki, make_ca
 from tests.miragevpn.miniserver import SERVER_SID, MiniServer
 from tests.miragevpn.scenario import (
     T0,
@@ -289,3 +289,19 @@ def test_auth_pending_extends_the_hand_window_by_whatever_timeout_it_carries(pki
     [*_, restarting] = drain(client)
     assert isinstance(restarting, SessionRestarting)
     assert restarting.reason == "no PUSH_REPLY within hand-window"
+
+
+def test_our_refusal_of_the_servers_certificate_is_ours_in_words(pki: Pki) -> None:
+    """A server certificate not signed by our CA: the session ends with our rejection, never
+    worded as the server refusing anything."""
+    config = make_config(pki, ca=make_ca("another CA").cert_pem)
+    client = Client(config, rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    client.handle_connected(now=T0)
+    exchange(client, MiniServer(pki), T0)
+    ended = drain(client)[-1]
+    assert isinstance(ended, SessionEnded)
+    assert isinstance(ended.error, ServerCertificateRejected)
+    assert ended.reason == (
+        "we rejected the server's certificate: server certificate not signed by the configured CA"
+    )
+    assert "server rejected" not in ended.reason
