@@ -305,3 +305,15 @@ def test_our_refusal_of_the_servers_certificate_is_ours_in_words(pki: Pki) -> No
         "we rejected the server's certificate: server certificate not signed by the configured CA"
     )
     assert "server rejected" not in ended.reason
+
+
+def test_auth_failed_temp_restarts_instead_of_ending(pki: Pki) -> None:
+    client = Client(make_config(pki), rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    client.handle_connected(now=T0)
+    exchange(client, MiniServer(pki, reply="AUTH_FAILED,TEMP: try later"), T0)
+    restarting = drain(client)[-1]
+    assert isinstance(restarting, SessionRestarting)
+    assert restarting.reason == (
+        "temporary authentication failure: the server refused our credentials for now "
+        "(AUTH_FAILED,TEMP: try later)"
+    )
