@@ -13,8 +13,9 @@ Three targets, each with its seeds and its oracle:
 
 Inputs are mutated bytes (bit flips, random and "interesting" insertions, deletions, repeats,
 line splices between seeds); inputs that are accepted join the pool, so mutations compound.
-Anything else that escapes is a finding: printed (type, message, where, the input's repr) and
-saved under .fuzz-findings/. Exit status 1 when there are findings. Bounded by --seconds.
+Anything else that escapes, or one input taking over a second, is a finding: printed (type,
+message, where, the input's repr) and saved under .fuzz-findings/. Exit status 1 when there are
+findings. Bounded by --seconds (an input in progress is finished).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from miragevpn.errors import MirageVPNError
 FINDINGS = Path(".fuzz-findings")
 POOL_LIMIT = 400
 MAX_INPUT = 64 * 1024  # mutations compound; keep inputs around a real profile's size
+SLOW = 1.0  # seconds for one input: parse time must stay linear, so this is a finding too
 INTERESTING = [
     b"\x00", b"\x1b[2J", b"\xff", b"\xc3\xa9", b'"', b"'", b"\\", b"#", b";", b",", b"\n", b"\r\n",
     b"\t", b" ", b"<connection>\n", b"</connection>\n", b"<ca>\n", b"</ca>\n", b"[inline]",
@@ -134,14 +136,19 @@ def fuzz(
 
 
 def attempt(target: Target, data: bytes) -> bool | Finding:
+    start = time.monotonic()
     try:
-        return target.run(data)
+        accepted = target.run(data)
     except target.ours:
-        return False
+        accepted = False
     except Exception as exc:  # the point: anything else is a bug
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
         return Finding(target.name, type(exc).__name__, str(exc)[:300], where, data)
+    elapsed = time.monotonic() - start
+    if elapsed > SLOW:
+        return Finding(target.name, "Slow", f"{elapsed:.1f} s for one input", target.name, data)
+    return accepted
 
 
 # --------------------------------------------------------------------------- targets

@@ -32,6 +32,14 @@ def test_a_foreign_exception_is_a_finding() -> None:
     assert len(findings[0].data) > 3 and "test_run.py" in findings[0].where
 
 
+def test_a_slow_input_is_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.fuzz.run as run_module
+
+    monkeypatch.setattr(run_module, "SLOW", 0.0)
+    finding = attempt(Target("demo", [b"a"], lambda data: True), b"a")
+    assert not isinstance(finding, bool) and finding.kind == "Slow"
+
+
 def test_mutations_are_bounded_and_deterministic() -> None:
     a = [mutate(b"remote a 1194\n", random.Random(5), [b"x\n"]) for _ in range(3)]
     b = [mutate(b"remote a 1194\n", random.Random(5), [b"x\n"]) for _ in range(3)]
