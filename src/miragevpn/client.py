@@ -76,8 +76,8 @@ from .events import (
 )
 from .framing import encode_frame
 from .keying import Keying, KeysReceived
+from .messages import PushReply, PushReplyAssembler, encode_control_message
 from .packet import ControlPacket, Opcode
-from .push import PushReply, PushReplyAssembler, encode_control_message
 from .remotes import Advance, RemoteSelector, RetriesExhausted
 
 __all__ = ["Client", "Stats"]

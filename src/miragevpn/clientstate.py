@@ -26,7 +26,8 @@ from .datakeys import DataKeys
 from .errors import DropReason
 from .events import IPAddress, TunnelSettings
 from .framing import StreamDecoder
-from .push import PushedOptions, PushReplyAssembler
+from .messages import PushReplyAssembler
+from .push import PushedOptions
 from .tls_wrap import ControlChannelWrap
 
 if TYPE_CHECKING:

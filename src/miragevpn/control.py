@@ -2,7 +2,7 @@
 push.c: process_incoming_push_msg, ssl.c/forward.c: the AUTH_FAILED, RESTART, HALT, EXIT
 handlers).
 
-Pure: `react(text, state, ...)` reads the message (push.py parses it) and the state and returns
+Pure: `react(text, state, ...)` reads the message (messages.py) and the state and returns
 the client's reactions, in order, as values; it changes nothing. The client (client.py:
 `_apply`) carries them out:
 
@@ -11,7 +11,7 @@ the client's reactions, in order, as values; it changes nothing. The client (cli
                 UseAuthToken, progress notes; a broken or unusable reply: Restart / Stop.
                 When Established (after renegotiation): only UseAuthToken.
     AUTH_FAILED ForgetAuthToken; TEMP → Restart, otherwise Stop (error: `AuthFailed`)
-    AUTH_PENDING ExtendHandWindow by its timeout (whatever cap push.py applied); progress
+    AUTH_PENDING ExtendHandWindow by its timeout (capped by messages.py); progress
     RESTART     Restart ([N]: the next remote; without [P] ForgetAuthToken first)
     HALT        Stop;  EXIT → Restart
     INFO, other reported as ControlMessageReceived
@@ -36,19 +36,18 @@ from .errors import (
     RemoteProtocolError,
 )
 from .events import ControlMessageReceived, ProgressReported, TunnelSettings
-from .push import (
+from .messages import (
     AuthFailed,
     AuthPending,
     Exit,
     Halt,
     Info,
-    PushedOptions,
     PushReply,
     Restart,
     Unrecognised,
     parse_control_message,
-    parse_pushed_options,
 )
+from .push import PushedOptions, parse_pushed_options
 from .remotes import Advance
 from .tls_wrap import authentication_failure_hint
 from .tunnelsettings import resolve_tunnel_settings

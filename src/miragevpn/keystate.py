@@ -37,13 +37,13 @@ from .keymethod import (
     encode_client_key_method_2,
     server_key_method_2_length,
 )
+from .messages import split_control_messages
 from .packet import (
     EARLY_NEG_FLAG_RESEND_WKC,
     ControlPacket,
     Opcode,
     early_negotiation_flags,
 )
-from .push import split_control_messages
 from .reliable import ReliableChannel
 from .tls import TlsSession
 
