@@ -80,6 +80,10 @@ class TunnelSettings:
     dhcp_options: tuple[DhcpOption, ...]
     cipher: str
     key_derivation: str  # "tls-ekm" or "tls1-prf"
+    # Some route (or the redirect-gateway halves) covers `remote_address`: without a host route
+    # to the server via the original gateway first, the tunnel would route itself into itself.
+    # Set by the engine (tunnelsettings.py) so the runtime need not recompute it.
+    covers_server: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

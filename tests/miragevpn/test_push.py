@@ -1,4 +1,4 @@
-"""Control messages and PUSH_REPLY options."""
+"""PUSH_REPLY options: the allow-list, route-nopull, pull-filter, and the shared grammar."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from miragevpn.config import parse_config
 from miragevpn.config.model import (
     AllowCompression,
     Compression,
@@ -19,23 +20,17 @@ from miragevpn.config.model import (
     RouteGatewayKeyword,
     Topology,
 )
-from miragevpn.errors import DecodeError, RemoteProtocolError
-from miragevpn.push import (
-    AuthFailed,
+from miragevpn.errors import ConfigError, DecodeError, RemoteProtocolError
+from miragevpn.events import TunnelSettings
+from miragevpn.messages import (
     AuthPending,
-    Exit,
-    Halt,
-    Info,
     PushReply,
     PushReplyAssembler,
-    Restart,
-    Unrecognised,
-    encode_control_message,
     parse_control_message,
-    parse_line,
-    parse_pushed_options,
     split_control_messages,
 )
+from miragevpn.push import FROM_CONFIG_GRAMMAR, PUSH_ONLY, parse_line, parse_pushed_options
+from miragevpn.tunnelsettings import resolve_tunnel_settings
 
 CONFIG = Config(client=True)
 
@@ -46,54 +41,6 @@ TYPICAL = (
     "ifconfig 10.8.0.2 255.255.255.0,peer-id 0,cipher AES-256-GCM,"
     "protocol-flags cc-exit tls-ekm dyn-tls-crypt,tun-mtu 1500"
 )
-
-
-def test_split_keeps_partial_and_drops_non_printable() -> None:
-    buffer = bytearray(b"PUSH_REPLY,ping 10\r\n\x00INFO,caf\xc3\xa9\x00\x00HALT,bye\x00RESTA")
-    assert split_control_messages(buffer) == ["PUSH_REPLY,ping 10", "HALT,bye"]
-    assert buffer == bytearray(b"RESTA")
-    buffer += b"RT\x00"
-    assert split_control_messages(buffer) == ["RESTART"]
-    assert buffer == bytearray()
-
-
-def test_split_bounds_text_without_nul() -> None:
-    buffer = bytearray(b"x" * 70000)
-    with pytest.raises(DecodeError):
-        split_control_messages(buffer)
-    assert buffer == bytearray()
-
-
-def test_encode_control_message() -> None:
-    assert encode_control_message("PUSH_REQUEST") == b"PUSH_REQUEST\x00"
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("AUTH_FAILED", AuthFailed("")),
-        ("AUTH_FAILED,bad password", AuthFailed("bad password")),
-        ("AUTH_PENDING", AuthPending(None)),
-        ("AUTH_PENDING,timeout 180", AuthPending(180.0)),
-        ("RESTART", Restart("", frozenset())),
-        ("RESTART,[N]server shutting down", Restart("server shutting down", frozenset("N"))),
-        ("RESTART,[PN]x", Restart("x", frozenset("PN"))),
-        ("HALT,go away", Halt("go away", frozenset())),
-        ("INFO,WEB_AUTH::https://x", Info("WEB_AUTH::https://x", pre=False)),
-        ("INFO_PRE,hello", Info("hello", pre=True)),
-        ("EXIT", Exit()),
-        ("PUSH_REPLY", PushReply((), more_follows=False)),
-        ("PUSH_REPLYX", Unrecognised("PUSH_REPLYX")),
-        ("HALTING", Unrecognised("HALTING")),
-    ],
-)
-def test_classify(text: str, expected: object) -> None:
-    assert parse_control_message(text) == expected
-
-
-def test_temporary_auth_failure() -> None:
-    assert AuthFailed("TEMP[backoff 30]:busy").temporary
-    assert not AuthFailed("nope").temporary
 
 
 def test_typical_reply() -> None:
@@ -161,7 +108,14 @@ def test_routes_dns_redirect_ipv6() -> None:
         DhcpOption("DOMAIN", "example.test"),
     )
     assert options.compression is Compression.LZO_NO
-    assert [i.text.split()[0] for i in options.ignored] == ["dns", "tun-ipv6", "block-outside-dns"]
+    ignored = [(i.text.split()[0], i.reason) for i in options.ignored]
+    assert [name for name, _ in ignored] == [
+        "redirect-gateway",
+        "dns",
+        "tun-ipv6",
+        "block-outside-dns",
+    ]
+    assert ignored[0][1].startswith("redirect-gateway flag 'bypass-dhcp' is not applied")
 
 
 def test_route_nopull_drops_what_openvpn_drops() -> None:
@@ -224,7 +178,7 @@ def test_malformed_and_unknown_options_are_recorded_not_fatal() -> None:
     assert options.peer_id is None
     assert options.routes == ()
     reasons = [i.reason for i in options.ignored]
-    assert reasons[0].startswith("ifconfig: takes 2 to 2 arguments")
+    assert reasons[0] == "ifconfig: expects 2 arguments, got 1"  # the config parser's words
     assert reasons[-1] == "not on the allow-list of pushable options"
 
 
@@ -306,10 +260,255 @@ def test_allow_listed_words_in_any_order(words: list[str]) -> None:
         parse_pushed_options([" ".join(words)], CONFIG)
 
 
-@given(st.binary(max_size=200))
-def test_split_arbitrary_bytes(data: bytes) -> None:
-    buffer = bytearray(data)
-    for message in split_control_messages(buffer):
-        assert message.isprintable()
-        assert not message.endswith(("\r", "\n"))
-        parse_control_message(message)
+# ------------------------------------------------------------------ issue 8: hostile pushes
+# Each test takes the exact push lines of the finding as data.
+
+SERVER = ipaddress.IPv4Address("203.0.113.7")
+
+
+def settings_for(lines: list[str], config: Config = CONFIG) -> tuple[TunnelSettings, list[str]]:
+    pushed = parse_pushed_options(lines, config)
+    settings, notes = resolve_tunnel_settings(
+        config, pushed, remote_address=SERVER, cipher="AES-256-GCM", key_derivation="tls-ekm"
+    )
+    return settings, list(notes)
+
+
+def test_finding_1_pushed_dhcp_option_values_are_validated() -> None:
+    hostile = [
+        "dhcp-option DNS 1.2.3.4;rm",
+        "dhcp-option DNS $(reboot)",
+        "dhcp-option DNS fe80::1%eth0",
+        "dhcp-option DNS 255.255.255.255",
+        "dhcp-option ../../etc x",
+        'dhcp-option DOMAIN "x; rm -rf /"',
+        "dhcp-option DOMAIN-SEARCH $(reboot)",
+        "dhcp-option DNS6 ::1",
+    ]
+    options = parse_pushed_options([*hostile, "dhcp-option DNS 10.8.0.1"], CONFIG)
+    assert options.dhcp_options == (DhcpOption("DNS", "10.8.0.1"),)
+    assert [i.text for i in options.ignored] == hostile
+    assert all(i.reason.startswith("dhcp-option: ") for i in options.ignored)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "dhcp-option DNS fe80::1%eth0",
+        "dhcp-option DNS 255.255.255.255",
+        "dhcp-option ../../etc x",
+        'dhcp-option DOMAIN "x; rm -rf /"',
+        "route 10.0.0.0 0.255.255.255",
+        "route 10.0.0.0 255.0.0.0 default 2147483647",
+        "route-ipv6 fe80::%eth0/64",
+        "ifconfig-ipv6 2001:db8:9::2/0",
+        "ifconfig 224.0.0.1 255.255.255.0",
+        "tun-mtu 67",
+        "redirect-gateway def1 frobnicate",
+        "compress migrate",
+        "ping x",
+    ],
+)
+def test_a_pushed_value_is_refused_with_the_config_files_message(line: str) -> None:
+    """One grammar: the reason recorded for a pushed line is the message the config parser
+    gives for the same line in a file."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"client\nremote vpn.example.org\n{line}\n", read_file=_no_file)
+    options = parse_pushed_options([line], CONFIG)
+    assert f"{line.split()[0]}: {info.value.message}" in [i.reason for i in options.ignored]
+
+
+def _no_file(name: str) -> bytes:
+    raise FileNotFoundError(name)
+
+
+def test_finding_2_ifconfig_ipv6_prefix_0_is_refused() -> None:
+    options = parse_pushed_options(["ifconfig-ipv6 2001:db8:9::2/0"], CONFIG)
+    assert options.ifconfig_ipv6 is None
+    assert "shorter than /64" in options.ignored[0].reason
+
+
+def test_finding_2_a_subnet_netmask_shorter_than_8_is_refused() -> None:
+    settings, notes = settings_for(["topology subnet", "ifconfig 200.0.0.2 128.0.0.0"])
+    assert settings.ipv4 is None
+    assert notes == [
+        "ifconfig 200.0.0.2 128.0.0.0 refused: prefix /1 is shorter than /8: "
+        "it would route that whole range into the tunnel"
+    ]
+    settings, notes = settings_for(["topology subnet", "ifconfig 10.8.0.2 255.255.255.0"])
+    assert str(settings.ipv4) == "10.8.0.2/24"
+    assert notes == []
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        (["ifconfig 224.0.0.1 255.255.255.0"], "multicast"),
+        (["ifconfig 127.0.0.2 127.0.0.1"], "loopback"),
+    ],
+)
+def test_finding_2_ifconfig_must_be_unicast(lines: list[str], why: str) -> None:
+    options = parse_pushed_options(lines, CONFIG)
+    assert options.ifconfig is None
+    assert why in options.ignored[0].reason
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["ifconfig 203.0.113.7 10.8.0.1"],
+        ["topology subnet", "ifconfig 203.0.113.7 255.255.255.0"],
+        ["topology subnet", "ifconfig 10.8.0.2 0.255.255.255"],
+        ["topology p2p", "ifconfig 10.8.0.2 224.0.0.1"],
+    ],
+)
+def test_finding_2_server_address_host_masks_and_bad_peers_are_refused(lines: list[str]) -> None:
+    settings, notes = settings_for(lines)
+    assert settings.ipv4 is None
+    assert len(notes) == 1
+    assert "refused" in notes[0]
+
+
+def test_finding_2_ifconfig_ipv6_of_the_server_is_refused() -> None:
+    pushed = parse_pushed_options(["ifconfig-ipv6 2001:db8::7/64"], CONFIG)
+    settings, notes = resolve_tunnel_settings(
+        CONFIG,
+        pushed,
+        remote_address=ipaddress.IPv6Address("2001:db8::7"),
+        cipher="AES-256-GCM",
+        key_derivation="tls-ekm",
+    )
+    assert settings.ipv6 is None
+    assert notes == ("ifconfig-ipv6 2001:db8::7/64 refused: it is the server's address",)
+
+
+def test_finding_3_a_control_message_over_the_cap_ends_the_read() -> None:
+    message = b"PUSH_REPLY,setenv X " + b"A" * 60_000 + b",push-continuation 2\x00"
+    buffer = bytearray(message)
+    with pytest.raises(DecodeError, match="longer than"):
+        split_control_messages(buffer)
+    assert buffer == bytearray()
+
+
+def test_finding_3_push_continuation_is_capped_in_bytes() -> None:
+    """4,090 parts of setenv X <7,000 A> each (under the per-message cap) stop at 256 KiB."""
+    assembler = PushReplyAssembler()
+    part = parse_control_message(f"PUSH_REPLY,setenv X {'A' * 7000},push-continuation 2")
+    assert isinstance(part, PushReply)
+    with pytest.raises(DecodeError, match="bytes"):
+        for _ in range(4090):
+            assert assembler.add(part) is None
+    assert assembler._bytes == 0  # what it held is released
+
+
+def test_finding_9_auth_pending_timeout_is_capped() -> None:
+    assert parse_control_message("AUTH_PENDING,timeout 99999999999") == AuthPending(1800.0)
+    assert parse_control_message("AUTH_PENDING,timeout " + "9" * 5000) == AuthPending(1800.0)
+    assert parse_control_message("AUTH_PENDING,timeout 120") == AuthPending(120.0)
+
+
+@pytest.mark.parametrize(
+    "line", ["route 203.0.113.7 255.255.255.255", "route 0.0.0.0 0.0.0.0", "redirect-gateway def1"]
+)
+def test_finding_10_routes_covering_the_server_are_flagged(line: str) -> None:
+    settings, _ = settings_for(["ifconfig 10.8.0.2 10.8.0.1", line])
+    assert settings.covers_server
+    settings, _ = settings_for(["ifconfig 10.8.0.2 10.8.0.1", "route 10.0.0.0 255.0.0.0"])
+    assert not settings.covers_server
+
+
+def test_finding_10_redirect_gateway_flags_are_never_silent() -> None:
+    options = parse_pushed_options(
+        ["redirect-gateway def1 block-local local bypass-dhcp bypass-dns frobnicate ipv6"], CONFIG
+    )
+    assert options.redirect_gateway is not None
+    assert options.redirect_gateway.flags == frozenset(
+        {"def1", "block-local", "local", "bypass-dhcp", "bypass-dns", "ipv6"}
+    )
+    reasons = sorted(i.reason for i in options.ignored)
+    assert len(reasons) == 5
+    assert reasons[0].startswith("redirect-gateway flag 'block-local' is not applied: ")
+    assert reasons[-1].startswith("redirect-gateway: 'frobnicate': expected one of local, ")
+
+
+def test_finding_10_host_mask_is_refused_as_openvpn_cannot_use_it() -> None:
+    options = parse_pushed_options(["route 10.0.0.0 0.255.255.255"], CONFIG)
+    assert options.routes == ()
+    assert options.ignored[0].reason == (
+        "route: '0.255.255.255': not a netmask (the one bits must be contiguous from the left)"
+    )
+
+
+def test_finding_10_pushed_metrics_have_the_config_bound() -> None:
+    options = parse_pushed_options(
+        [
+            "route 10.0.0.0 255.0.0.0 default 2147483647",
+            "route-ipv6 fd00::/8 default 2147483647",
+            "route 10.1.0.0 255.255.0.0 default 65535",
+        ],
+        CONFIG,
+    )
+    assert [r.metric for r in options.routes] == [65535]
+    assert options.routes_ipv6 == ()
+    assert all("out of range (0..65535)" in i.reason for i in options.ignored)
+
+
+HOSTILE_WORDS = st.sampled_from(
+    [
+        *sorted(FROM_CONFIG_GRAMMAR | set(PUSH_ONLY)),
+        "DNS",
+        "DNS6",
+        "DOMAIN",
+        "DISABLE-NBT",
+        "default",
+        "vpn_gateway",
+        "net_gateway",
+        "def1",
+        "!ipv4",
+        "ipv6",
+        "0",
+        "65535",
+        "2147483647",
+        "9" * 5000,
+        "10.8.0.1",
+        "203.0.113.7",
+        "255.255.255.255",
+        "0.255.255.255",
+        "224.0.0.1",
+        "fe80::1%eth0",
+        "2001:db8::2/0",
+        "fd00::1/64",
+        "$(reboot)",
+        "'",
+        '"',
+        "\\",
+        "#",
+        "tls-ekm",
+        "AES-256-GCM",
+        "Ym9i",
+    ]
+)
+
+
+@given(st.lists(st.lists(HOSTILE_WORDS | st.text(max_size=12), max_size=6), max_size=8))
+def test_pushed_lines_give_checked_values_or_our_errors(lines: list[list[str]]) -> None:
+    """Only our errors escape; whatever is accepted holds the properties of issue 8."""
+    try:
+        pushed = parse_pushed_options([" ".join(words) for words in lines], CONFIG)
+        settings, _ = resolve_tunnel_settings(
+            CONFIG, pushed, remote_address=SERVER, cipher="AES-256-GCM", key_derivation="tls-ekm"
+        )
+    except (DecodeError, RemoteProtocolError):
+        return
+    for option in settings.dhcp_options:
+        if option.kind in ("DNS", "DNS6"):
+            assert option.value is not None
+            address = ipaddress.ip_address(option.value)
+            assert not (address.is_multicast or address.is_loopback or address.is_unspecified)
+    for route in settings.routes:
+        assert route.metric is None or 0 <= route.metric <= 0xFFFF
+    if settings.ipv4 is not None:
+        assert settings.ipv4.ip != SERVER
+        assert settings.ipv4.network.prefixlen >= 8
+    if settings.ipv6 is not None:
+        assert settings.ipv6.network.prefixlen >= 64

@@ -7,6 +7,7 @@ records values with `ctx.put(d, key, value)` and never decides about duplicates 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import keys, values
@@ -117,14 +118,13 @@ def h_topology(ctx: Context, d: Directive) -> None:
 
 
 def h_ifconfig(ctx: Context, d: Directive) -> None:
-    ctx.put(d, "ifconfig", IfConfig(values.ipv4(d, 0), values.ipv4(d, 1)))
+    # The second address is a peer or a netmask depending on topology: tunnelsettings.py checks
+    # it once both are known.
+    ctx.put(d, "ifconfig", IfConfig(values.tunnel_ipv4(d, 0), values.ipv4(d, 1)))
 
 
 def h_ifconfig_ipv6(ctx: Context, d: Directive) -> None:
-    try:
-        interface = ipaddress.IPv6Interface(d.args[0].text)
-    except ValueError:
-        raise bad_arg(d, 0, "not an IPv6 address/prefix") from None
+    interface = values.tunnel_ipv6(d, 0)
     remote = values.ipv6(d, 1) if len(d.args) > 1 else None
     ctx.put(d, "ifconfig_ipv6", IfConfigIPv6(interface, remote))
 
@@ -429,8 +429,14 @@ def h_resolv_retry(ctx: Context, d: Directive) -> None:
         ctx.put(d, "resolv_retry", values.seconds(d, 0))
 
 
+# `explicit-exit-notify n` is how many seconds the client keeps telling the server it leaves
+# before it exits; OpenVPN sets no bound, we keep closing time sane (config and push alike).
+EXIT_NOTIFY_MAX = 1000
+
+
 def h_explicit_exit_notify(ctx: Context, d: Directive) -> None:
-    ctx.put(d, "explicit_exit_notify", values.integer(d, 0) if d.args else 1)
+    value = values.integer(d, 0, hi=EXIT_NOTIFY_MAX) if d.args else 1
+    ctx.put(d, "explicit_exit_notify", value)
 
 
 # --------------------------------------------------------------------------- routes
@@ -448,33 +454,27 @@ def _gateway(d: Directive, arg: int) -> ipaddress.IPv4Address | RouteGatewayKeyw
 
 def h_route(ctx: Context, d: Directive) -> None:
     network_text = d.args[0].text
-    netmask = "255.255.255.255"
+    prefix = 32
     if len(d.args) > 1 and d.args[1].text != "default":
-        netmask = str(values.ipv4(d, 1))
+        prefix = values.netmask(d, 1)
     try:
-        ipaddress.IPv4Address(network_text)
+        address = ipaddress.IPv4Address(network_text)
     except ValueError:
         raise bad_arg(d, 0, "not an IPv4 network (host names are not resolved here)") from None
-    try:
-        network = ipaddress.IPv4Network(f"{network_text}/{netmask}", strict=False)
-    except ValueError:
-        raise bad_arg(d, 1, "not a netmask") from None
-    if str(network.network_address) != network_text:
-        ctx.warn(d, f"{network_text} has host bits outside {netmask}; using {network}")
+    network = ipaddress.IPv4Network((address, prefix), strict=False)
+    if network.network_address != address:
+        ctx.warn(d, f"{network_text} has host bits outside /{prefix}; using {network}")
     gateway = _gateway(d, 2) if len(d.args) > 2 else None
-    metric = values.integer(d, 3, hi=0xFFFF) if len(d.args) > 3 else None
+    metric = values.metric(d, 3) if len(d.args) > 3 else None
     ctx.put(d, "routes", Route(network, gateway, metric))
 
 
 def h_route_ipv6(ctx: Context, d: Directive) -> None:
-    try:
-        network = ipaddress.IPv6Network(d.args[0].text, strict=False)
-    except ValueError:
-        raise bad_arg(d, 0, "not an IPv6 network/prefix") from None
+    network = values.ipv6_network(d, 0)
     gateway = None
     if len(d.args) > 1 and d.args[1].text != "default":
         gateway = values.ipv6(d, 1)
-    metric = values.integer(d, 2, hi=0xFFFF) if len(d.args) > 2 else None
+    metric = values.metric(d, 2) if len(d.args) > 2 else None
     ctx.put(d, "routes_ipv6", RouteIPv6(network, gateway, metric))
 
 
@@ -505,10 +505,30 @@ REDIRECT_FLAGS = (
 )
 
 
+# Flags the runtime does not act on (it routes 0/1 + 128/1, keeps the host route to the server,
+# and leaves the LAN to the system's routes and the firewall): said once, never silently.
+REDIRECT_FLAGS_NOT_APPLIED = {
+    "local": "the server is always reached through the original gateway",
+    "autolocal": "the server is always reached through the original gateway",
+    "bypass-dhcp": "the DHCP server is not given a route of its own",
+    "bypass-dns": "the DNS server is not given a route of its own",
+    "block-local": "the local network is not blocked by routes (the firewall decides)",
+}
+
+
+def redirect_flag_note(flag: str) -> str | None:
+    """What the runtime does not do for a known `redirect-gateway` flag, or None."""
+    why = REDIRECT_FLAGS_NOT_APPLIED.get(flag)
+    return None if why is None else f"redirect-gateway flag '{flag}' is not applied: {why}"
+
+
 def h_redirect_gateway(ctx: Context, d: Directive) -> None:
     flags: set[str] = set()
     for i in range(len(d.args)):
         flags.add(values.choice(d, i, REDIRECT_FLAGS))
+    for flag in sorted(flags):
+        if (note := redirect_flag_note(flag)) is not None:
+            ctx.warn(d, note)
     ctx.put(d, "redirect_gateway", frozenset(flags))
 
 
@@ -517,21 +537,38 @@ def h_pull_filter(ctx: Context, d: Directive) -> None:
     ctx.put(d, "pull_filters", PullFilter(action, d.args[1].text))
 
 
+def _dhcp_nbt(d: Directive, arg: int) -> str:
+    return values.choice(d, arg, ("1", "2", "4", "8"))
+
+
+# The `dhcp-option` kinds OpenVPN 2.6 knows (options.c), each with the parser of its value;
+# None: the kind takes no value. DNS values reach resolv.conf and the firewall, domain names
+# reach the resolver's search list: each is checked, none is passed on as raw text.
+DHCP_OPTION_KINDS: dict[str, Callable[[Directive, int], str] | None] = {
+    "DNS": values.dns_server,
+    "DNS6": lambda d, arg: values.dns_server(d, arg, ipv6_only=True),
+    "DOMAIN": values.domain_name,
+    "ADAPTER_DOMAIN_SUFFIX": values.domain_name,
+    "DOMAIN-SEARCH": values.domain_name,
+    "NTP": values.ipv4_server,
+    "WINS": values.ipv4_server,
+    "NBDD": values.ipv4_server,
+    "NBS": values.domain_name,
+    "NBT": _dhcp_nbt,
+    "DISABLE-NBT": None,
+}
+
+
 def h_dhcp_option(ctx: Context, d: Directive) -> None:
     kind = d.args[0].text.upper()
-    if not kind:
-        raise bad_arg(d, 0, "empty option name")
-    value = d.args[1].text if len(d.args) > 1 else None
-    if kind == "DNS" and value is not None:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise bad_arg(d, 1, "not an IP address") from None
-    if kind in ("NTP", "WINS", "NBDD") and value is not None:
-        try:
-            ipaddress.IPv4Address(value)
-        except ValueError:
-            raise bad_arg(d, 1, "not an IPv4 address") from None
-    if kind == "DNS6" and value is not None:
-        values.ipv6(d, 1)
-    ctx.put(d, "dhcp_options", DhcpOption(kind, value))
+    if kind not in DHCP_OPTION_KINDS:
+        raise bad_arg(d, 0, f"unknown dhcp-option kind ({', '.join(DHCP_OPTION_KINDS)})")
+    parse_value = DHCP_OPTION_KINDS[kind]
+    if parse_value is None:
+        if len(d.args) > 1:
+            raise error(d, f"dhcp-option {kind} takes no value", 1)
+        ctx.put(d, "dhcp_options", DhcpOption(kind, None))
+        return
+    if len(d.args) < 2:
+        raise error(d, f"dhcp-option {kind} needs a value")
+    ctx.put(d, "dhcp_options", DhcpOption(kind, parse_value(d, 1)))

@@ -6,6 +6,8 @@ and say which argument is wrong.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 
 from .context import bad_arg, error
@@ -19,6 +21,8 @@ def integer(d: Directive, arg: int, *, lo: int = 0, hi: int = INT32_MAX) -> int:
     text = d.args[arg].text
     if not text.isascii() or not text.isdigit():
         raise bad_arg(d, arg, "not a number (decimal digits expected)")
+    if len(text.lstrip("0")) > 20:  # int() refuses over 4300 digits; all our limits are < 2^64
+        raise bad_arg(d, arg, f"out of range ({lo}..{hi})")
     value = int(text)
     if not lo <= value <= hi:
         raise bad_arg(d, arg, f"out of range ({lo}..{hi})")
@@ -76,11 +80,162 @@ def ipv4(d: Directive, arg: int) -> ipaddress.IPv4Address:
         raise bad_arg(d, arg, "not an IPv4 address") from None
 
 
+_NO_SCOPE = "an IPv6 scope id (%...) names one of our interfaces; not allowed here"
+
+
 def ipv6(d: Directive, arg: int) -> ipaddress.IPv6Address:
+    text = d.args[arg].text
+    if "%" in text:
+        raise bad_arg(d, arg, _NO_SCOPE)
     try:
-        return ipaddress.IPv6Address(d.args[arg].text)
+        return ipaddress.IPv6Address(text)
     except ValueError:
         raise bad_arg(d, arg, "not an IPv6 address") from None
+
+
+def ipv6_network(d: Directive, arg: int) -> ipaddress.IPv6Network:
+    text = d.args[arg].text
+    if "%" in text:
+        raise bad_arg(d, arg, _NO_SCOPE)
+    try:
+        return ipaddress.IPv6Network(text, strict=False)
+    except ValueError:
+        raise bad_arg(d, arg, "not an IPv6 network/prefix") from None
+
+
+# The shortest prefixes a tunnel address may have. The kernel adds a route for the prefix of
+# every address; an `ifconfig-ipv6 x/0` or a /1 subnet would route the world into the tunnel
+# around `route-nopull` and without the host route to the server (issue 8, finding 2).
+MIN_TUNNEL_PREFIX_V4 = 8
+MIN_TUNNEL_PREFIX_V6 = 64
+
+
+def unicast_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why `address` cannot be a host's own address or a server we talk to, or None."""
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_multicast:
+        return "a multicast address"
+    if isinstance(address, ipaddress.IPv4Address) and (
+        address == ipaddress.IPv4Address("255.255.255.255") or address.is_reserved
+    ):
+        return "a broadcast or reserved (240.0.0.0/4) address"
+    return None
+
+
+def tunnel_ipv4(d: Directive, arg: int) -> ipaddress.IPv4Address:
+    """Our own IPv4 address on the tunnel (`ifconfig`): a unicast address."""
+    address = ipv4(d, arg)
+    problem = unicast_problem(address)
+    if problem is not None:
+        raise bad_arg(d, arg, f"{problem}, not a tunnel address")
+    return address
+
+
+def tunnel_ipv6(d: Directive, arg: int) -> ipaddress.IPv6Interface:
+    """Our own IPv6 address/prefix on the tunnel (`ifconfig-ipv6`)."""
+    text = d.args[arg].text
+    if "%" in text:
+        raise bad_arg(d, arg, _NO_SCOPE)
+    try:
+        interface = ipaddress.IPv6Interface(text)
+    except ValueError:
+        raise bad_arg(d, arg, "not an IPv6 address/prefix") from None
+    problem = unicast_problem(interface.ip)
+    if problem is not None:
+        raise bad_arg(d, arg, f"{problem}, not a tunnel address")
+    if interface.network.prefixlen < MIN_TUNNEL_PREFIX_V6:
+        raise bad_arg(
+            d,
+            arg,
+            f"prefix /{interface.network.prefixlen} is shorter than "
+            f"/{MIN_TUNNEL_PREFIX_V6}: it would route that whole range into the tunnel",
+        )
+    return interface
+
+
+def netmask_prefix(mask: ipaddress.IPv4Address) -> int | None:
+    """The prefix length of a contiguous netmask (255.255.0.0 → 16), None for any other mask.
+
+    OpenVPN converts a route's netmask with `netmask_to_netbits2` (route.c), which maps only
+    contiguous masks; anything else becomes -1 and the kernel refuses the route. Python's
+    `ipaddress` would read 0.255.255.255 as a host mask (/8) instead; we refuse it."""
+    value = int(mask)
+    inverted = ~value & 0xFFFFFFFF
+    if inverted & (inverted + 1):
+        return None
+    return 32 - inverted.bit_length()
+
+
+def netmask(d: Directive, arg: int) -> int:
+    """A route netmask as its prefix length (contiguous masks only, as OpenVPN can use)."""
+    prefix = netmask_prefix(ipv4(d, arg))
+    if prefix is None:
+        raise bad_arg(d, arg, "not a netmask (the one bits must be contiguous from the left)")
+    return prefix
+
+
+# Route metrics, configured or pushed: one bound. Linux takes a 32-bit priority; OpenVPN only
+# asks for >= 0. 65535 covers every metric seen in provider configs and keeps a pushed
+# metric from outranking every route the system has.
+ROUTE_METRIC_MAX = 0xFFFF
+
+
+def metric(d: Directive, arg: int) -> int | None:
+    """A route's metric; `default` (OpenVPN's placeholder) leaves it to `route-metric`."""
+    if d.args[arg].text == "default":
+        return None
+    return integer(d, arg, hi=ROUTE_METRIC_MAX)
+
+
+def dns_server(d: Directive, arg: int, *, ipv6_only: bool = False) -> str:
+    """A DNS server address (dhcp-option DNS/DNS6), in its canonical text form.
+
+    It becomes a resolver entry and a firewall redirection, so it must be one plain unicast
+    address: no scope id, not unspecified, loopback, multicast or broadcast."""
+    text = d.args[arg].text
+    if "%" in text:
+        raise bad_arg(d, arg, _NO_SCOPE)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise bad_arg(d, arg, "not an IP address") from None
+    if ipv6_only and address.version != 6:
+        raise bad_arg(d, arg, "not an IPv6 address")
+    problem = unicast_problem(address)
+    if problem is not None:
+        raise bad_arg(d, arg, f"{problem}, not a DNS server")
+    return str(address)
+
+
+def ipv4_server(d: Directive, arg: int) -> str:
+    """A unicast IPv4 server address (dhcp-option NTP, WINS, NBDD), canonical text."""
+    address = ipv4(d, arg)
+    problem = unicast_problem(address)
+    if problem is not None:
+        raise bad_arg(d, arg, f"{problem}, not a server address")
+    return str(address)
+
+
+# OpenVPN's validate_domain (domain_helper.h) allows letters, digits, '-', '_' and '.'; we also
+# check the DNS lengths (253 in all, 63 per label), that no label is empty, and that none
+# begins with '-' (a resolver tool could read it as an option).
+_DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def domain_name(d: Directive, arg: int) -> str:
+    """A DNS domain name (dhcp-option DOMAIN, DOMAIN-SEARCH, ADAPTER_DOMAIN_SUFFIX)."""
+    text = d.args[arg].text
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253 or not set(name) <= _DOMAIN_CHARS:
+        raise bad_arg(d, arg, "not a domain name (letters, digits, '-', '_' and '.')")
+    if any(not label or len(label) > 63 or label[0] == "-" for label in name.split(".")):
+        raise bad_arg(
+            d, arg, "not a domain name (a label is empty, over 63 characters or starts with '-')"
+        )
+    return text
 
 
 _TLS_VERSIONS = {v.value: v for v in TlsVersion}
@@ -126,3 +281,11 @@ def digest_name(d: Directive, arg: int) -> str:
     if name not in DIGESTS:
         raise bad_arg(d, arg, f"unsupported digest ({', '.join(DIGESTS)})")
     return name
+
+
+def base64_text(d: Directive, arg: int) -> str:
+    """UTF-8 text given in base64 (the pushed `auth-token-user`)."""
+    try:
+        return base64.b64decode(d.args[arg].text, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise bad_arg(d, arg, "not base64 of UTF-8 text") from None

@@ -35,6 +35,13 @@ TEXT = st.text(
     max_size=20,
 )
 SECONDS = st.integers(1, 100000).map(float)
+LABEL = r"[a-z0-9_][a-z0-9_-]{0,11}"
+DOMAIN = st.from_regex(rf"{LABEL}(\.{LABEL}){{0,3}}\.?", fullmatch=True)
+DNS_OPTIONS = st.builds(
+    DhcpOption,
+    st.just("DNS"),
+    st.sampled_from(["10.8.0.1", "1.1.1.1", "2001:db8::53", "fd00::1"]),
+)
 
 
 def no_files(path: str) -> bytes:
@@ -97,7 +104,7 @@ def configs(draw: st.DrawFn) -> Config:
             draw(st.lists(st.builds(PullFilter, st.sampled_from(PullFilterAction), TEXT)))
         ),
         dhcp_options=tuple(
-            draw(st.lists(st.builds(DhcpOption, st.just("DOMAIN"), st.none() | NAME)))
+            draw(st.lists(st.builds(DhcpOption, st.just("DOMAIN"), DOMAIN) | DNS_OPTIONS))
         ),
     )
 
