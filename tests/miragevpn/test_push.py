@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from miragevpn.config import parse_config
+from miragevpn.config.context import Outcome
+from miragevpn.config.directives import TABLE
 from miragevpn.config.model import (
     AllowCompression,
     Compression,
@@ -316,6 +318,13 @@ def test_a_pushed_value_is_refused_with_the_config_files_message(line: str) -> N
         parse_config(f"client\nremote vpn.example.org\n{line}\n", read_file=_no_file)
     options = parse_pushed_options([line], CONFIG)
     assert f"{line.split()[0]}: {info.value.message}" in [i.reason for i in options.ignored]
+
+
+def test_the_config_grammar_reads_what_a_server_pushes() -> None:
+    """Pushed options the config table uses are run by it; the push-only ones it rejects."""
+    assert all(TABLE[name].outcome is Outcome.USED for name in FROM_CONFIG_GRAMMAR)
+    server_only = set(PUSH_ONLY) - {"cipher"}  # a pushed cipher must be one of data-ciphers
+    assert all(TABLE[name].outcome is Outcome.REJECTED for name in server_only)
 
 
 def _no_file(name: str) -> bytes:

@@ -449,7 +449,7 @@ def _gateway(d: Directive, arg: int) -> ipaddress.IPv4Address | RouteGatewayKeyw
     for keyword in RouteGatewayKeyword:
         if text == keyword.value:
             return keyword
-    return values.ipv4(d, arg)
+    return values.unicast_ipv4(d, arg, "a gateway")
 
 
 def h_route(ctx: Context, d: Directive) -> None:
@@ -473,7 +473,7 @@ def h_route_ipv6(ctx: Context, d: Directive) -> None:
     network = values.ipv6_network(d, 0)
     gateway = None
     if len(d.args) > 1 and d.args[1].text != "default":
-        gateway = values.ipv6(d, 1)
+        gateway = values.unicast_ipv6(d, 1, "a gateway")
     metric = values.metric(d, 2) if len(d.args) > 2 else None
     ctx.put(d, "routes_ipv6", RouteIPv6(network, gateway, metric))
 
@@ -482,7 +482,7 @@ def h_route_gateway(ctx: Context, d: Directive) -> None:
     if d.args[0].text == "dhcp":
         ctx.put(d, "route_gateway", RouteGatewayDhcp.DHCP)
     else:
-        ctx.put(d, "route_gateway", values.ipv4(d, 0))
+        ctx.put(d, "route_gateway", values.unicast_ipv4(d, 0, "a gateway"))
 
 
 def h_route_delay(ctx: Context, d: Directive) -> None:

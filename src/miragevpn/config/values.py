@@ -125,13 +125,26 @@ def unicast_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
     return None
 
 
-def tunnel_ipv4(d: Directive, arg: int) -> ipaddress.IPv4Address:
-    """Our own IPv4 address on the tunnel (`ifconfig`): a unicast address."""
+def unicast_ipv4(d: Directive, arg: int, role: str) -> ipaddress.IPv4Address:
+    """A unicast IPv4 address for `role` ("a tunnel address", "a gateway")."""
     address = ipv4(d, arg)
     problem = unicast_problem(address)
     if problem is not None:
-        raise bad_arg(d, arg, f"{problem}, not a tunnel address")
+        raise bad_arg(d, arg, f"{problem}, not {role}")
     return address
+
+
+def unicast_ipv6(d: Directive, arg: int, role: str) -> ipaddress.IPv6Address:
+    address = ipv6(d, arg)
+    problem = unicast_problem(address)
+    if problem is not None:
+        raise bad_arg(d, arg, f"{problem}, not {role}")
+    return address
+
+
+def tunnel_ipv4(d: Directive, arg: int) -> ipaddress.IPv4Address:
+    """Our own IPv4 address on the tunnel (`ifconfig`)."""
+    return unicast_ipv4(d, arg, "a tunnel address")
 
 
 def tunnel_ipv6(d: Directive, arg: int) -> ipaddress.IPv6Interface:

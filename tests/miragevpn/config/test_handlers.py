@@ -99,5 +99,19 @@ def test_redirect_gateway_flags_not_applied_are_said(read_file: Reader) -> None:
     refused("redirect-gateway def1 frobnicate", read_file, "expected one of")
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "route 10.0.0.0 255.0.0.0 224.0.0.1",
+        "route-gateway 255.255.255.255",
+        "route-ipv6 fd00::/8 ff02::1",
+        "route-ipv6 fd00::/8 fe80::1%eth0",
+    ],
+)
+def test_route_gateways_are_unicast(line: str, read_file: Reader) -> None:
+    with pytest.raises(ConfigError):
+        parse(line, read_file)
+
+
 def test_explicit_exit_notify_is_bounded(read_file: Reader) -> None:
     refused("explicit-exit-notify 2147483647", read_file, "out of range (0..1000)")

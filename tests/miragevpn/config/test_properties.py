@@ -61,7 +61,10 @@ routes = st.builds(
         st.integers(0, 2**32 - 1),
         st.integers(0, 32),
     ),
-    gateway=st.none() | st.builds(ipaddress.IPv4Address, st.integers(0, 2**32 - 1)),
+    gateway=st.none()
+    | st.builds(ipaddress.IPv4Address, st.integers(0, 2**32 - 1)).filter(
+        lambda a: not (a.is_multicast or a.is_loopback or a.is_unspecified or a.is_reserved)
+    ),
     metric=st.none() | st.integers(0, 65535),
 )
 
