@@ -25,7 +25,8 @@ from miragevpn.config.model import Compression, Config, ReplayWindow, Transport
 from miragevpn.datakeys import DataChannelParams, DataKeys
 from miragevpn.errors import DropReason
 from miragevpn.keying import Keying
-from miragevpn.push import PushReplyAssembler, parse_pushed_options
+from miragevpn.messages import PushReplyAssembler
+from miragevpn.push import parse_pushed_options
 from miragevpn.tunnelsettings import resolve_tunnel_settings
 from tests.helpers.pki import Pki
 from tests.miragevpn.scenario import T0, counter_rng, make_config

@@ -21,7 +21,8 @@ from miragevpn.datakeys import DataChannelParams, DataKeys
 from miragevpn.errors import AuthFailed, LocalProtocolError, RemoteProtocolError
 from miragevpn.events import ControlMessageReceived, ProgressReported
 from miragevpn.keying import Keying
-from miragevpn.push import PushReply, PushReplyAssembler, parse_pushed_options
+from miragevpn.messages import PushReply, PushReplyAssembler
+from miragevpn.push import parse_pushed_options
 from miragevpn.remotes import Advance
 from miragevpn.tunnelsettings import resolve_tunnel_settings
 from tests.helpers.pki import Pki

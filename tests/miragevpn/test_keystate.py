@@ -16,8 +16,8 @@ from miragevpn.keystate import (
     TlsHandshake,
     client_key_method_2,
 )
+from miragevpn.messages import encode_control_message
 from miragevpn.packet import ControlPacket, Opcode, decode_control, encode_control
-from miragevpn.push import encode_control_message
 from miragevpn.tls import TlsSession, TlsSettings
 from tests.helpers.pki import Pki
 from tests.miragevpn.miniserver import SERVER_KEY_METHOD_2, SERVER_SID, MiniServer
