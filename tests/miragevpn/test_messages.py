@@ -6,8 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from miragevpn.client import Client
 from miragevpn.errors import DecodeError
+from miragevpn.events import ProgressReported, SessionRestarting
 from miragevpn.messages import (
+    MAX_AUTH_PENDING_TIMEOUT,
+    MAX_MESSAGE,
     AuthFailed,
     AuthPending,
     Exit,
@@ -20,6 +24,9 @@ from miragevpn.messages import (
     parse_control_message,
     split_control_messages,
 )
+from tests.helpers.pki import Pki
+from tests.miragevpn.miniserver import MiniServer
+from tests.miragevpn.scenario import T0, counter_rng, drain, exchange, make_config, wall_clock
 
 
 def test_split_keeps_partial_and_drops_non_printable() -> None:
@@ -77,3 +84,30 @@ def test_split_arbitrary_bytes(data: bytes) -> None:
         assert message.isprintable()
         assert not message.endswith(("\r", "\n"))
         parse_control_message(message)
+
+
+# --------------------------------------------------------------- through the client (issue 8)
+
+
+def test_finding_9_a_hostile_auth_pending_cannot_pin_the_client(pki: Pki) -> None:
+    client = Client(
+        make_config(pki, hand_window=10.0), rng=counter_rng(), now=T0, wall_clock=wall_clock
+    )
+    client.handle_connected(now=T0)
+    exchange(client, MiniServer(pki, reply="AUTH_PENDING,timeout 99999999999"), T0)
+    assert ProgressReported(message="authentication pending") in drain(client)
+    client.handle_timer(now=T0 + MAX_AUTH_PENDING_TIMEOUT - 1)
+    assert not any(isinstance(e, SessionRestarting) for e in drain(client))
+    client.handle_timer(now=T0 + MAX_AUTH_PENDING_TIMEOUT)
+    restarts = [e for e in drain(client) if isinstance(e, SessionRestarting)]
+    assert [e.reason for e in restarts] == ["no PUSH_REPLY within hand-window"]
+
+
+def test_finding_3_an_oversized_push_reply_ends_the_attempt_in_words(pki: Pki) -> None:
+    client = Client(make_config(pki), rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    client.handle_connected(now=T0)
+    hostile = "PUSH_REPLY,setenv X " + "A" * 60_000 + ",push-continuation 2"
+    exchange(client, MiniServer(pki, reply=hostile), T0, rounds=200)
+    restarts = [e for e in drain(client) if isinstance(e, SessionRestarting)]
+    assert len(restarts) == 1
+    assert f"longer than {MAX_MESSAGE} bytes" in restarts[0].reason
