@@ -23,7 +23,7 @@ PY_newest := $(PY_NEWEST)
 STACK_PY = $(or $(PY_$(STACK)),$(error STACK must be system or newest, not "$(STACK)"))
 STACK_SETUP = $(if $(filter newest,$(STACK)),setup-newest,setup)
 # the stacks `make test` (and so CI) runs
-TEST_STACKS := system
+TEST_STACKS := system newest
 # Debian packages: the libraries we run on (the versions Debian 12 ships, not newer wheels),
 # the real OpenVPN we interoperate with, and the tools the tests drive.
 APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables python3-yaml \
