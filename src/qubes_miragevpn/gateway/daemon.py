@@ -31,7 +31,7 @@ import ipaddress
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -42,8 +42,8 @@ from ..describe import describe_settings
 from ..sdnotify import sd_notify
 from ..session import ClientFactory, Endpoint, SessionLoop, SessionOutcome
 from ..tun import TunDevice
-from . import lifecycle
-from .lifecycle import Dialing, Held, Phase, Up, Waiting
+from . import lifecycle, resolve
+from .lifecycle import Dialing, Held, Phase, Resolving, Up, Waiting
 from .policy import Facts, Policy
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,14 @@ class Session(Protocol):
 
 
 SessionFactory = Callable[[Profile, "GatewayDaemon"], Session]
+Resolver = Callable[[str, Sequence[IPAddress]], Awaitable[list[IPAddress]]]
+
+
+async def marked_resolver(host: str, servers: Sequence[IPAddress]) -> list[IPAddress]:
+    """`resolve.resolve` from the daemon's marked sockets (what the Resolving policy allows)."""
+    return await resolve.resolve(host, servers, mark=SOCKET_MARK)
+
+
 Notify = Callable[[str], object]
 
 
@@ -168,9 +176,11 @@ class GatewayDaemon:
         routing: Routing,
         notify: Notify = sd_notify,
         session_factory: SessionFactory = default_session_factory,
+        resolver: Resolver = marked_resolver,
         tun_name: str = TUN_NAME,
         watchdog: float | None = None,
     ) -> None:
+        self._resolver = resolver
         self._read_surroundings = read_surroundings
         self._load_profile = load_profile
         self._firewall = firewall
@@ -305,17 +315,45 @@ class GatewayDaemon:
         log.info("starting a session with profile %s", profile.name)
         self._closed_by_us = False
         self._reached_tunnel = False
+        from ..session import Ending
+
+        try:
+            profile = await self._resolved(profile)
+        except (resolve.ResolveError, RuntimeError) as e:
+            log.warning("%s", e)
+            return SessionOutcome(ending=Ending.FAILED, reason=str(e), error=e)
         session = self._session_factory(profile, self)
         self._session = session
         try:
             return await session.run()
         except Exception as e:  # the engine refused the config, or a bug: retried, said
             log.error("session failed: %r", e)
-            from ..session import Ending
-
             return SessionOutcome(ending=Ending.FAILED, reason=f"session failed: {e}", error=e)
         finally:
             self._session = None
+
+    async def _resolved(self, profile: Profile) -> Profile:
+        """`profile` with its hostname remotes resolved through the uplink (marked sockets,
+        policy Connecting with uplink DNS only); unchanged when every remote is an address."""
+        hosts = resolve.hostnames(profile.config)
+        if not hosts:
+            return profile
+        if not self._enter(Resolving(hosts=tuple(hosts))):
+            raise RuntimeError("the firewall policy for resolving the server could not be applied")
+        assert self._surroundings is not None
+        servers = self._surroundings.firewall.uplink_dns
+        found: dict[str, list[IPAddress]] = {}
+        for host in hosts:
+            try:
+                found[host] = await self._resolver(host, servers)
+            except resolve.ResolveError as e:
+                log.warning("%s", e)
+                continue
+            log.info("%s is %s", host, ", ".join(map(str, found[host])))
+        config = resolve.with_addresses(profile.config, found)
+        if not config.remotes:
+            raise resolve.ResolveError(f"cannot resolve {', '.join(hosts)} through the uplink")
+        return replace(profile, config=config)  # Resolving stays until before_connect
 
     def _close_session(self, reason: str) -> None:
         """AppVMs off at once; the daemon's socket may still say goodbye to the server."""

@@ -8,6 +8,7 @@ unit-tested without namespaces:
     what happened                         next phase                      policy
     ------------------------------------  ------------------------------  -------------------
     daemon started                        Waiting("starting")             Blocked
+    a remote is a hostname                Resolving(hosts)                Connecting(uplink DNS)
     before each connect (endpoint E)      Dialing(E)                      Connecting(E)
     tunnel up (settings)                  Up(tunnel)                      Connected(tunnel)
     session restarting (reason, in N s)   Waiting(reason)                 Blocked
@@ -63,6 +64,13 @@ class Waiting:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Resolving:
+    """The daemon's marked sockets ask the uplink DNS servers for the server's address."""
+
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Dialing:
     """The daemon's marked socket is about to reach `endpoint` (policy Connecting)."""
 
@@ -78,12 +86,14 @@ class Up:
     summary: str  # the tunnel in words, for the status line
 
 
-Phase: TypeAlias = Held | Waiting | Dialing | Up
+Phase: TypeAlias = Held | Waiting | Resolving | Dialing | Up
 
 
 def policy_for(phase: Phase) -> Policy:
     """The firewall policy of a phase: only Dialing and Up open anything, and only that."""
     match phase:
+        case Resolving():
+            return Connecting(endpoints=(), resolve_via_uplink_dns=True)
         case Dialing(endpoint=endpoint, resolve_via_uplink_dns=resolve):
             return Connecting(endpoints=(endpoint,), resolve_via_uplink_dns=resolve)
         case Up(tunnel=tunnel):
@@ -101,6 +111,8 @@ def status_line(phase: Phase) -> str:
             if retry_in > 0:
                 return f"blocked: {reason}; reconnecting in {retry_in:.0f}s"
             return f"blocked: {reason}"
+        case Resolving(hosts=hosts):
+            return f"resolving {', '.join(hosts)} through the uplink (blocked)"
         case Dialing(endpoint=e):
             return f"connecting to {e.address} port {e.port} over {e.proto.upper()} (blocked)"
         case Up(summary=summary):

@@ -461,3 +461,72 @@ def test_gateway_config_retries_forever_with_a_capped_backoff() -> None:
     adjusted = daemon_module.gateway_config(config)
     assert adjusted.connect_retry_max is None
     assert adjusted.connect_retry_max_delay == lifecycle.BACKOFF_CAP
+
+
+# ---------------------------------------------------------------- hostname remotes
+
+
+def test_hostname_remotes_are_resolved_through_the_uplink_first() -> None:
+    asked: list[tuple[str, tuple[Any, ...]]] = []
+    configs: list[Config] = []
+
+    async def resolver(host: str, servers: Any) -> list[Any]:
+        asked.append((host, tuple(servers)))
+        if host == "gone.example.test":
+            raise daemon_module.resolve.ResolveError("NXDOMAIN")
+        return [SERVER]
+
+    def profile() -> Profile:
+        remotes = (Remote(host="vpn.example.test"), Remote(host="gone.example.test"))
+        return Profile(name="p", config=Config(remotes=remotes), client_factory=None)  # type: ignore[arg-type]
+
+    h = Harness([[("connect", SERVER), ("hold", None)]], profile=profile)
+    h.daemon._resolver = resolver
+    real_factory = h.daemon._session_factory
+
+    def capture(p: Profile, d: GatewayDaemon) -> Any:
+        configs.append(p.config)
+        return real_factory(p, d)
+
+    h.daemon._session_factory = capture
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(h.daemon.run())
+        await h.until(lambda: isinstance(h.daemon.phase, Dialing))
+        h.daemon.stop()
+        await task
+
+    run(scenario())
+    assert [host for host, _ in asked] == ["vpn.example.test", "gone.example.test"]
+    assert asked[0][1] == FACTS.uplink_dns
+    resolving = h.firewall.applied[1][0]
+    assert resolving == Connecting(endpoints=(), resolve_via_uplink_dns=True)
+    assert h.firewall.policies[2] == "Connecting"  # then the endpoint itself
+    assert [r.host for r in configs[0].remotes] == [str(SERVER)]
+
+
+def test_unresolvable_server_is_retried_blocked() -> None:
+    async def resolver(host: str, servers: Any) -> list[Any]:
+        raise daemon_module.resolve.ResolveError(f"cannot resolve {host}")
+
+    def profile() -> Profile:
+        config = Config(remotes=(Remote(host="vpn.example.test"),))
+        return Profile(name="p", config=config, client_factory=None)  # type: ignore[arg-type]
+
+    h = Harness([], profile=profile)
+    h.daemon._resolver = resolver
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(h.daemon.run())
+        await h.until(
+            lambda: sum(isinstance(p, Waiting) and p.retry_in > 0 for p in h.daemon.phases) >= 2
+        )
+        h.daemon.stop()
+        await task
+
+    run(scenario())
+    assert h.sessions == []  # never connected without an address
+    assert set(h.firewall.policies) == {"Blocked", "Connecting"}
+    assert all(
+        not p.endpoints for p, _ in h.firewall.applied if isinstance(p, Connecting)
+    )  # only the uplink DNS was ever opened

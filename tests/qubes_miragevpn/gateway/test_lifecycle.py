@@ -232,3 +232,9 @@ def test_every_phase_has_a_policy_and_a_status() -> None:
     for phase in phases:
         assert policy_for(phase) is not None
         assert status_line(phase)
+
+
+def test_resolving_opens_only_the_uplink_dns() -> None:
+    phase = lifecycle.Resolving(hosts=("vpn.example.test",))
+    assert policy_for(phase) == Connecting(endpoints=(), resolve_via_uplink_dns=True)
+    assert status_line(phase) == "resolving vpn.example.test through the uplink (blocked)"
