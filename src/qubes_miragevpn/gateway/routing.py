@@ -10,7 +10,10 @@ server pushes:
                     has IPv6): all AppVM traffic, pushed or not; the pushed routes as well
     server          a host route `server via <qubes-gateway> dev eth0 onlink`, put in place
                     before each connect and put back after the uplink went down and up (Qubes
-                    restores only its default route, and a flap deletes every route on eth0)
+                    restores only its default route, and a flap deletes every route on eth0);
+                    under it, `unreachable server metric 4294967295`, which no flap removes:
+                    while the uplink is down the daemon's own packets to the server fail at
+                    once instead of following 0.0.0.0/1 into its own tunnel (a loop)
 
 The firewall, not the routing, is what keeps traffic off the uplink: a missing route can make a
 packet go nowhere, never elsewhere. Every change is logged before it is made; `replace` makes
@@ -40,6 +43,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 RTNH_F_ONLINK = 4  # <linux/rtnetlink.h>: the gateway is on the link, whatever its address
 IFA_F_NODAD = 0x02  # <linux/if_addr.h>: no duplicate address detection on a tun
+FALLBACK_METRIC = 0xFFFFFFFF  # the server's unreachable route: only when the uplink's is gone
 ALL_IPV4 = (ipaddress.ip_network("0.0.0.0/1"), ipaddress.ip_network("128.0.0.0/1"))
 ALL_IPV6 = (ipaddress.ip_network("::/1"), ipaddress.ip_network("8000::/1"))
 
@@ -159,6 +163,13 @@ class GatewayRouting:
         if self._server is not None and self._server != wanted:
             await self._remove_server_route(*self._server)
             self._server = None
+        host = f"{server}/{server.max_prefixlen}"
+        if self._server != wanted:
+            log.info(
+                "adding unreachable %s metric %d (never into the tunnel)", server, FALLBACK_METRIC
+            )
+            fallback = {"type": "unreachable", "priority": FALLBACK_METRIC}
+            await self._rtnl.route("replace", dst=host, family=_family(server), **fallback)
         index = await self._index(uplink)
         if self._server == wanted:
             try:
@@ -168,28 +179,28 @@ class GatewayRouting:
             if oif == index and via == gateway:
                 return False
         log.info("adding host route %s via %s dev %s onlink (the server, off the tunnel)", *wanted)
+        self._server = wanted  # the fallback is in place, whatever happens next
         await self._rtnl.route(
             "replace",
-            dst=f"{server}/{server.max_prefixlen}",
+            dst=host,
             gateway=str(gateway),
             oif=index,
             flags=RTNH_F_ONLINK,
             family=_family(server),
         )
-        self._server = wanted
         return True
 
     async def _remove_server_route(
         self, server: IPAddress, gateway: IPAddress, uplink: str
     ) -> None:
-        log.info("removing host route %s via %s dev %s", server, gateway, uplink)
-        try:
-            await self._rtnl.route(
-                "del", dst=f"{server}/{server.max_prefixlen}", family=_family(server)
-            )
-        except (NetlinkError, OSError) as e:
-            if getattr(e, "code", None) not in (errno.ESRCH, errno.ENOENT):
-                log.warning("cannot remove the host route to %s: %s", server, e)
+        log.info("removing the routes to %s (via %s dev %s; unreachable)", server, gateway, uplink)
+        host = f"{server}/{server.max_prefixlen}"
+        for extra in ({"priority": 0}, {"type": "unreachable", "priority": FALLBACK_METRIC}):
+            try:
+                await self._rtnl.route("del", dst=host, family=_family(server), **extra)
+            except (NetlinkError, OSError) as e:
+                if getattr(e, "code", None) not in (errno.ESRCH, errno.ENOENT):
+                    log.warning("cannot remove a host route to %s: %s", server, e)
 
     async def _index(self, ifname: str) -> int:
         index = await self._rtnl.link_index(ifname)

@@ -1,0 +1,278 @@
+"""`qubes-miragevpn run | block | unblock`: the gateway daemon and its firewall switch.
+
+Wiring only: the daemon's life cycle is `gateway.daemon`, the facts `gateway.facts`, the
+profile `gateway.profiles`, the firewall `gateway.nft`. Each subcommand returns an `ExitCode`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import nft
+from .daemon import (
+    SOCKET_MARK,
+    ExitCode,
+    GatewayDaemon,
+    Surroundings,
+    watchdog_interval,
+)
+from .facts import (
+    PROFILE,
+    FactsChanged,
+    FactsError,
+    FactsInvalid,
+    FactsSource,
+    FactsSourceLost,
+    FactsUnavailable,
+    FileFacts,
+    NetworkFacts,
+    QubesDBFacts,
+)
+from .policy import QUBES_UPLINK, QUBES_VIRTUAL_DNS, Blocked, Facts, Policy
+
+log = logging.getLogger("qubes-miragevpn")
+
+DEFAULT_CONFIG_DIR = Path("/rw/config/qubes-miragevpn")
+
+DESCRIPTION = """\
+qubes-miragevpn makes this qube a VPN gateway: every packet of the qubes that use it as their
+net qube goes through an OpenVPN tunnel, or nowhere.
+
+How it fits together (in a Qubes template with this package installed):
+  1. dom0:  qvm-service sys-vpn qubes-miragevpn on      (enables both systemd units)
+            qvm-prefs my-appvm netvm sys-vpn
+  2. sys-vpn: put the provider's .ovpn (and the files it names, and a 0600 credentials file
+            for auth-user-pass) in /rw/config/qubes-miragevpn/. With several profiles there,
+            choose one from dom0: qvm-features sys-vpn vm-config.miragevpn-profile work.ovpn
+  3. At boot `qubes-miragevpn block` installs the blocking firewall before Qubes switches
+     forwarding on; then `qubes-miragevpn run` connects, and opens the firewall for the
+     AppVMs only towards the tunnel while it is up. It never opens anything else.
+
+The firewall lives in its own nftables table (inet qubes-miragevpn). It stays when the daemon
+stops or dies; only `qubes-miragevpn unblock` removes it.
+"""
+
+EPILOG = f"""\
+exit codes:
+  {ExitCode.OK:d}  done (run: stopped on request; the blocking policy stays in force)
+  {ExitCode.CONFIG:d}  the network facts (QubesDB or --qubesdb-file) cannot be used
+  {ExitCode.USAGE:d}  bad command line
+  {ExitCode.FIREWALL:d}  the firewall could not be installed, verified or removed
+  {ExitCode.SETUP_FAILED:d}  local set-up failed (netlink, tun device: are you root?)
+
+examples:
+  qubes-miragevpn run                                     what qubes-miragevpn.service runs
+  qubes-miragevpn run --qubesdb-file facts.yaml --config-dir ./vpn   outside Qubes
+  qubes-miragevpn block                                   what the boot-time unit runs
+  systemctl stop qubes-miragevpn && qubes-miragevpn unblock   open the qube up again
+
+Status: `systemctl status qubes-miragevpn` (the status line says what it is doing and, when
+blocked, why); logs: `journalctl -u qubes-miragevpn`.
+"""
+
+FACTS_FILE_HELP = (
+    "read the network facts from this YAML file (QubesDB paths to strings, e.g. "
+    "'/qubes-gateway: 10.137.0.5') instead of QubesDB: for development and plain Linux"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qubes-miragevpn",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (default: /vm-config/miragevpn-log-level, else info)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run the gateway daemon in the foreground (systemd Type=notify)",
+        description="Block, then connect and keep the tunnel up forever; the firewall follows "
+        "every step (blocked / connecting / connected). Stop with SIGTERM.",
+    )
+    run.add_argument("--qubesdb-file", metavar="FILE", type=Path, help=FACTS_FILE_HELP)
+    run.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_CONFIG_DIR,
+        help=f"where the profiles, side files and credentials are (default {DEFAULT_CONFIG_DIR})",
+    )
+    block = commands.add_parser(
+        "block",
+        help="install the blocking firewall policy and exit (run at boot)",
+        description="Install and verify the Blocked policy: AppVM traffic goes nowhere, the "
+        "qube's own processes cannot use the uplink. It stays until `unblock`. Without "
+        "usable facts it blocks with Qubes' defaults (eth0, 10.139.1.1/.2) and says so.",
+    )
+    block.add_argument("--qubesdb-file", metavar="FILE", type=Path, help=FACTS_FILE_HELP)
+    commands.add_parser(
+        "unblock",
+        help="remove the gateway's firewall table (what disabling the service needs)",
+        description="Remove the inet qubes-miragevpn table. Stop the daemon first: a running "
+        "daemon puts its policy back at its next step.",
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def facts_source(path: Path | None) -> FactsSource:
+    if path is not None:
+        return FileFacts(path)
+    from .qubesdb import QubesDBAdapter, load_binding
+
+    return QubesDBFacts(QubesDBAdapter(load_binding()))
+
+
+def surroundings_of(facts: NetworkFacts, *, uplink: str = QUBES_UPLINK) -> Surroundings:
+    """What the daemon and the firewall need, from the network facts (Qubes' defaults where
+    QubesDB is silent: the virtual DNS addresses every AppVM uses)."""
+    down = facts.downstream
+    return Surroundings(
+        firewall=Facts(
+            socket_mark=SOCKET_MARK,
+            uplink=uplink,
+            connected_ips=frozenset([*down.connected, *down.connected6]),
+            virtual_dns=down.virtual_dns or QUBES_VIRTUAL_DNS,
+            uplink_dns=facts.uplink.dns or QUBES_VIRTUAL_DNS,
+        ),
+        uplink_gateway=facts.uplink.gateway,
+        uplink_gateway6=facts.uplink.gateway6,
+    )
+
+
+DEFAULT_SURROUNDINGS = Surroundings(firewall=Facts(socket_mark=SOCKET_MARK), uplink_gateway=None)
+
+
+class NftFirewall:
+    """`daemon.Firewall` on the kernel: one transaction, verified, Blocked on failure."""
+
+    def __init__(self, backend: nft.NftBackend) -> None:
+        self._backend = backend
+
+    def apply(self, policy: Policy, facts: Facts) -> None:
+        nft.apply_policy(policy, facts, backend=self._backend)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def block(path: Path | None) -> ExitCode:
+    surroundings = DEFAULT_SURROUNDINGS
+    try:
+        surroundings = surroundings_of(facts_source(path).read())
+    except Exception as e:  # FactsError, FactsUnavailable, QubesDBUnavailable: block anyway
+        log.warning("network facts unusable (%s): blocking with Qubes' defaults", e)
+    try:
+        nft.apply_policy(Blocked(), surroundings.firewall, backend=nft.open_backend())
+    except nft.FirewallError as e:
+        log.error("cannot install the blocking policy: %s", e)
+        return ExitCode.FIREWALL
+    log.info("blocked: AppVM traffic goes nowhere until the VPN tunnel is up")
+    return ExitCode.OK
+
+
+def unblock() -> ExitCode:
+    try:
+        nft.remove_all(backend=nft.open_backend())
+    except nft.FirewallError as e:
+        log.error("cannot remove the firewall table: %s", e)
+        return ExitCode.FIREWALL
+    log.info("unblocked: the gateway's firewall table is gone")
+    return ExitCode.OK
+
+
+async def run(facts_file: Path | None, config_dir: Path) -> ExitCode:
+    from ..rtnl import open_rtnl
+    from .profiles import profile_loader  # the profile selection, side files, credentials
+    from .routing import GatewayRouting
+
+    backend = nft.open_backend()
+    try:
+        source = facts_source(facts_file)
+        facts = source.read()
+    except (FactsError, FactsUnavailable, Exception) as e:
+        log.error("cannot read the network facts: %s", e)
+        with contextlib.suppress(nft.FirewallError):
+            nft.apply_policy(Blocked(), DEFAULT_SURROUNDINGS.firewall, backend=backend)
+        return ExitCode.CONFIG
+    current = {"facts": facts}
+    try:
+        rtnl = await open_rtnl()
+    except OSError as e:
+        log.error("cannot open a netlink socket: %s", e)
+        return ExitCode.SETUP_FAILED
+    routing = GatewayRouting(rtnl)
+    daemon = GatewayDaemon(
+        read_surroundings=lambda: surroundings_of(current["facts"]),
+        load_profile=profile_loader(config_dir, lambda: current["facts"].profile),
+        firewall=NftFirewall(backend),
+        routing=routing,
+        watchdog=watchdog_interval(os.environ),
+    )
+    follower = asyncio.ensure_future(follow(source, daemon, current))
+    try:
+        return await daemon.run()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await routing.close()
+
+
+async def follow(
+    source: FactsSource, daemon: GatewayDaemon, current: dict[str, NetworkFacts]
+) -> None:
+    """QubesDB (or the facts file) drives the daemon: a new profile selection reconnects,
+    anything else (/connected-ips...) re-applies the current policy with the new facts."""
+    async for update in source.changes():
+        match update:
+            case FactsChanged(facts=facts, changed=changed):
+                current["facts"] = facts
+                if PROFILE in changed:
+                    daemon.profile_changed()
+                daemon.facts_changed()
+            case FactsInvalid(error=error):
+                log.warning("network facts unusable (keeping the last good ones): %s", error)
+            case FactsSourceLost(reason=reason):
+                log.warning("network facts source lost (%s); keeping the last facts", reason)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Under systemd (INVOCATION_ID) the journal stamps the time itself.
+    stamp = "" if os.environ.get("INVOCATION_ID") else "%(asctime)s "
+    logging.basicConfig(
+        level=(args.log_level or "info").upper(),
+        format=stamp + "%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    match args.command:
+        case "block":
+            return int(block(args.qubesdb_file))
+        case "unblock":
+            return int(unblock())
+        case "run":
+            try:
+                return int(asyncio.run(run(args.qubesdb_file, args.config_dir)))
+            except KeyboardInterrupt:
+                return int(ExitCode.OK)
+    return int(ExitCode.USAGE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
