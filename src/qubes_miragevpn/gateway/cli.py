@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import nft
@@ -20,6 +20,8 @@ from .daemon import (
     SOCKET_MARK,
     ExitCode,
     GatewayDaemon,
+    Profile,
+    ProfileError,
     Surroundings,
     watchdog_interval,
 )
@@ -155,6 +157,38 @@ def surroundings_of(facts: NetworkFacts, *, uplink: str = QUBES_UPLINK) -> Surro
     )
 
 
+def profile_source(config_dir: Path, selection: Callable[[], str | None]) -> Callable[[], Profile]:
+    """The daemon's `load_profile`: settings.yaml and the selected profile, read again at each
+    session start (a fix takes effect on the next profile change or restart); anything the
+    user must fix is a ProfileError, which keeps the gateway blocked and says why."""
+    from ..files import ProfileFiles
+    from ..session import engine_client_factory
+    from .profiles import ProfileBlocked, profile_loader
+    from .settings import SETTINGS_FILE, SettingsError, load_settings
+
+    read_file = ProfileFiles(str(config_dir / SETTINGS_FILE), confine=True)
+    loader = profile_loader(config_dir, selection, read_file=read_file)
+
+    def load() -> Profile:
+        try:
+            settings = load_settings(config_dir / SETTINGS_FILE)
+        except SettingsError as e:
+            raise ProfileError(f"settings unusable: {e}") from None
+        result = loader()
+        if isinstance(result, ProfileBlocked):
+            raise ProfileError(result.reason)
+        for note in result.notes:
+            log.info("%s", note)
+        return Profile(
+            name=result.name,
+            config=result.config,
+            client_factory=engine_client_factory(result.credentials),
+            dns=settings.dns,
+        )
+
+    return load
+
+
 DEFAULT_SURROUNDINGS = Surroundings(firewall=Facts(socket_mark=SOCKET_MARK), uplink_gateway=None)
 
 
@@ -196,9 +230,10 @@ def unblock() -> ExitCode:
     return ExitCode.OK
 
 
-async def run(facts_file: Path | None, config_dir: Path) -> ExitCode:
+async def run(
+    facts_file: Path | None, config_dir: Path, *, log_level: str | None = None
+) -> ExitCode:
     from ..rtnl import open_rtnl
-    from .profiles import profile_loader  # the profile selection, side files, credentials
     from .routing import GatewayRouting
 
     backend = nft.open_backend()
@@ -210,6 +245,13 @@ async def run(facts_file: Path | None, config_dir: Path) -> ExitCode:
         with contextlib.suppress(nft.FirewallError):
             nft.apply_policy(Blocked(), DEFAULT_SURROUNDINGS.firewall, backend=backend)
         return ExitCode.CONFIG
+    if log_level is None:  # the command line wins, then dom0's knob, then settings.yaml
+        from .settings import SETTINGS_FILE, SettingsError, load_settings
+
+        with contextlib.suppress(SettingsError):
+            log_level = facts.log_level or load_settings(config_dir / SETTINGS_FILE).log_level
+        if log_level is not None:
+            logging.getLogger().setLevel(log_level.upper())
     current = {"facts": facts}
     try:
         rtnl = await open_rtnl()
@@ -219,7 +261,7 @@ async def run(facts_file: Path | None, config_dir: Path) -> ExitCode:
     routing = GatewayRouting(rtnl)
     daemon = GatewayDaemon(
         read_surroundings=lambda: surroundings_of(current["facts"]),
-        load_profile=profile_loader(config_dir, lambda: current["facts"].profile),
+        load_profile=profile_source(config_dir, lambda: current["facts"].profile),
         firewall=NftFirewall(backend),
         routing=routing,
         watchdog=watchdog_interval(os.environ),
@@ -268,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(unblock())
         case "run":
             try:
-                return int(asyncio.run(run(args.qubesdb_file, args.config_dir)))
+                coroutine = run(args.qubesdb_file, args.config_dir, log_level=args.log_level)
+                return int(asyncio.run(coroutine))
             except KeyboardInterrupt:
                 return int(ExitCode.OK)
     return int(ExitCode.USAGE)
