@@ -1,0 +1,150 @@
+"""`qubes-miragevpn`: the help teaches, exit codes are documented, the wiring maps the facts."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qubes_miragevpn.gateway import cli
+from qubes_miragevpn.gateway.daemon import SOCKET_MARK, ExitCode, ProfileError
+from qubes_miragevpn.gateway.facts import parse_facts
+from qubes_miragevpn.gateway.policy import QUBES_VIRTUAL_DNS
+from tests.helpers.netns import Netns
+from tests.helpers.pki import make_pki, write_pki
+
+A = ipaddress.ip_address
+COMMAND = (sys.executable, "-m", "qubes_miragevpn.gateway.cli")
+
+
+def test_help_teaches_the_setup_and_lists_every_exit_code() -> None:
+    text = cli.build_parser().format_help()
+    for words in ("qvm-service sys-vpn qubes-miragevpn on", "vm-config.miragevpn-profile",
+                  "/rw/config/qubes-miragevpn", "unblock", "inet qubes-miragevpn"):  # fmt: skip
+        assert words in text
+    for code in ExitCode:
+        assert f"  {code.value:d}  " in text, code
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.main([])
+    assert raised.value.code == ExitCode.USAGE
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["run", "--no-such-option"])
+    assert raised.value.code == ExitCode.USAGE
+
+
+def test_the_console_script_is_installed() -> None:
+    done = subprocess.run(
+        [*COMMAND, "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "--qubesdb-file" in done.stdout and "--config-dir" in done.stdout
+
+
+def test_surroundings_from_qubesdb_facts() -> None:
+    facts = parse_facts(
+        {
+            "/qubes-ip": "10.137.0.10",
+            "/qubes-gateway": "10.137.0.5",
+            "/qubes-gateway6": "fd09:24ef:4179::a89:5",
+            "/qubes-primary-dns": "10.139.1.1",
+            "/qubes-netvm-gateway": "10.138.0.1",
+            "/qubes-netvm-primary-dns": "10.139.1.3",
+            "/connected-ips": "10.137.0.21 10.137.0.22",
+            "/connected-ips6": "fd09:24ef:4179::a89:15",
+        }
+    )
+    s = cli.surroundings_of(facts)
+    assert s.uplink_gateway == A("10.137.0.5")
+    assert s.uplink_gateway6 == A("fd09:24ef:4179::a89:5")
+    assert s.firewall.socket_mark == SOCKET_MARK
+    assert s.firewall.uplink == "eth0"
+    assert s.firewall.uplink_dns == (A("10.139.1.1"),)
+    assert s.firewall.virtual_dns == (A("10.139.1.3"),)
+    assert s.firewall.connected_ips == {
+        A("10.137.0.21"),
+        A("10.137.0.22"),
+        A("fd09:24ef:4179::a89:15"),
+    }
+
+
+def test_surroundings_fall_back_to_qubes_defaults() -> None:
+    s = cli.surroundings_of(parse_facts({}))
+    assert s.firewall.virtual_dns == QUBES_VIRTUAL_DNS
+    assert s.firewall.uplink_dns == QUBES_VIRTUAL_DNS
+    assert s.firewall.connected_ips == frozenset()
+    assert s.uplink_gateway is None
+
+
+def test_profile_source_says_what_to_fix(tmp_path: Path) -> None:
+    config_dir = tmp_path / "vpn"
+    config_dir.mkdir()
+    load = cli.profile_source(config_dir, lambda: None)
+    with pytest.raises(ProfileError, match="no"):
+        load()  # an empty folder
+    (config_dir / "settings.yaml").write_text("dns: [not-an-address]\n")
+    with pytest.raises(ProfileError, match=r"settings unusable: .*settings\.yaml:1"):
+        load()
+
+
+def test_profile_source_loads_the_selected_profile_with_settings_dns(tmp_path: Path) -> None:
+    config_dir = tmp_path / "vpn"
+    files = write_pki(make_pki(), config_dir)
+    for name in ("a.ovpn", "b.ovpn"):
+        path = config_dir / name
+        path.write_text(
+            f"client\ndev tun\nremote 192.0.2.{1 if name == 'a.ovpn' else 2} 1194\nca ca.crt\n"
+            f"cert {files.client_cert.name}\nkey {files.client_key.name}\n"
+        )
+        os.chmod(path, 0o600)
+    (config_dir / "settings.yaml").write_text("dns: [9.9.9.9]\n")
+    selection: list[str | None] = [None]
+    load = cli.profile_source(config_dir, lambda: selection[0])
+    with pytest.raises(ProfileError, match="choose"):
+        load()  # two profiles, none selected
+    selection[0] = "b.ovpn"
+    profile = load()
+    assert profile.name == "b.ovpn"
+    assert profile.config.remotes[0].host == "192.0.2.2"
+    assert profile.dns == (A("9.9.9.9"),)
+
+
+@pytest.mark.netns
+def test_block_without_usable_facts_blocks_with_defaults_and_unblock_removes(
+    netns: Netns, tmp_path: Path
+) -> None:
+    bad = tmp_path / "facts.yaml"
+    bad.write_text("/qubes-ip: not-an-address\n")
+    block = netns.run(
+        [*COMMAND, "block", "--qubesdb-file", str(bad)],
+        check=False,
+    )
+    assert block.returncode == ExitCode.OK, block.stderr
+    assert "blocking with Qubes' defaults" in block.stderr
+    assert f"{bad}:1" in block.stderr  # the facts' problem is said, with the line
+    table = netns.run(["nft", "list", "table", "inet", "qubes-miragevpn"]).stdout
+    assert "policy drop" in table
+    unblock = netns.run([*COMMAND, "unblock"])
+    assert unblock.returncode == ExitCode.OK
+    assert netns.run(["nft", "list", "tables"]).stdout.strip() == ""
+
+
+@pytest.mark.netns
+def test_run_without_facts_exits_config_and_leaves_blocked(netns: Netns, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    done = netns.run(
+        [*COMMAND, "run", "--qubesdb-file", str(missing), "--config-dir", str(tmp_path)],
+        check=False,
+    )
+    assert done.returncode == ExitCode.CONFIG, done.stderr
+    assert "cannot read the network facts" in done.stderr
+    assert netns.run(["nft", "list", "table", "inet", "qubes-miragevpn"]).returncode == 0
