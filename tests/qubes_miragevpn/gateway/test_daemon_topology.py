@@ -128,6 +128,7 @@ class World:
     daemon: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     starts: int = 0
+    profile: str = "udp.ovpn"
     timings: dict[str, float] = field(default_factory=dict)
 
     # --- the daemon
@@ -164,8 +165,12 @@ class World:
         self.daemon.wait(10)
         self.daemon = None
 
-    def set_profile(self, name: str | None) -> None:
-        self.facts_path.write_text(facts_yaml(self.topo, profile=name))
+    def set_facts(self, *, profile: str | None = None, appvms: int | None = None) -> None:
+        """Rewrite the QubesDB stand-in (the daemon polls it): profile selection, and how many
+        AppVMs /connected-ips lists."""
+        if profile is not None:
+            self.profile = profile
+        self.facts_path.write_text(facts_yaml(self.topo, profile=self.profile, appvms=appvms))
 
     # --- traffic
 
@@ -206,9 +211,10 @@ class World:
         ]
 
 
-def facts_yaml(topo: QubesTopology, *, profile: str | None) -> str:
-    apps4 = " ".join(str(a.ip4) for a in topo.appvms)
-    apps6 = " ".join(str(a.ip6) for a in topo.appvms)
+def facts_yaml(topo: QubesTopology, *, profile: str | None, appvms: int | None = None) -> str:
+    connected = topo.appvms[:appvms]
+    apps4 = " ".join(str(a.ip4) for a in connected)
+    apps6 = " ".join(str(a.ip6) for a in connected)
     lines = [
         f"/qubes-ip: '{topo.sysvpn4}'",
         f"/qubes-gateway: '{topo.gateway4}'",
@@ -440,7 +446,7 @@ def test_profile_switch(world: World) -> None:
     start_server(world, "tcp", TCP)
     seen = len(world.web.seen)
     with world.topo.capture() as cap, busy(world):
-        world.set_profile("tcp.ovpn")
+        world.set_facts(profile="tcp.ovpn")
         switched = time.monotonic()
         wait_until(
             lambda: any(a.startswith("10.9.0.") for a in world.web.seen[seen:]),
@@ -453,6 +459,20 @@ def test_profile_switch(world: World) -> None:
     tcp = [f for f in cap.frames_from_sysvpn() if f.proto == 6 and f.dport == TCP.port]
     assert tcp, "the new profile's session must be TCP to port 443"
     assert "profile changed" in world.daemon_log()
+
+
+def test_connected_ips_drive_the_anti_spoofing_sets(world: World) -> None:
+    """/connected-ips loses appvm2 (its qube stopped, its address may be reused): its traffic
+    is dropped from then on, appvm1's goes on; listed again, it works again."""
+    seen = len(world.web.seen)
+    world.set_facts(appvms=1)
+    wait_until(lambda: world.fetch(app=1, timeout=0.3) is None, 10, what="appvm2 dropped")
+    assert world.fetch(app=0) == b"web"
+    log = world.daemon_log()
+    assert "network facts changed" in log
+    world.set_facts(appvms=None)
+    wait_until(lambda: world.fetch(app=1, timeout=0.5) == b"web", 10, what="appvm2 back")
+    assert all(a.startswith("10.9.0.") for a in world.web.seen[seen:]), world.web.seen[seen:]
 
 
 def test_stop_leaves_everything_blocked(world: World) -> None:
