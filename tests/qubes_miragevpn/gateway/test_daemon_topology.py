@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -277,19 +277,23 @@ def assert_no_leaks(world: World, cap: Capture, what: str) -> None:
 # ---------------------------------------------------------------- the world
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("gateway")
+@contextlib.contextmanager
+def built_world(
+    tmp: Path, profiles: dict[str, tuple[Scenario, tuple[str, ...]]]
+) -> Iterator[World]:
+    """Topology, PKI, the profiles (name: scenario, extra client lines) in the config folder,
+    the facts file selecting the first profile, the responders; everything stopped at the end."""
     with qubes_topology() as topo:
         config_dir = tmp / "config"
         config_dir.mkdir(mode=0o700)
         files = write_pki(make_pki(), config_dir)
-        for name, scenario in (("udp.ovpn", UDP), ("tcp.ovpn", TCP)):
+        for name, (scenario, extra) in profiles.items():
             text = client_config(scenario, files, topo.server4, real=False)
-            (config_dir / name).write_text(text)
+            (config_dir / name).write_text(text + "".join(line + "\n" for line in extra))
             os.chmod(config_dir / name, 0o600)
+        first = next(iter(profiles))
         facts_path = tmp / "qubesdb.yaml"
-        facts_path.write_text(facts_yaml(topo, profile="udp.ovpn"))
+        facts_path.write_text(facts_yaml(topo, profile=first))
         notify = NotifyListener(tmp / "notify.sock")
         world = World(
             topo=topo,
@@ -301,6 +305,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             web=topo.serve(topo.sysnet, topo.web4, 80, tag=b"web"),
             vpn_dns=topo.serve(topo.sysnet, topo.dns4, 53, tag=b"vpn-dns"),
             uplink_dns=[topo.serve(topo.sysnet, a, 53, tag=b"uplink-dns") for a in topo.uplink_dns],
+            profile=first,
         )
         try:
             yield world
@@ -310,7 +315,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             for server in world.servers.values():
                 server.stop()
             notify.close()
-            print("\n[recovery] " + ", ".join(f"{k}: {v:.2f} s" for k, v in world.timings.items()))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    profiles = {"udp.ovpn": (UDP, ()), "tcp.ovpn": (TCP, ())}
+    with built_world(tmp_path_factory.mktemp("gateway"), profiles) as world:
+        yield world
+        print("\n[recovery] " + ", ".join(f"{k}: {v:.2f} s" for k, v in world.timings.items()))
 
 
 def start_server(world: World, name: str, scenario: Scenario) -> OpenVpnServer:
@@ -489,3 +501,42 @@ def test_stop_leaves_everything_blocked(world: World) -> None:
     gone = world.topo.sysvpn.run(["nft", "list", "table", "inet", "qubes-miragevpn"], check=False)
     assert gone.returncode != 0
     assert ipaddress.ip_address(str(world.topo.server4)) == A4("198.51.100.1")
+
+
+# ---------------------------------------------------------------- a world of its own
+
+
+def test_auth_failed_holds_blocked_until_the_profile_changes(tmp_path: Path) -> None:
+    """The server refuses the password (AUTH_FAILED): the daemon stays blocked, says why, and
+    does not try again; choosing a profile with the right password connects at once."""
+    check = tmp_path / "check-password.sh"
+    check.write_text('#!/bin/sh\n[ "$(sed -n 2p "$1")" = right ]\n')
+    check.chmod(0o755)
+    server = replace(
+        UDP,
+        extra_server=(*UDP.extra_server, "script-security 2",
+                      f"auth-user-pass-verify {check} via-file"),
+    )  # fmt: skip
+    profiles = {
+        "wrong.ovpn": (UDP, ("auth-user-pass wrong.pass",)),
+        "right.ovpn": (UDP, ("auth-user-pass right.pass",)),
+    }
+    with built_world(tmp_path, profiles) as world:
+        for name, password in (("wrong.pass", "wrong"), ("right.pass", "right")):
+            (world.config_dir / name).write_text(f"user\n{password}\n")
+            os.chmod(world.config_dir / name, 0o600)
+        vpn = start_server(world, "udp", server)
+        world.start_daemon()
+        wait_until(lambda: "authentication failed" in world.notify.status(), 20,
+                   what="the status to say the authentication failed")  # fmt: skip
+        status = world.notify.status()
+        assert status.startswith("blocked: "), status
+        attempts = vpn.log_text().count("TLS: Initial packet from")
+        with world.topo.capture() as cap:
+            time.sleep(4.0)  # far beyond the first back-off: it must not try again
+            assert world.fetch() is None
+            probe_everything(world)
+        assert vpn.log_text().count("TLS: Initial packet from") == attempts
+        assert cap.frames_from_sysvpn() == []
+        world.set_facts(profile="right.ovpn")
+        world.wait_through_tunnel(time.monotonic(), "after AUTH_FAILED, profile changed")
