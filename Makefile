@@ -44,10 +44,11 @@ exit $$rc
 endef
 
 .PHONY: help setup setup-newest test test-system test-newest versions unit interop lint \
-	lint-newest demo check-config bench bench-micro soak fuzz clean
+	lint-newest demo demo-client check-config bench bench-micro soak fuzz clean
 
 help:
-	@echo "make demo                 set up, then run our client against a local OpenVPN server in namespaces"
+	@echo "make demo                 set up, then the sys-vpn story: a simulated Qubes VPN qube, its AppVM, a server outage"
+	@echo "make demo-client          set up, then run our client against a local OpenVPN server in namespaces"
 	@echo "make test                 set up, lint, then run the whole suite on both stacks (what CI runs)"
 	@echo "make test-system | test-newest    the whole suite on one stack (Debian 12's | the newest)"
 	@echo "make versions             the exact versions of both stacks"
@@ -122,6 +123,9 @@ lint-newest: setup-newest
 	$(VENV_NEWEST)/bin/mypy --cache-dir .mypy_cache-newest
 
 demo: setup
+	$(PY) demo/sysvpn_demo.py
+
+demo-client: setup
 	$(PY) demo/tunnel_demo.py
 
 check-config: setup
