@@ -40,7 +40,7 @@ from miragevpn.events import TunnelSettings
 
 from ..describe import describe_settings
 from ..sdnotify import sd_notify
-from ..session import ClientFactory, Endpoint, SessionLoop, SessionOutcome
+from ..session import ClientFactory, Ending, Endpoint, SessionLoop, SessionOutcome
 from ..tun import TunDevice
 from . import lifecycle, resolve
 from .lifecycle import Dialing, Held, Phase, Resolving, Up, Waiting
@@ -315,13 +315,15 @@ class GatewayDaemon:
         log.info("starting a session with profile %s", profile.name)
         self._closed_by_us = False
         self._reached_tunnel = False
-        from ..session import Ending
-
         try:
             profile = await self._resolved(profile)
         except (resolve.ResolveError, RuntimeError) as e:
             log.warning("%s", e)
             return SessionOutcome(ending=Ending.FAILED, reason=str(e), error=e)
+        if self._stopping is not None or (self._wake is not None and self._wake.is_set()):
+            # stopped, or the profile changed, while resolving: start over (or stop)
+            self._closed_by_us = True
+            return SessionOutcome(ending=Ending.CLOSED, reason="stopped while resolving")
         session = self._session_factory(profile, self)
         self._session = session
         try:

@@ -530,3 +530,34 @@ def test_unresolvable_server_is_retried_blocked() -> None:
     assert all(
         not p.endpoints for p, _ in h.firewall.applied if isinstance(p, Connecting)
     )  # only the uplink DNS was ever opened
+
+
+def test_a_profile_change_while_resolving_starts_over_with_the_new_profile() -> None:
+    gate = asyncio.Event()
+    names: list[str] = []
+
+    async def resolver(host: str, servers: Any) -> list[Any]:
+        await gate.wait()
+        return [SERVER]
+
+    def profile() -> Profile:
+        name = f"p{len(names)}"
+        names.append(name)
+        host = "vpn.example.test" if len(names) == 1 else str(SERVER)
+        return Profile(name=name, config=Config(remotes=(Remote(host=host),)), client_factory=None)  # type: ignore[arg-type]
+
+    h = Harness([[("connect", SERVER), ("hold", None)]], profile=profile)
+    h.daemon._resolver = resolver
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(h.daemon.run())
+        await h.until(lambda: isinstance(h.daemon.phase, lifecycle.Resolving))
+        h.daemon.profile_changed()
+        gate.set()
+        await h.until(lambda: isinstance(h.daemon.phase, Dialing))
+        h.daemon.stop()
+        await task
+
+    run(scenario())
+    assert names == ["p0", "p1"]
+    assert len(h.sessions) == 1  # the first profile's session never started
