@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import nft
+from .conntrack import ConntrackError, flush_connections
 from .daemon import (
     SOCKET_MARK,
     ExitCode,
@@ -216,6 +217,10 @@ def block(path: Path | None) -> ExitCode:
     except nft.FirewallError as e:
         log.error("cannot install the blocking policy: %s", e)
         return ExitCode.FIREWALL
+    try:  # flows set up before the table (service enabled while AppVMs run) end here
+        flush_connections()
+    except ConntrackError as e:
+        log.warning("%s (flows that predate the firewall may carry on)", e)
     log.info("blocked: AppVM traffic goes nowhere until the VPN tunnel is up")
     return ExitCode.OK
 
@@ -264,6 +269,7 @@ async def run(
         load_profile=profile_source(config_dir, lambda: current["facts"].profile),
         firewall=NftFirewall(backend),
         routing=routing,
+        flush=flush_connections,
         watchdog=watchdog_interval(os.environ),
     )
     follower = asyncio.ensure_future(follow(source, daemon, current))

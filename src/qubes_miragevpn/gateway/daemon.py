@@ -1,7 +1,8 @@
 """The gateway daemon's life cycle: sessions on the shared loop, the firewall always in step.
 
-    start       read the facts → Blocked applied and verified → sd_notify READY=1 → the
-                watchdog/maintenance tick runs (WATCHDOG=1, the server's host route)
+    start       read the facts → Blocked applied and verified → tracked connections flushed
+                (a flow offloaded before our table existed would skip it) → sd_notify
+                READY=1 → the tick runs (WATCHDOG=1, the server's host route)
     session     load the profile (none usable: stay blocked and say why) → `SessionLoop` with
                 this object as its hooks and the daemon's socket mark on every transport socket:
                   before_connect(E)   host route to E via the uplink, then Connecting(E)
@@ -177,10 +178,12 @@ class GatewayDaemon:
         notify: Notify = sd_notify,
         session_factory: SessionFactory = default_session_factory,
         resolver: Resolver = marked_resolver,
+        flush: Callable[[], int] | None = None,
         tun_name: str = TUN_NAME,
         watchdog: float | None = None,
     ) -> None:
         self._resolver = resolver
+        self._flush = flush
         self._read_surroundings = read_surroundings
         self._load_profile = load_profile
         self._firewall = firewall
@@ -220,6 +223,13 @@ class GatewayDaemon:
         if not self._enter(Waiting(reason="starting")):
             log.error("the blocking policy could not be installed: not starting")
             return ExitCode.FIREWALL
+        if self._flush is not None:
+            try:
+                flushed = await asyncio.to_thread(self._flush)
+            except Exception as e:  # not fatal: after a normal boot there is nothing to end
+                log.warning("cannot flush connection tracking: %s", e)
+            else:
+                log.info("ended %d tracked connections that predate the firewall", flushed)
         with contextlib.ExitStack() as cleanup:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -173,10 +173,10 @@ class GatewayRouting:
         index = await self._index(uplink)
         if self._server == wanted:
             try:
-                via, oif = await self._rtnl.route_get(server, _family(server))
+                path = await self._rtnl.route_get(server, _family(server))
             except (NetlinkError, OSError):
-                via, oif = None, -1
-            if oif == index and via == gateway:
+                path = None  # unreachable: the uplink's route is gone
+            if path is not None and path.oif == index and path.gateway == gateway:
                 return False
         log.info("adding host route %s via %s dev %s onlink (the server, off the tunnel)", *wanted)
         self._server = wanted  # the fallback is in place, whatever happens next

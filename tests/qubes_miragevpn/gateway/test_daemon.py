@@ -561,3 +561,28 @@ def test_a_profile_change_while_resolving_starts_over_with_the_new_profile() -> 
     run(scenario())
     assert names == ["p0", "p1"]
     assert len(h.sessions) == 1  # the first profile's session never started
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_connections_are_flushed_after_blocked_and_before_ready(fails: bool) -> None:
+    h = Harness([[("hold", None)]])
+    order: list[str] = []
+
+    def flush() -> int:
+        order.append(
+            f"flush after {h.firewall.policies}, ready {any('READY' in n for n in h.notes)}"
+        )
+        if fails:
+            raise RuntimeError("no nf_conntrack_netlink")
+        return 3
+
+    h.daemon._flush = flush
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(h.daemon.run())
+        await h.until(lambda: any("READY=1" in n for n in h.notes))
+        h.daemon.stop()
+        assert await task is ExitCode.OK  # a failed flush is said, not fatal
+
+    run(scenario())
+    assert order == ["flush after ['Blocked'], ready False"]
