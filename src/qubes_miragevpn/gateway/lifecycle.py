@@ -200,21 +200,20 @@ def classify_end(
     """Classify a session's end from `SessionOutcome` (ending value, reason, error);
     `closed_by_us`: the daemon asked the loop to close (stop request, profile switch).
 
-    The engine ends a session for good on AUTH_FAILED (`AuthenticationError("AUTH_FAILED ..")`),
-    on HALT (`RemoteProtocolError`, "server halted"), on a configuration it refuses
+    The engine ends a session for good on AUTH_FAILED (`AuthFailed`, not `temporary`), on
+    HALT (`RemoteProtocolError`, "server halted"), on a configuration it refuses
     (`ConfigError`), after ping-exit or when its retries are exhausted; the loop itself ends
     with "setup failed" when a hook raised (firewall, tun device). Only the first three need a
     person; everything else is retried (ping-exit and exhausted retries: "reconnect forever")."""
-    from miragevpn.errors import ConfigError
+    from miragevpn.errors import AuthFailed, ConfigError
 
-    text = f"{reason} {error or ''}"
     if closed_by_us and ending == "closed":
         return EndKind.STOPPED
     if isinstance(error, ConfigError):
         return EndKind.UNUSABLE
-    if "AUTH_FAILED" in text and "TEMP" not in text:
-        return EndKind.AUTH_FAILED
-    if "halted" in text.lower() or "HALT" in text:
+    if isinstance(error, AuthFailed):
+        return EndKind.TRANSIENT if error.temporary else EndKind.AUTH_FAILED
+    if "halted" in f"{reason} {error or ''}".lower():
         return EndKind.HALTED
     return EndKind.TRANSIENT
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from miragevpn.config.model import Config, Remote, Transport
-from miragevpn.errors import AuthenticationError, RemoteProtocolError
+from miragevpn.errors import AuthFailed, RemoteProtocolError
 from miragevpn.events import TunnelSettings
 from qubes_miragevpn.gateway import daemon as daemon_module
 from qubes_miragevpn.gateway import lifecycle
@@ -278,7 +278,7 @@ def test_unreadable_facts_refuse_to_start() -> None:
 @pytest.mark.parametrize(
     ("error", "words"),
     [
-        (AuthenticationError("AUTH_FAILED bad password"), "authentication failed"),
+        (AuthFailed("bad password"), "authentication failed"),
         (RemoteProtocolError("server halted the session: bye"), "halted"),
     ],
 )

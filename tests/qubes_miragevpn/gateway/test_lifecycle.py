@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from miragevpn.config.model import DhcpOption, Transport
-from miragevpn.errors import AuthenticationError, ConfigError, RemoteProtocolError
+from miragevpn.errors import AuthenticationError, AuthFailed, ConfigError, RemoteProtocolError
 from miragevpn.events import TunnelSettings
 from qubes_miragevpn.gateway import lifecycle
 from qubes_miragevpn.gateway.lifecycle import (
@@ -137,7 +137,7 @@ def test_tunnel_ipv6_follows_the_settings() -> None:
         (
             "failed",
             "authentication failed: bad password",
-            AuthenticationError("AUTH_FAILED bad password"),
+            AuthFailed("bad password"),
             False,
             EndKind.AUTH_FAILED,
         ),
@@ -180,7 +180,7 @@ def test_tunnel_ipv6_follows_the_settings() -> None:
         (
             "failed",
             "authentication failed",
-            AuthenticationError("AUTH_FAILED"),
+            AuthFailed(""),
             True,
             EndKind.AUTH_FAILED,
         ),
@@ -193,8 +193,8 @@ def test_classify_end(
 
 
 def test_auth_failed_temp_is_transient() -> None:
-    error = AuthenticationError("AUTH_FAILED TEMP try later")
-    assert classify_end(ending="failed", reason="x", error=error) is EndKind.TRANSIENT
+    error = AuthFailed("try later", temporary=True)
+    assert classify_end(ending="failed", reason=str(error), error=error) is EndKind.TRANSIENT
 
 
 @pytest.mark.parametrize("kind", [EndKind.HALTED, EndKind.AUTH_FAILED, EndKind.UNUSABLE])
