@@ -62,6 +62,14 @@ def test_the_nftables_binding_loads_libnftables() -> None:
     assert nft.get_json_output()
 
 
+def test_the_firewall_uses_the_binding_not_its_nft_fallback() -> None:
+    """On both stacks the gateway talks to libnftables in-process; `nft -j` is only a fallback
+    (tests/qubes_miragevpn/gateway/test_nft.py skips its binding check where it is missing)."""
+    from qubes_miragevpn.gateway.nft import LibNftables, open_backend
+
+    assert isinstance(open_backend(), LibNftables)
+
+
 @pytest.mark.skipif(STACK != "system", reason="only on the Debian 12 stack (make test-system)")
 def test_system_stack_is_debian_12_at_pyprojects_floors() -> None:
     assert sys.version_info[:2] == (3, 11)
