@@ -106,6 +106,7 @@ class World:
     web: Responder
     vpn_dns: Responder
     uplink_dns: list[Responder]
+    uplink_resolver: DnsResponder | None = None
     servers: dict[str, OpenVpnServer] = field(default_factory=dict)
     daemon: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -184,9 +185,12 @@ class World:
         """(address, IP protocol, port) of every profile's server."""
         return {(str(self.topo.server4), 17, UDP.port), (str(self.topo.server4), 6, TCP.port)}
 
-    def leaks(self, cap: Capture) -> list[Frame]:
-        """Frames sys-vpn sent to sys-net that are not the encrypted session."""
+    def leaks(self, cap: Capture, *, uplink_dns: bool = False) -> list[Frame]:
+        """Frames sys-vpn sent to sys-net that are not the encrypted session (nor, with
+        `uplink_dns`, a DNS query to the uplink's resolvers)."""
         allowed = self.session_endpoints()
+        if uplink_dns:
+            allowed |= {(str(a), 17, 53) for a in self.topo.uplink_dns}
         return [
             f
             for f in cap.frames_from_sysvpn()
@@ -257,21 +261,104 @@ def assert_no_leaks(world: World, cap: Capture, what: str) -> None:
     )
 
 
+# ---------------------------------------------------------------- the uplink's resolver
+
+
+@dataclass
+class DnsResponder:
+    """The uplink's DNS server (Qubes' 10.139.1.1/.2 as sys-net serves them): answers A
+    queries for `names` (AAAA: no records), records (source, name, type) of every query and
+    (source, None, 0) for anything that is not a DNS query."""
+
+    sockets: list[socket.socket]
+    names: dict[str, str]
+    queries: list[tuple[str, str | None, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> DnsResponder:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="dns")
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            ready, _, _ = select.select(self.sockets, [], [], 0.1)
+            for sock in ready:
+                with contextlib.suppress(OSError):
+                    data, peer = sock.recvfrom(2048)
+                    reply = self._answer(data, peer[0])
+                    if reply is not None:
+                        sock.sendto(reply, peer)
+
+    def _answer(self, data: bytes, source: str) -> bytes | None:
+        labels, offset = [], 12
+        while len(data) > 12 and offset < len(data) and data[offset] and len(labels) < 64:
+            labels.append(data[offset + 1 : offset + 1 + data[offset]].decode(errors="replace"))
+            offset += 1 + data[offset]
+        if len(data) < offset + 5 or data[2] & 0x80:
+            self.queries.append((source, None, 0))
+            return None
+        name, qtype = ".".join(labels), int.from_bytes(data[offset + 1 : offset + 3], "big")
+        self.queries.append((source, name, qtype))
+        question = data[12 : offset + 5]
+        address = self.names.get(name)
+        answer = b""
+        if address is not None and qtype == 1:
+            answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04"
+            answer += socket.inet_aton(address)
+        rcode = 0 if address is not None else 3
+        header = data[:2] + bytes([0x81, 0x80 | rcode]) + b"\x00\x01"
+        header += (1 if answer else 0).to_bytes(2, "big") + b"\x00\x00\x00\x00"
+        return header + question + answer
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        for sock in self.sockets:
+            sock.close()
+
+
+def serve_dns(topo: QubesTopology, names: dict[str, str]) -> DnsResponder:
+    """A DnsResponder on every uplink DNS address, in sys-net."""
+
+    def bind() -> list[socket.socket]:
+        found = []
+        for address in topo.uplink_dns:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((str(address), 53))
+            found.append(sock)
+        return found
+
+    return DnsResponder(topo.sysnet.call(bind), names).start()
+
+
 # ---------------------------------------------------------------- the world
 
 
 @contextlib.contextmanager
 def built_world(
-    tmp: Path, profiles: dict[str, tuple[Scenario, tuple[str, ...]]]
+    tmp: Path,
+    profiles: dict[str, tuple[Scenario, tuple[str, ...]]],
+    *,
+    remote: str | None = None,
+    uplink_names: dict[str, str] | None = None,
 ) -> Iterator[World]:
     """Topology, PKI, the profiles (name: scenario, extra client lines) in the config folder,
-    the facts file selecting the first profile, the responders; everything stopped at the end."""
+    the facts file selecting the first profile, the responders; everything stopped at the end.
+
+    `remote`: the profiles' `remote` (default: the server's address). `uplink_names`: the
+    uplink's DNS servers are a real resolver for these names (`world.uplink_resolver`) instead
+    of tag responders that only a leak would reach."""
     with qubes_topology() as topo:
         config_dir = tmp / "config"
         config_dir.mkdir(mode=0o700)
         files = write_pki(make_pki(), config_dir)
         for name, (scenario, extra) in profiles.items():
-            text = client_config(scenario, files, topo.server4, real=False)
+            text = client_config(scenario, files, remote or topo.server4, real=False)
             (config_dir / name).write_text(text + "".join(line + "\n" for line in extra))
             os.chmod(config_dir / name, 0o600)
         first = next(iter(profiles))
@@ -287,12 +374,17 @@ def built_world(
             notify=notify,
             web=topo.serve(topo.sysnet, topo.web4, 80, tag=b"web"),
             vpn_dns=topo.serve(topo.sysnet, topo.dns4, 53, tag=b"vpn-dns"),
-            uplink_dns=[topo.serve(topo.sysnet, a, 53, tag=b"uplink-dns") for a in topo.uplink_dns],
+            uplink_dns=[]
+            if uplink_names is not None
+            else [topo.serve(topo.sysnet, a, 53, tag=b"uplink-dns") for a in topo.uplink_dns],
+            uplink_resolver=serve_dns(topo, uplink_names) if uplink_names is not None else None,
             profile=first,
         )
         try:
             yield world
         finally:
+            if world.uplink_resolver is not None:
+                world.uplink_resolver.close()
             if world.daemon is not None:
                 stop_process(world.daemon)
             for server in world.servers.values():

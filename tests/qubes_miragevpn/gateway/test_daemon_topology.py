@@ -41,7 +41,7 @@ from tests.helpers.gateway import (
     start_server,
 )
 from tests.helpers.netns import wait_until
-from tests.helpers.qubes_topology import A4
+from tests.helpers.qubes_topology import A4, Capture
 
 pytestmark = [pytest.mark.qubes, pytest.mark.netns, pytest.mark.timeout(900)]
 
@@ -258,3 +258,40 @@ def test_auth_failed_holds_blocked_until_the_profile_changes(tmp_path: Path) -> 
         assert cap.frames_from_sysvpn() == []
         world.set_facts(profile="right.ovpn")
         world.wait_through_tunnel(time.monotonic(), "after AUTH_FAILED, profile changed")
+
+
+def test_a_hostname_remote_is_resolved_through_the_uplink_by_the_daemon_alone(
+    tmp_path: Path,
+) -> None:
+    """`remote vpn.example.test`: the daemon asks the uplink's resolver itself (marked socket,
+    policy Connecting with uplink DNS only), then connects; the AppVMs' DNS never goes there,
+    and the qube's own processes reach it only through the tunnel (docs/security.md)."""
+    name = "vpn.example.test"
+    with built_world(
+        tmp_path, {"named.ovpn": (UDP, ())}, remote=name, uplink_names={name: "198.51.100.1"}
+    ) as world:
+        resolver = world.uplink_resolver
+        assert resolver is not None
+        start_server(world, "udp", UDP)
+        block = world.qubes_miragevpn("block", "--qubesdb-file", str(world.facts_path))
+        world.topo.sysvpn.run(block)  # boot order: blocked before anything else
+        with world.topo.capture() as cap:
+            world.start_daemon()
+            world.wait_through_tunnel(time.monotonic(), "hostname remote")
+            dns = world.topo.probe(world.topo.appvms[0].ns, world.topo.virtual_dns[0], 53,
+                                   proto="udp")  # fmt: skip
+            assert dns.reply == b"vpn-dns", dns  # the AppVM's DNS: the VPN's, through the tunnel
+            world.topo.probe(
+                world.topo.sysvpn, world.topo.uplink_dns[0], 53, proto="udp", timeout=0.5
+            )  # fmt: skip  (the qube's own, unmarked)
+        uplink = [q[1:] for q in resolver.queries if q[0] == str(world.topo.sysvpn4)]
+        assert uplink == [(name, 1), (name, 28)], resolver.queries  # the daemon's A and AAAA only
+        others = [q for q in resolver.queries if q[0] != str(world.topo.sysvpn4)]
+        assert all(q[0].startswith("10.8.0.") for q in others), others  # through the tunnel
+        assert_no_leaks_with_dns(world, cap)
+        assert "resolving vpn.example.test through the uplink" in world.daemon_log()
+
+
+def assert_no_leaks_with_dns(world: World, cap: Capture) -> None:
+    leaks = world.leaks(cap, uplink_dns=True)
+    assert leaks == [], "\n".join(map(str, leaks[:20]))
