@@ -201,7 +201,7 @@ def test_a_route_that_fails_is_skipped_and_the_rest_applied(pair: NetnsPair, bac
                 network=ipaddress.ip_network("10.3.0.0/16"),
                 gateway=ipaddress.ip_address("1.1.1.1"),
             ),
-            RouteSpec(network=ipaddress.ip_network("fe80::/64"), gateway=None),  # on tun: EEXIST?
+            RouteSpec(network=ipaddress.ip_network("fe80::%eth0/64"), gateway=None),
             RouteSpec(
                 network=ipaddress.ip_network("fd00:77::/64"),
                 gateway=ipaddress.ip_address("fe80::1%eth0"),
@@ -216,6 +216,7 @@ def test_a_route_that_fails_is_skipped_and_the_rest_applied(pair: NetnsPair, bac
         assert "adding route 10.3.0.0/16 via 1.1.1.1 dev tun0" in skipped
         assert "ENETUNREACH" in skipped["adding route 10.3.0.0/16 via 1.1.1.1 dev tun0"]
         assert any("fd00:77::/64" in change for change in skipped)
+        assert "adding route fe80::%eth0/64 dev tun0" in skipped  # inet_pton refuses the scope
         assert "192.0.2.0/24 tun0" in routes(pair)  # the good route after the bad ones
         assert "10.3.0.0/16" not in " ".join(routes(pair))
         assert addresses(pair, "tun0") == {"10.8.0.2/24", "fd00:8::1000/64"}
