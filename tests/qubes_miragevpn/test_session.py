@@ -226,6 +226,46 @@ def test_restart_keeps_the_tun_and_reconnects() -> None:
     assert "restarting: server restart" in hooks.calls
 
 
+def test_a_new_tun_from_tunnel_up_replaces_the_old_one() -> None:
+    """The application decides the device: the loop pumps the one `tunnel_up` returned last
+    and never closes one itself."""
+
+    class NewTunEachTime(RecordingHooks):
+        async def tunnel_up(self, settings: TunnelSettings) -> FakeTun:
+            self.calls.append("tunnel_up")
+            self.tun = FakeTun(f"tun{self.calls.count('tunnel_up')}")
+            return self.tun
+
+    hooks = NewTunEachTime()
+
+    async def body(server: UdpServer, port: int) -> None:
+        session, _ = make_session(port, Transport.UDP, hooks)
+        run = asyncio.create_task(session.run())
+        await server.expect(b"HELLO")
+        server.send(b"WELCOME")
+        await server.expect(b"PING")
+        first = hooks.tun
+        server.send(b"RESTART")
+        await server.expect(b"HELLO")
+        server.send(b"WELCOME")
+        await server.expect(b"PING")
+        second = hooks.tun
+        assert first is not None and second is not None and first is not second
+        assert session.tun is second
+        first.peer.send(b"old")  # no longer read
+        second.peer.send(b"new")
+        await server.expect(b"Dnew")
+        server.send(b"Dback")
+        got = await asyncio.wait_for(asyncio.to_thread(second.peer.recv, 100), TIMEOUT)
+        assert got == b"back"
+        session.close()
+        await asyncio.wait_for(run, TIMEOUT)
+        assert not first.closed and not second.closed
+        assert first.read() == b"old"  # still waiting where the loop left it
+
+    asyncio.run(with_udp_server(body))
+
+
 def test_tcp_stream_and_lost_connection() -> None:
     hooks = RecordingHooks()
 
