@@ -29,6 +29,7 @@ from .packet import KEY_ID_MASK, OPCODE_SHIFT, Opcode
 from .replay import ReplayWindow
 
 __all__ = [
+    "FRAMING",
     "MAX_PEER_ID",
     "NO_COMPRESS_BYTE",
     "NO_COMPRESS_BYTE_SWAP",
@@ -150,7 +151,7 @@ def _deframe_v2(data: bytes) -> bytes:
     raise DecodeError("compressed (v2) data packet: we do not decompress")
 
 
-_FRAMING: dict[Compression, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+FRAMING: dict[Compression, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
     Compression.NONE: (_frame_none, _deframe_none),
     Compression.LZO_NO: (_frame_lzo, _deframe_lzo),
     Compression.LZO: (_frame_lzo, _deframe_lzo),
@@ -229,7 +230,7 @@ class DataChannelKey:
             self._my_header = bytes((self._v1_byte,))
         else:
             self._my_header = bytes((self._v2_byte,)) + peer_id.to_bytes(3, "big")
-        self._frame, self._deframe = _FRAMING[compression]
+        self._frame, self._deframe = FRAMING[compression]
         self._replay = ReplayWindow(replay_window.packets, replay_window.seconds)
         self._next_replay_id = 1
         self.packets_sent = 0

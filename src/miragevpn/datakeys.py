@@ -1,7 +1,8 @@
 """The data keys of one session: which key decrypts a packet, which key we send with.
 
-The crypto itself lives in `kdf.py` (key2, its slicing) and `datachannel.py` (one key's AEAD
-packets); this module is the client's glue around them:
+The crypto itself lives in `kdf.py` (key2, its slicing), `datachannel.py` (one key's AEAD
+packets) and `cbcchannel.py` (one key's CBC+HMAC packets); this module is the client's glue
+around them:
 
 - `derive_key2`: TLS-EKM when the server pushed `tls-ekm` (and we announced it), else
   OpenVPN's PRF from the key-method-2 randoms and the session ids (reference §5).
@@ -24,9 +25,12 @@ Rotation (reference §8; ssl.c: key_state_soft_reset, tls_select_encryption_key)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .cbc import CBC_KEY_SIZES, DIGEST_SIZES
+from .cbcchannel import SUPPORTED_CBC_CIPHERS, SUPPORTED_DIGESTS, CbcDataChannelKey
 from .config.model import Compression
 from .config.model import ReplayWindow as ReplayWindowSettings
 from .datachannel import (
@@ -37,10 +41,14 @@ from .datachannel import (
     DataChannelKey,
 )
 from .errors import LocalProtocolError, RemoteProtocolError
-from .kdf import EKM_LABEL, EKM_LENGTH, client_data_keys, prf_key_expansion
+from .kdf import EKM_LABEL, EKM_LENGTH, client_cbc_keys, client_data_keys, prf_key_expansion
 from .keymethod import ClientKeySource, ServerKeyMethod2
 
 KEY_IDS = 8  # the key id is 3 bits (packet.py: KEY_ID_MASK)
+# 2.6 refuses it without `--providers legacy`; we never implement it (64-bit blocks, SWEET32)
+BLOWFISH = "BF-CBC"
+
+DataKey = DataChannelKey | CbcDataChannelKey
 
 
 class KeyingMaterialExporter(Protocol):
@@ -72,13 +80,19 @@ def derive_key2(
 
 @dataclass(frozen=True, slots=True)
 class DataChannelParams:
-    """What every key of a session shares, fixed by the PUSH_REPLY."""
+    """What every key of a session shares, fixed by the PUSH_REPLY. `auth` is the HMAC digest
+    of a CBC cipher (None for AEAD ciphers, which have no separate HMAC)."""
 
     cipher: str
     compression: Compression
     peer_id: int | None
     replay_window: ReplayWindowSettings
     ekm: bool
+    auth: str | None = None
+
+    @property
+    def is_aead(self) -> bool:
+        return self.auth is None
 
     @classmethod
     def create(
@@ -89,24 +103,54 @@ class DataChannelParams:
         peer_id: int | None,
         replay_window: ReplayWindowSettings,
         ekm: bool,
+        auth: str = "SHA1",
     ) -> DataChannelParams:
-        """LocalProtocolError for a cipher we do not implement, RemoteProtocolError for a
-        peer-id the server should not have pushed."""
+        """LocalProtocolError for a cipher or digest we do not implement, RemoteProtocolError
+        for a peer-id the server should not have pushed. `auth` counts for CBC ciphers only
+        (OpenVPN's default SHA1; it is never pushed, both sides must configure the same)."""
         name = cipher.upper()
-        if name not in SUPPORTED_AEAD_CIPHERS:
-            raise LocalProtocolError(f"data cipher {cipher} is not supported (AEAD only)")
         if peer_id is not None and not 0 <= peer_id <= MAX_PEER_ID:
             raise RemoteProtocolError(f"the server pushed peer-id {peer_id}, beyond {MAX_PEER_ID}")
-        return cls(name, compression, peer_id, replay_window, ekm)
+        if name in SUPPORTED_AEAD_CIPHERS:
+            return cls(name, compression, peer_id, replay_window, ekm)
+        if name == BLOWFISH:
+            raise LocalProtocolError(
+                "data cipher BF-CBC (Blowfish, 64-bit blocks) is not supported: ask for a "
+                "modern server config, or set data-ciphers-fallback to a cipher the server "
+                "also accepts (e.g. AES-256-CBC)"
+            )
+        if name not in SUPPORTED_CBC_CIPHERS:
+            supported = ", ".join(SUPPORTED_AEAD_CIPHERS + SUPPORTED_CBC_CIPHERS)
+            raise LocalProtocolError(f"data cipher {cipher} is not supported ({supported})")
+        digest = auth.upper()
+        if digest not in SUPPORTED_DIGESTS:
+            raise LocalProtocolError(f"HMAC digest {auth} (auth) is not supported")
+        return cls(name, compression, peer_id, replay_window, ekm, digest)
 
-    def key(self, key_id: int, key2: bytes) -> DataChannelKey:
-        return DataChannelKey(
+    def key(self, key_id: int, key2: bytes, rng: Callable[[int], bytes] | None = None) -> DataKey:
+        """One key state's data key; CBC needs `rng` for its per-packet IVs."""
+        if self.auth is None:
+            return DataChannelKey(
+                cipher=self.cipher,
+                keys=client_data_keys(key2, self.cipher),
+                key_id=key_id,
+                peer_id=self.peer_id,
+                compression=self.compression,
+                replay_window=self.replay_window,
+            )
+        if rng is None:
+            raise LocalProtocolError("a CBC data channel needs a random source for its IVs")
+        return CbcDataChannelKey(
             cipher=self.cipher,
-            keys=client_data_keys(key2, self.cipher),
+            auth=self.auth,
+            keys=client_cbc_keys(
+                key2, key_size=CBC_KEY_SIZES[self.cipher], hmac_size=DIGEST_SIZES[self.auth]
+            ),
             key_id=key_id,
             peer_id=self.peer_id,
             compression=self.compression,
             replay_window=self.replay_window,
+            rng=rng,
         )
 
 
@@ -119,18 +163,27 @@ class DataKeys:
         "lame_duck_dies",
         "params",
         "primary",
+        "rng",
         "send_key",
         "switch_at",
     )
 
-    def __init__(self, params: DataChannelParams, key_id: int, key2: bytes) -> None:
+    def __init__(
+        self,
+        params: DataChannelParams,
+        key_id: int,
+        key2: bytes,
+        *,
+        rng: Callable[[int], bytes] | None = None,
+    ) -> None:
         self.params = params
-        key = params.key(key_id, key2)
-        self.by_key_id: list[DataChannelKey | None] = [None] * KEY_IDS
+        self.rng = rng
+        key = params.key(key_id, key2, rng)
+        self.by_key_id: list[DataKey | None] = [None] * KEY_IDS
         self.by_key_id[key_id] = key
-        self.primary: DataChannelKey | None = key
-        self.send_key: DataChannelKey | None = key
-        self.lame_duck: DataChannelKey | None = None
+        self.primary: DataKey | None = key
+        self.send_key: DataKey | None = key
+        self.lame_duck: DataKey | None = None
         self.lame_duck_dies: float | None = None
         self.switch_at: float | None = None  # send_key becomes the primary then
 
@@ -149,7 +202,7 @@ class DataKeys:
     def install(self, key_id: int, key2: bytes, *, send_from: float, now: float) -> None:
         """The new primary's keys; we send with it from `send_from` (at once without a lame
         duck)."""
-        key = self.params.key(key_id, key2)
+        key = self.params.key(key_id, key2, self.rng)
         self.by_key_id[key_id] = key
         self.primary = key
         if self.send_key is None or now >= send_from:

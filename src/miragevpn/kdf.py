@@ -22,9 +22,12 @@ __all__ = [
     "EKM_LABEL",
     "EKM_LENGTH",
     "KEY2_LENGTH",
+    "CbcKeys",
     "DataChannelKeys",
+    "client_cbc_keys",
     "client_data_keys",
     "prf_key_expansion",
+    "split_cbc_keys",
     "tls1_prf",
 ]
 
@@ -131,3 +134,41 @@ def client_data_keys(key2: bytes, cipher: str) -> DataChannelKeys:
         their_cipher_key=key2[128 : 128 + size],
         their_implicit_iv=key2[192 : 192 + AEAD_IMPLICIT_IV_LENGTH],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CbcKeys:
+    """The CBC+HMAC keys of one key state, split by direction (reference §5.1)."""
+
+    my_cipher_key: bytes
+    my_hmac_key: bytes
+    their_cipher_key: bytes
+    their_hmac_key: bytes
+
+    def __repr__(self) -> str:
+        return "CbcKeys(<redacted>)"
+
+
+def split_cbc_keys(
+    key2: bytes, *, key_size: int, hmac_size: int, my_slot: int, their_slot: int
+) -> CbcKeys:
+    """CBC+HMAC keys from two `struct key { cipher[64]; hmac[64]; }` slots of key2 (or of a
+    static key file): the cipher key is the first K bytes of a slot's cipher half, the HMAC key
+    the first N bytes (N = digest size) of its hmac half (crypto.c: init_key_ctx)."""
+    if len(key2) != KEY2_LENGTH:
+        raise ValueError("key2 must be 256 bytes")
+    if not 0 < key_size <= 64 or not 0 < hmac_size <= 64:
+        raise ValueError("key sizes must be 1..64 bytes")
+    my, their = 128 * my_slot, 128 * their_slot
+    return CbcKeys(
+        my_cipher_key=key2[my : my + key_size],
+        my_hmac_key=key2[my + 64 : my + 64 + hmac_size],
+        their_cipher_key=key2[their : their + key_size],
+        their_hmac_key=key2[their + 64 : their + 64 + hmac_size],
+    )
+
+
+def client_cbc_keys(key2: bytes, *, key_size: int, hmac_size: int) -> CbcKeys:
+    """Slice a TLS-mode key2 for the client (NORMAL): encrypt with keys[0], decrypt with
+    keys[1]."""
+    return split_cbc_keys(key2, key_size=key_size, hmac_size=hmac_size, my_slot=0, their_slot=1)

@@ -136,7 +136,12 @@ class Keying:
             return self._new_key_state(wrap, transport, key_id, opcode, started)
 
         keys = SessionKeys(
-            config, make_key_state, my_session_id=my_session_id, reset=reset, now=now
+            config,
+            make_key_state,
+            my_session_id=my_session_id,
+            reset=reset,
+            now=now,
+            rng=self._rng,
         )
         return Session(
             transport=transport,
@@ -201,8 +206,10 @@ class SessionKeys:
         my_session_id: bytes,
         reset: Opcode,
         now: float,
+        rng: Callable[[int], bytes] | None = None,
     ) -> None:
         self._config = config
+        self._rng = rng  # CBC data keys' per-packet IVs
         self._make_key_state = make_key_state
         self._my_session_id = my_session_id
         # at most the primary key state and the lame duck (ssl_common.h: KS_PRIMARY,
@@ -304,6 +311,14 @@ class SessionKeys:
             renegotiated=renegotiated,
         )
 
+    @property
+    def their_options(self) -> str | None:
+        """The server's OCC options string (its key-method-2 message), once negotiated."""
+        key_state = self._states.get(self._primary_key_id)
+        if key_state is None or not key_state.is_negotiated:
+            return None
+        return key_state.their_key_method.options
+
     # ------------------------------------------------------------------ data keys
 
     def start_data(
@@ -314,7 +329,7 @@ class SessionKeys:
         if self.data is not None:
             raise LocalProtocolError("data keys started twice")
         key2 = self._key2(self._states[0], params.ekm, their_session_id)
-        self.data = DataKeys(params, 0, key2)
+        self.data = DataKeys(params, 0, key2, rng=self._rng)
         self._active_since = now
         return self.data
 

@@ -61,10 +61,50 @@ def test_derive_key2_uses_ekm_or_the_prf() -> None:
     )
 
 
-def test_params_accept_aead_ciphers_only() -> None:
+def test_params_accept_aead_and_cbc_ciphers_but_not_blowfish() -> None:
     assert params("aes-128-gcm").cipher == "AES-128-GCM"
-    with pytest.raises(LocalProtocolError):
-        params("AES-256-CBC")
+    assert params("aes-128-gcm").auth is None
+    cbc = DataChannelParams.create(
+        cipher="aes-256-cbc",
+        compression=Compression.NONE,
+        peer_id=None,
+        replay_window=ReplayWindow(),
+        ekm=False,
+        auth="sha512",
+    )
+    assert (cbc.cipher, cbc.auth, cbc.is_aead) == ("AES-256-CBC", "SHA512", False)
+    with pytest.raises(LocalProtocolError, match="data-ciphers-fallback"):
+        params("BF-CBC")
+    with pytest.raises(LocalProtocolError, match="not supported"):
+        params("CAMELLIA-128-CBC")
+    with pytest.raises(LocalProtocolError, match="needs a random source"):
+        DataKeys(cbc, 0, key2(1))
+
+
+def test_cbc_keys_rotate_like_aead_keys() -> None:
+    cbc = DataChannelParams.create(
+        cipher="AES-128-CBC",
+        compression=Compression.NONE,
+        peer_id=None,
+        replay_window=ReplayWindow(),
+        ekm=False,
+        auth="SHA1",
+    )
+    counter = iter(range(1, 10_000))
+
+    def rng(n: int) -> bytes:
+        return bytes([next(counter) % 256]) * n
+
+    keys = DataKeys(cbc, 0, key2(1), rng=rng)
+    first = keys.send_key
+    assert first is not None and first.cipher == "AES-128-CBC"
+    packet = first.encrypt(b"hello")
+    assert packet[0] == 0x30  # P_DATA_V1, key id 0 (no peer-id)
+    keys.retire(must_die=100.0)
+    keys.install(1, key2(2), send_from=0.0, now=1.0)
+    second = keys.send_key
+    assert second is not None and second.key_id == 1 and second is not first
+    assert second.encrypt(b"x")[0] == 0x31
 
 
 def test_first_key_receives_and_sends() -> None:
