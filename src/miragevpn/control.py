@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .cipherchoice import choose_data_cipher
 from .clientstate import Established, Handshaking, Pulling, Session, State
 from .config.model import Config, Secret
 from .datakeys import DataChannelParams
@@ -181,14 +182,18 @@ def push_reply(
         pushed = parse_pushed_options(lines, config)
     except (DecodeError, RemoteProtocolError) as exc:
         return [RestartSession(reason=f"unusable PUSH_REPLY: {exc}")]
-    cipher = pushed.cipher or config.data_ciphers_fallback or config.cipher
-    if cipher is None:
+    choice = choose_data_cipher(
+        config, pushed_cipher=pushed.cipher, their_options=session.keys.their_options
+    )
+    if choice.cipher is None:
+        why = choice.refusal or "no data channel cipher"
         return [
             StopSession(
-                reason="server pushed no cipher and no data-ciphers-fallback is configured",
-                error=RemoteProtocolError("no data channel cipher"),
+                reason=f"cannot set up the data channel: {why}",
+                error=RemoteProtocolError(why),
             )
         ]
+    cipher = choice.cipher
     use_ekm = pushed.uses_ekm and tls_ekm
     try:
         params = DataChannelParams.create(
@@ -197,6 +202,7 @@ def push_reply(
             peer_id=pushed.peer_id,
             replay_window=config.replay_window,
             ekm=use_ekm,
+            auth=choice.auth or config.auth,
         )
     except MirageVPNError as exc:
         return [StopSession(reason=f"cannot set up the data channel: {exc}", error=exc)]
@@ -207,7 +213,8 @@ def push_reply(
         cipher=cipher,
         key_derivation="tls-ekm" if use_ekm else "tls1-prf",
     )
-    reactions: list[Reaction] = [ProgressReported(message=note) for note in notes]
+    reactions: list[Reaction] = [ProgressReported(message=note) for note in choice.notes]
+    reactions += [ProgressReported(message=note) for note in notes]
     reactions += [
         ProgressReported(message=f"pushed option ignored: {ignored.text} ({ignored.reason})")
         for ignored in pushed.ignored

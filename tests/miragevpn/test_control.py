@@ -18,7 +18,7 @@ from miragevpn.config.model import (
     Transport,
 )
 from miragevpn.datakeys import DataChannelParams, DataKeys
-from miragevpn.errors import AuthFailed, LocalProtocolError, RemoteProtocolError
+from miragevpn.errors import AuthFailed, RemoteProtocolError
 from miragevpn.events import ControlMessageReceived, ProgressReported
 from miragevpn.keying import Keying
 from miragevpn.messages import PushReply, PushReplyAssembler
@@ -189,10 +189,19 @@ def test_push_replies_we_cannot_use(pki: Pki) -> None:
     no_cipher = [line for line in REPLY if not line.startswith("cipher")]
     [stop] = control.push_reply(no_cipher, state.session, config=make_config(pki), tls_ekm=True)
     assert isinstance(stop, control.StopSession) and isinstance(stop.error, RemoteProtocolError)
-    cbc = make_config(pki, data_ciphers_fallback="AES-256-CBC")
-    [stop] = control.push_reply(no_cipher, state.session, config=cbc, tls_ekm=True)
-    assert isinstance(stop, control.StopSession) and isinstance(stop.error, LocalProtocolError)
+    assert "data-ciphers-fallback" in stop.reason and "BF-CBC" in stop.reason
     assert stop.reason.startswith("cannot set up the data channel: ")
+
+
+def test_no_pushed_cipher_uses_the_fallback_with_our_auth(pki: Pki) -> None:
+    state = pulling(pki)
+    no_cipher = [line for line in REPLY if not line.startswith("cipher")]
+    cbc = make_config(pki, data_ciphers_fallback="AES-256-CBC", auth="SHA256")
+    reactions = control.push_reply(no_cipher, state.session, config=cbc, tls_ekm=True)
+    [tunnel] = [r for r in reactions if isinstance(r, control.Tunnel)]
+    assert (tunnel.params.cipher, tunnel.params.auth) == ("AES-256-CBC", "SHA256")
+    notes = [r.message for r in reactions if isinstance(r, control.ProgressReported)]
+    assert any("legacy data cipher AES-256-CBC with HMAC-SHA256" in n for n in notes)
 
 
 def test_connection_lost_reasons_follow_the_phase(pki: Pki) -> None:
