@@ -79,6 +79,30 @@ def to_jsonable(value: object, *, reveal: bool = False) -> object:
     return value
 
 
+def _data_cipher_lines(c: Config) -> list[str]:
+    """What the data channel offers (IV_CIPHERS), accepts from a server that does not negotiate
+    (cipherchoice.py), and which of it is legacy (CBC+HMAC)."""
+    lines = [f"  data ciphers offered: {':'.join(c.data_ciphers)}"]
+    if c.data_ciphers_fallback:
+        fallback = f"{c.data_ciphers_fallback} (data-ciphers-fallback)"
+    elif c.cipher:
+        fallback = f"{c.cipher} (cipher)"
+    else:
+        fallback = "none configured (BF-CBC servers are refused)"
+    lines.append("  without negotiation: the cipher the server's options name, else " + fallback)
+    legacy = [
+        name
+        for name in dict.fromkeys((*c.data_ciphers, c.data_ciphers_fallback, c.cipher))
+        if name and name.upper().endswith("-CBC")
+    ]
+    if legacy:
+        lines.append(
+            f"  legacy: {', '.join(legacy)} with HMAC-{c.auth} (CBC+HMAC, no AEAD); "
+            "prefer AES-256-GCM where the server allows it"
+        )
+    return lines
+
+
 def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
     """A few lines on what the config does (not escaped: pass them through `printable`)."""
     lines = []
@@ -94,10 +118,7 @@ def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
         direction = "bidirectional" if p.direction is None else f"key-direction {int(p.direction)}"
         protection += f" ({c.auth}, {direction})"
     lines.append(f"  control channel: {protection}")
-    ciphers = ":".join(c.data_ciphers)
-    if c.data_ciphers_fallback:
-        ciphers += f" (fallback {c.data_ciphers_fallback})"
-    lines.append(f"  data ciphers: {ciphers}")
+    lines += _data_cipher_lines(c)
     trust = []
     if c.ca:
         trust.append(f"{c.ca.count('BEGIN CERTIFICATE')} CA certificate(s)")
