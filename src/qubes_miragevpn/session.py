@@ -61,6 +61,7 @@ from miragevpn.events import (
     TunnelEstablished,
     TunnelSettings,
 )
+from miragevpn.statickey import StaticKeyClient
 
 from . import transport as transports
 from .hooks import Ending, Endpoint, Phase, SessionHooks, SessionOutcome, SessionState
@@ -116,6 +117,8 @@ def engine_client_factory(
     """Build the real engine client; `tls_ekm=False` keeps to the TLS 1.0 PRF key derivation."""
 
     def factory(config: Config, now: float) -> EngineClient:
+        if config.secret is not None:  # static-key mode: no TLS (miragevpn.statickey)
+            return StaticKeyClient(config, rng=os.urandom, now=now, wall_clock=time.time)
         return Client(
             config,
             rng=os.urandom,

@@ -82,6 +82,16 @@ def to_jsonable(value: object, *, reveal: bool = False) -> object:
 def _data_cipher_lines(c: Config) -> list[str]:
     """What the data channel offers (IV_CIPHERS), accepts from a server that does not negotiate
     (cipherchoice.py), and which of it is legacy (CBC+HMAC)."""
+    if c.secret is not None:
+        direction = (
+            "bidirectional"
+            if c.secret_direction is None
+            else f"key-direction {int(c.secret_direction)}"
+        )
+        return [
+            f"  legacy: static-key mode (no TLS, no forward secrecy), {c.cipher} with "
+            f"HMAC-{c.auth}, {direction}"
+        ]
     lines = [f"  data ciphers offered: {':'.join(c.data_ciphers)}"]
     if c.data_ciphers_fallback:
         fallback = f"{c.data_ciphers_fallback} (data-ciphers-fallback)"
@@ -113,7 +123,7 @@ def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
         TlsAuth: "tls-auth",
         TlsCrypt: "tls-crypt",
         TlsCryptV2: "tls-crypt-v2",
-    }.get(type(p), "none (plain TLS)")
+    }.get(type(p), "none (plain TLS)" if c.secret is None else "none (static-key mode, no TLS)")
     if isinstance(p, TlsAuth):
         direction = "bidirectional" if p.direction is None else f"key-direction {int(p.direction)}"
         protection += f" ({c.auth}, {direction})"

@@ -278,6 +278,11 @@ def h_tls_auth(ctx: Context, d: Directive) -> None:
 def h_secret(ctx: Context, d: Directive) -> None:
     key, rest = _static(ctx, d, "the static key")
     ctx.put(d, "secret", key)
+    ctx.warn(
+        d,
+        "static-key mode: no forward secrecy (the key file decrypts every recorded session); "
+        "OpenVPN 2.6 deprecates it, 2.7 needs --allow-deprecated-insecure-static-crypto",
+    )
     if rest:
         ctx.put(d, "key_direction", _direction(d, rest[0]))
 

@@ -308,6 +308,29 @@ def _fail(glob: dict[str, list[Setting]], key: str | None, message: str) -> Conf
     return ConfigError(message, line=s.line, column=s.column, directive=s.directive)
 
 
+def _validate_static_key(c: Config, glob: dict[str, list[Setting]]) -> None:
+    """Static-key mode (statickey.py): a CBC cipher named, a point-to-point ifconfig."""
+    if "pull" in glob:
+        raise _fail(glob, "pull", "static-key mode (secret) has no server to pull from")
+    if not c.remotes:
+        raise _fail(
+            glob, "secret", "static-key mode: no peer: add a 'remote HOST [PORT] [PROTO]' line"
+        )
+    if "dev" not in glob:
+        raise _fail(glob, "secret", "static-key mode: no tunnel device: add 'dev tun'")
+    if c.cipher is None or not c.cipher.upper().endswith("-CBC"):
+        raise _fail(
+            glob,
+            "cipher" if c.cipher else "secret",
+            "static-key mode needs a CBC cipher named on both ends (OpenVPN's default there "
+            "is BF-CBC, not supported): add e.g. 'cipher AES-256-CBC'",
+        )
+    if c.ifconfig is None:
+        raise _fail(
+            glob, "secret", "static-key mode is point-to-point: add 'ifconfig LOCAL REMOTE'"
+        )
+
+
 def validate(c: Config, glob: dict[str, list[Setting]]) -> None:
     """What makes a config usable by this client; each error names the line to change."""
     if c.secret is not None:
@@ -318,12 +341,8 @@ def validate(c: Config, glob: dict[str, list[Setting]]) -> None:
                 glob[tls[0]][-1],
                 "static-key mode (secret) excludes TLS options",
             )
-        raise _fail(
-            glob,
-            "secret",
-            "static-key mode (secret) is not supported by this client: it has no forward "
-            "secrecy and OpenVPN 2.6 deprecates it; use TLS (client, ca, cert/key)",
-        )
+        _validate_static_key(c, glob)
+        return
     if not c.tls_client:
         raise _fail(glob, "pull", "not a client config: add 'client' (or 'tls-client' and 'pull')")
     if not c.remotes:

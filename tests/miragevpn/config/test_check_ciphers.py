@@ -28,3 +28,16 @@ def test_cbc_choices_are_flagged(files: dict[str, bytes]) -> None:
     fallback = lines_for("data-ciphers-fallback AES-128-CBC\n", files)
     assert any("else AES-128-CBC (data-ciphers-fallback)" in line for line in fallback)
     assert any(line.startswith("  legacy: AES-128-CBC with HMAC-SHA1") for line in fallback)
+
+
+def test_static_key_mode_is_flagged(files: dict[str, bytes]) -> None:
+    text = "dev tun\nremote 192.0.2.1\nsecret ta.key 1\ncipher AES-256-CBC\nauth SHA256\n"
+    text += "ifconfig 10.9.0.2 10.9.0.1\n"
+    config = parse_config(text, read_file=lambda name: files[name])
+    lines = summary(config)
+    assert "  control channel: none (static-key mode, no TLS)" in lines
+    assert (
+        "  legacy: static-key mode (no TLS, no forward secrecy), AES-256-CBC with HMAC-SHA256, "
+        "key-direction 1"
+    ) in lines
+    assert any("warning:" in line and "no forward secrecy" in line for line in lines)
