@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -295,3 +296,53 @@ def test_a_hostname_remote_is_resolved_through_the_uplink_by_the_daemon_alone(
 def assert_no_leaks_with_dns(world: World, cap: Capture) -> None:
     leaks = world.leaks(cap, uplink_dns=True)
     assert leaks == [], "\n".join(map(str, leaks[:20]))
+
+
+def management(path: Path, command: str) -> str:
+    """One command on an OpenVPN server's management socket; its answer (up to the END,
+    SUCCESS: or ERROR: line; '>' lines are notifications and skipped)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5.0)
+        sock.connect(str(path))
+        sock.sendall(command.encode() + b"\n")
+        data = b""
+        for _ in range(1000):  # bounded; each recv waits at most the timeout
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+            lines = [x for x in data.decode(errors="replace").splitlines() if x[:1] != ">"]
+            last = lines[-1] if lines and data.endswith(b"\n") else ""
+            if last == "END" or last.startswith(("SUCCESS:", "ERROR:")):
+                break
+        return "\n".join(x for x in data.decode(errors="replace").splitlines() if x[:1] != ">")
+
+
+def test_server_halt_holds_blocked_until_a_restart(tmp_path: Path) -> None:
+    """The server sends HALT (management `client-kill CID HALT`): the daemon stays blocked,
+    says why, and does not reconnect; a restart of the daemon connects again."""
+    sock = tmp_path / "mgmt.sock"
+    server_scenario = replace(UDP, extra_server=(*UDP.extra_server, f"management {sock} unix"))
+    with built_world(tmp_path, {"udp.ovpn": (UDP, ())}) as world:
+        vpn = start_server(world, "udp", server_scenario)
+        world.topo.sysvpn.run(world.qubes_miragevpn("block", "--qubesdb-file",
+                                                    str(world.facts_path)))  # fmt: skip
+        world.start_daemon()
+        world.wait_through_tunnel(time.monotonic(), "before HALT")
+        status = management(sock, "status 2")
+        header = next(line for line in status.splitlines() if line.startswith("HEADER,CLIENT_LIST"))
+        row = next(line for line in status.splitlines() if line.startswith("CLIENT_LIST,"))
+        cid = row.split(",")[header.split(",").index("Client ID") - 1]
+        assert "SUCCESS" in management(sock, f"client-kill {cid} HALT")
+        wait_until(lambda: "halted" in world.notify.status(), 20, what="the status to say HALT")
+        assert world.notify.status().startswith("blocked: "), world.notify.status()
+        attempts = vpn.log_text().count("TLS: Initial packet from")
+        with world.topo.capture() as cap:
+            time.sleep(4.0)  # far beyond the first back-off: it must not try again
+            assert world.fetch() is None
+            probe_everything(world)
+        assert vpn.log_text().count("TLS: Initial packet from") == attempts
+        assert cap.frames_from_sysvpn() == []
+        world.stop_daemon()
+        started = world.start_daemon()
+        world.wait_through_tunnel(started, "after HALT, daemon restarted")
