@@ -12,10 +12,12 @@ the web server seeing the tunnel address 10.8.0.x (10.9.0.x for the second profi
 AppVM's packets went through the tunnel; the capture on the uplink proves nothing else left
 sys-vpn: every frame sys-vpn sends must be the encrypted session to the server's endpoint.
 
-The tests share one world (module fixture) and run in order: boot (block first), the daemon
-ready while the server is down, connected, server restart, renegotiation, uplink flap, SIGKILL
-and restart, profile switch, stop. Each leaves the gateway connected for the next, except the
-last. Recovery times are printed and asserted loosely (the strict numbers are the benchmark's).
+The first tests share one world (module fixture) and run in order: boot (block first), the
+daemon ready while the server is down, connected, server restart, renegotiation, uplink flap,
+SIGKILL and restart, profile switch, /connected-ips change, stop. Each leaves the gateway
+connected for the next, except the last. Then worlds of their own: AUTH_FAILED, a hostname
+remote resolved through the uplink, a server HALT. Recovery times are printed (-s) and asserted
+loosely (the strict numbers are the benchmark's).
 """
 
 from __future__ import annotations
