@@ -4,7 +4,8 @@
   runtime package;
 - config/ imports from the engine only the shared errors (plus the standard library and
   `cryptography`);
-- ctypes only in aead.py, and only inside functions (loaded on first use, not at import).
+- ctypes only in libcrypto.py (the one native binding), and only inside functions (loaded
+  on first use, not at import).
 
 `violations` is tested on a synthetic package too, so that this test is known to fail when a
 forbidden import appears.
@@ -44,7 +45,7 @@ ENGINE_FORBIDDEN = frozenset(
 CONFIG_ENGINE_ALLOWED = ("miragevpn.errors", "miragevpn.config")
 CONFIG_THIRD_PARTY = frozenset({"cryptography"})
 NATIVE = frozenset({"ctypes"})
-NATIVE_HOME = "aead.py"
+NATIVE_HOME = "libcrypto.py"
 
 
 def _module_name(path: Path, package_root: Path) -> str:
@@ -143,7 +144,7 @@ def test_a_clean_synthetic_engine_passes(tmp_path: Path) -> None:
         {
             "__init__.py": "",
             "errors.py": "import struct\n",
-            "aead.py": "def load():\n    import ctypes\n    return ctypes\n",
+            "libcrypto.py": "def load():\n    import ctypes\n    return ctypes\n",
             "config/__init__.py": "from .parse import x\n",
             "config/parse.py": (
                 "from ..errors import E\nfrom .. import errors\nfrom . import keys\n"
@@ -166,7 +167,7 @@ def test_every_forbidden_import_is_reported(tmp_path: Path) -> None:
             "push.py": "",
             "client.py": "import os\nfrom time import monotonic\n",
             "runner.py": "def f():\n    import threading\n    from qubes_miragevpn import cli\n",
-            "aead.py": "import ctypes\n",
+            "libcrypto.py": "import ctypes\n",
             "tls.py": "def f():\n    import ctypes\n",
             "config/__init__.py": "",
             "config/parse.py": "from ..push import split\nfrom .. import client\n",
@@ -179,7 +180,7 @@ def test_every_forbidden_import_is_reported(tmp_path: Path) -> None:
         ("client.py:2: time", "no IO"),
         ("runner.py:2: threading", "no IO"),
         ("runner.py:3: qubes_miragevpn", "never imports the runtime"),
-        ("aead.py:1: ctypes", "not at import"),
+        ("libcrypto.py:1: ctypes", "not at import"),
         ("tls.py:2: ctypes", f"only in {NATIVE_HOME}"),
         ("config/parse.py:1: miragevpn.push", "only the shared errors"),
         ("config/parse.py:2: miragevpn.client", "only the shared errors"),

@@ -70,6 +70,7 @@ from cryptography import __version__ as _cryptography_version
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from . import libcrypto
 from .errors import AuthenticationError
 from .kdf import AEAD_KEY_SIZES
 
@@ -194,33 +195,6 @@ class _CryptographyAead:
 
 # --------------------------------------------------------------------------- cffi
 
-_CFFI_FUNCTIONS: Final = (
-    "EVP_get_cipherbyname",
-    "EVP_CIPHER_CTX_new",
-    "EVP_CIPHER_CTX_free",
-    "EVP_CipherInit_ex",
-    "EVP_CipherUpdate",
-    "EVP_CipherFinal_ex",
-    "EVP_CIPHER_CTX_ctrl",
-    "ERR_clear_error",
-)
-
-
-def _load_cffi() -> tuple[Any, Any] | None:
-    """(lib, ffi) of cryptography's binding if it still has every function we call."""
-    try:
-        from cryptography.hazmat.bindings.openssl.binding import Binding
-
-        new_binding: Any = Binding  # typed or not depending on the cryptography release
-        binding = new_binding()
-        lib: Any = binding.lib
-        ffi: Any = binding.ffi
-    except Exception:  # any failure means "not this binding"
-        return None
-    if not all(hasattr(lib, name) for name in _CFFI_FUNCTIONS):
-        return None
-    return lib, ffi
-
 
 class _CffiAead:
     """Persistent EVP_CIPHER_CTX per direction through cryptography's cffi `lib`."""
@@ -332,70 +306,6 @@ class _CffiAead:
 # --------------------------------------------------------------------------- ctypes
 
 
-class _Libcrypto:
-    """The few libcrypto.so.3 functions we call, with their C signatures."""
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        import ctypes
-
-        # the ctypes helpers the hot path uses, so that it needs no module-level import
-        self.c_int = ctypes.c_int
-        self.pointer = ctypes.pointer
-        self.create_string_buffer = ctypes.create_string_buffer
-        self.addressof = ctypes.addressof
-        self.string_at = ctypes.string_at
-        p, i, b = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
-        pint = ctypes.POINTER(ctypes.c_int)
-
-        def fn(name: str, restype: Any, *argtypes: Any) -> Any:
-            f = getattr(lib, name)
-            f.restype = restype
-            f.argtypes = argtypes
-            return f
-
-        version = fn("OpenSSL_version_num", ctypes.c_ulong)
-        if version() < 0x30000000:
-            raise AeadBackendError("libcrypto is not OpenSSL 3")
-        self.get_cipherbyname: Callable[[bytes], int | None] = fn("EVP_get_cipherbyname", p, b)
-        self.ctx_new: Callable[[], int | None] = fn("EVP_CIPHER_CTX_new", p)
-        self.ctx_free: Callable[[int], None] = fn("EVP_CIPHER_CTX_free", None, p)
-        # EVP_CipherInit_ex(ctx, cipher, engine, key, iv, enc)
-        self.init: Callable[..., int] = fn("EVP_CipherInit_ex", i, p, p, p, b, b, i)
-        # EVP_CipherUpdate(ctx, out, &outl, in, inl)
-        self.update: Callable[..., int] = fn("EVP_CipherUpdate", i, p, p, pint, b, i)
-        # EVP_CipherFinal_ex(ctx, out, &outl)
-        self.final: Callable[..., int] = fn("EVP_CipherFinal_ex", i, p, p, pint)
-        # EVP_CIPHER_CTX_ctrl(ctx, type, arg, ptr): ptr is read (SET_TAG) or written (GET_TAG)
-        self.ctrl: Callable[..., int] = fn("EVP_CIPHER_CTX_ctrl", i, p, i, i, p)
-        self.clear_errors: Callable[[], None] = fn("ERR_clear_error", None)
-
-
-def _load_ctypes() -> _Libcrypto | None:
-    import ctypes
-
-    try:
-        return _Libcrypto(ctypes.CDLL("libcrypto.so.3"))
-    except (OSError, AttributeError, AeadBackendError):
-        return None
-
-
-_CTYPES: _Libcrypto | None = None
-_CTYPES_TRIED = False
-
-
-def _ctypes_lib() -> _Libcrypto | None:
-    """libcrypto through ctypes, loaded on first use (never at import)."""
-    global _CTYPES, _CTYPES_TRIED
-    if not _CTYPES_TRIED:
-        _CTYPES_TRIED = True
-        _CTYPES = _load_ctypes()
-    return _CTYPES
-
-
-def _free_context(free: Callable[[int], None], ctx: int) -> None:
-    free(ctx)
-
-
 class _CtypesAead:
     """Persistent EVP_CIPHER_CTX per direction through ctypes on the system libcrypto.so.3."""
 
@@ -413,7 +323,7 @@ class _CtypesAead:
 
     def __init__(self, cipher: str, key: bytes) -> None:
         _check_key(cipher, key)
-        c = _ctypes_lib()
+        c = libcrypto.ctypes_lib()
         if c is None:
             raise AeadBackendError("libcrypto.so.3 unavailable")
         self._lib = c
@@ -427,11 +337,11 @@ class _CtypesAead:
         self._scratch = c.create_string_buffer(2 * _SPARE)
         self._out = self._buffer(_FIRST_BUFFER)
 
-    def _context(self, c: _Libcrypto, evp: int, key: bytes, enc: int) -> int:
+    def _context(self, c: libcrypto.Libcrypto, evp: int, key: bytes, enc: int) -> int:
         ctx = c.ctx_new()
         if not ctx:
             raise AeadBackendError("EVP_CIPHER_CTX_new failed")
-        weakref.finalize(self, _free_context, c.ctx_free, ctx)
+        weakref.finalize(self, libcrypto.free_context, c.ctx_free, ctx)
         if (
             c.init(ctx, evp, None, key, None, enc) != 1
             or c.ctrl(ctx, _EVP_CTRL_AEAD_SET_IVLEN, NONCE_LENGTH, None) != 1
@@ -611,7 +521,7 @@ def backend_available(backend: str, cipher: str) -> bool:
     return _self_test(_FACTORIES[backend], cipher)
 
 
-_CFFI: tuple[Any, Any] | None = _load_cffi()
+_CFFI: tuple[Any, Any] | None = libcrypto.load_cffi()
 _SELECTED: Final[dict[str, str]] = {}  # cipher -> backend, filled on first use
 
 

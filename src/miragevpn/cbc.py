@@ -42,13 +42,14 @@ from typing import TYPE_CHECKING, Final, Protocol
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .aead import AeadBackendError, _ctypes_lib
+from .aead import AeadBackendError
 from .errors import AuthenticationError, DecodeError
+from .libcrypto import ctypes_lib
 
 if TYPE_CHECKING:
     import ctypes
 
-    from .aead import _Libcrypto
+    from .libcrypto import Libcrypto
 
 __all__ = [
     "BACKENDS",
@@ -205,7 +206,7 @@ class _CtypesCbc:
 
     def __init__(self, cipher: str, auth: str, cipher_key: bytes, hmac_key: bytes) -> None:
         _check_keys(cipher, auth, cipher_key, hmac_key)
-        c = _ctypes_lib()
+        c = ctypes_lib()
         if c is None:
             raise AeadBackendError("libcrypto.so.3 unavailable")
         self._lib = c
@@ -223,7 +224,7 @@ class _CtypesCbc:
     def hmac_length(self) -> int:
         return self._mac.hmac_length
 
-    def _context(self, c: _Libcrypto, evp: int, key: bytes, enc: int) -> int:
+    def _context(self, c: Libcrypto, evp: int, key: bytes, enc: int) -> int:
         ctx = c.ctx_new()
         if not ctx:
             raise AeadBackendError("EVP_CIPHER_CTX_new failed")

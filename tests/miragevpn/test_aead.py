@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miragevpn import aead
+from miragevpn import aead, libcrypto
 from miragevpn.aead import (
     BACKENDS,
     NONCE_LENGTH,
@@ -162,7 +162,7 @@ def test_the_fastest_path_is_in_use_on_every_stack() -> None:
     every key (Debian 12/13 and Fedora 41/42 all have OpenSSL 3); from 45 the public API is
     faster than either. A failure here means a fallback silently became the only path (see
     bench/datachannel_micro.py for the cost of each)."""
-    cffi_has_evp = aead._load_cffi() is not None
+    cffi_has_evp = libcrypto.load_cffi() is not None
     if CRYPTOGRAPHY_MAJOR < 42:
         assert cffi_has_evp, "cryptography < 42 should still expose the EVP functions"
     native = "cffi" if cffi_has_evp else "ctypes"
@@ -367,8 +367,8 @@ def test_seal_and_open_on_one_key_object(backend: str, cipher: str) -> None:
 
 def test_unavailable_native_bindings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aead, "_CFFI", None)
-    monkeypatch.setattr(aead, "_CTYPES", None)
-    monkeypatch.setattr(aead, "_CTYPES_TRIED", True)
+    monkeypatch.setattr(libcrypto, "_CTYPES", None)
+    monkeypatch.setattr(libcrypto, "_CTYPES_TRIED", True)
     for backend in NATIVE:
         with pytest.raises(AeadBackendError):
             make_aead("AES-256-GCM", bytes(32), backend=backend)
@@ -389,20 +389,20 @@ def test_cffi_binding_without_evp_functions_is_not_used(monkeypatch: pytest.Monk
     import cryptography.hazmat.bindings.openssl.binding as binding_module
 
     monkeypatch.setattr(binding_module, "Binding", FakeBinding)
-    assert aead._load_cffi() is None
+    assert libcrypto.load_cffi() is None
 
 
 def test_ctypes_contexts_are_freed(monkeypatch: pytest.MonkeyPatch) -> None:
     if not backend_available("ctypes", "AES-256-GCM"):
         pytest.skip("libcrypto.so.3 unavailable")
     freed: list[int] = []
-    original = aead._free_context
+    original = libcrypto.free_context
 
     def counting(free: Callable[[int], None], ctx: int) -> None:
         freed.append(ctx)
         original(free, ctx)
 
-    monkeypatch.setattr(aead, "_free_context", counting)
+    monkeypatch.setattr(libcrypto, "free_context", counting)
     box = make_aead("AES-256-GCM", bytes(32), backend="ctypes")
     box.seal(bytes(12), b"", b"x")
     del box
