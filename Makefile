@@ -148,3 +148,105 @@ fuzz: $(STACK_SETUP)
 clean:
 	rm -rf $(VENV) $(VENV_NEWEST) .pytest_cache .mypy_cache .mypy_cache-newest .ruff_cache \
 		.hypothesis .fuzz-findings build src/*.egg-info
+
+# ------------------------------------------------------------------ install and packages
+# `make install DESTDIR=/tmp/root PREFIX=/usr` lays out what a Qubes template gets (the Debian
+# and Fedora packages run the same rules): the Python packages and console scripts (a wheel
+# built from this tree, installed into the distribution's own site folder by
+# tools/install_wheel.py), the systemd units and preset, the Qubes post-install hook, the
+# qrexec service, the docs and the example settings. `make uninstall` with the same variables
+# removes exactly that; without DESTDIR it also removes our nftables table from the running
+# system (a live install leaves no rules behind).
+PREFIX ?= /usr
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+PRESETDIR ?= $(PREFIX)/lib/systemd/system-preset
+DOCDIR ?= $(PREFIX)/share/doc/qubes-miragevpn
+QUBES_RPC_DIR ?= $(SYSCONFDIR)/qubes-rpc
+QUBES_POSTINSTALL_DIR ?= $(SYSCONFDIR)/qubes/post-install.d
+# the Python that runs the installed program (#! of the console scripts) and builds the wheel
+INSTALL_PYTHON ?= $(PYTHON_SYSTEM)
+# empty: the distribution's own site folder (Debian /usr/lib/python3/dist-packages, Fedora
+# /usr/lib/python3.X/site-packages); the rpm spec passes %{python3_sitelib}
+PYTHON_SITELIB ?=
+WHEEL_DIR := build/wheel
+VERSION := $(shell cat version)
+NFT_TABLE := inet qubes-miragevpn
+INSTALL_WHEEL = $(INSTALL_PYTHON) tools/install_wheel.py --destdir "$(DESTDIR)" --prefix "$(PREFIX)" \
+	$(if $(PYTHON_SITELIB),--sitelib "$(PYTHON_SITELIB)")
+UNITS := qubes-miragevpn-block.service qubes-miragevpn.service
+PRESET := 75-qubes-miragevpn.preset
+POSTINSTALL_HOOK := 30-qubes-miragevpn.sh
+QREXEC_SERVICES := qubes.MirageVPNStatus
+DATA_FILES := $(addprefix $(UNITDIR)/,$(UNITS)) $(PRESETDIR)/$(PRESET) \
+	$(QUBES_POSTINSTALL_DIR)/$(POSTINSTALL_HOOK) $(addprefix $(QUBES_RPC_DIR)/,$(QREXEC_SERVICES)) \
+	$(DOCDIR)/README.md $(DOCDIR)/security.md $(DOCDIR)/examples/settings.yaml
+
+.PHONY: install install-python install-data uninstall deb rpm packages-check
+
+install: install-python install-data
+
+install-python:
+	rm -rf $(WHEEL_DIR)
+	$(INSTALL_PYTHON) -m build --wheel --no-isolation --outdir $(WHEEL_DIR) . >$(WHEEL_DIR).log 2>&1 \
+		|| { cat $(WHEEL_DIR).log; exit 1; }
+	$(INSTALL_WHEEL) install --interpreter $(INSTALL_PYTHON) $(WHEEL_DIR)/qubes_miragevpn-$(VERSION)-py3-none-any.whl
+
+install-data:
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(PRESETDIR) $(DESTDIR)$(QUBES_POSTINSTALL_DIR) \
+		$(DESTDIR)$(QUBES_RPC_DIR) $(DESTDIR)$(DOCDIR)/examples
+	install -m 0644 $(addprefix qubes-miragevpn/systemd/,$(UNITS)) $(DESTDIR)$(UNITDIR)/
+	install -m 0644 qubes-miragevpn/systemd/$(PRESET) $(DESTDIR)$(PRESETDIR)/
+	install -m 0755 qubes-miragevpn/post-install.d/$(POSTINSTALL_HOOK) $(DESTDIR)$(QUBES_POSTINSTALL_DIR)/
+	install -m 0755 $(addprefix qubes-miragevpn/qubes-rpc/,$(QREXEC_SERVICES)) $(DESTDIR)$(QUBES_RPC_DIR)/
+	install -m 0644 qubes-miragevpn/README.md docs/security.md $(DESTDIR)$(DOCDIR)/
+	install -m 0644 qubes-miragevpn/settings.yaml.example $(DESTDIR)$(DOCDIR)/examples/settings.yaml
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ]; then \
+		if [ -d /run/systemd/system ]; then systemctl disable --now $(UNITS) || true; fi; \
+		if nft list table $(NFT_TABLE) >/dev/null 2>&1; then \
+			echo "nft delete table $(NFT_TABLE)"; nft delete table $(NFT_TABLE); fi; \
+	fi
+	rm -f $(addprefix $(DESTDIR),$(DATA_FILES))
+	-rmdir $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
+	$(INSTALL_WHEEL) uninstall
+
+# The packages, built from the files git knows in this tree (committed or not, never ignored
+# ones) copied into build/: build/deb/*.deb (with the source package beside it) and
+# build/rpm/RPMS/noarch/*.rpm. Their build tools come from Debian (the rpm package provides
+# rpmbuild; rpm_spec/macros.debian stands in for Fedora's systemd and Python macros there).
+DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	python3-build python3-installer fakeroot lintian
+RPM_BUILD_PACKAGES := rpm python3-build python3-installer python3-wheel python3-setuptools
+define apt_ensure
+@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+if [ -n "$$missing" ]; then \
+	echo "== installing Debian packages:" $$missing; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null; \
+fi
+endef
+define export_tree
+rm -rf $(1) && mkdir -p $(1) && git ls-files -z --cached --others --exclude-standard \
+	| xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' | tar --null -T - -cf - | tar -xf - -C $(1)
+endef
+
+deb:
+	$(call apt_ensure,$(DEB_BUILD_PACKAGES))
+	$(call export_tree,build/deb/qubes-miragevpn-$(VERSION))
+	cd build/deb/qubes-miragevpn-$(VERSION) && dpkg-buildpackage -us -uc --build=full >../build.log 2>&1 \
+		|| { tail -50 ../build.log; exit 1; }
+	@ls build/deb/*.deb build/deb/*.dsc
+
+rpm:
+	$(call apt_ensure,$(RPM_BUILD_PACKAGES))
+	$(call export_tree,build/rpm/SOURCES/qubes-miragevpn-$(VERSION))
+	sed 's/@VERSION@/$(VERSION)/g; s/@CHANGELOG@/* Fri Dec 04 2026 qubes-miragevpn developers <qubes-miragevpn@lists.example.org> - $(VERSION)-1\n- First package/' \
+		rpm_spec/qubes-miragevpn.spec.in >build/rpm/qubes-miragevpn.spec
+	tar -C build/rpm/SOURCES -czf build/rpm/SOURCES/qubes-miragevpn-$(VERSION).tar.gz qubes-miragevpn-$(VERSION)
+	rpmbuild --define "_topdir $(CURDIR)/build/rpm" \
+		$$(rpm --eval "%{?systemd_post:fedora}" | grep -q fedora || echo --load rpm_spec/macros.debian) \
+		-ba build/rpm/qubes-miragevpn.spec >build/rpm/build.log 2>&1 || { tail -50 build/rpm/build.log; exit 1; }
+	@ls build/rpm/RPMS/noarch/*.rpm build/rpm/SRPMS/*.rpm
