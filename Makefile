@@ -189,7 +189,7 @@ DATA_FILES := $(addprefix $(UNITDIR)/,$(UNITS)) $(PRESETDIR)/$(PRESET) \
 install: install-python install-data
 
 install-python:
-	rm -rf $(WHEEL_DIR)
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
 	$(INSTALL_PYTHON) -m build --wheel --no-isolation --outdir $(WHEEL_DIR) . >$(WHEEL_DIR).log 2>&1 \
 		|| { cat $(WHEEL_DIR).log; exit 1; }
 	$(INSTALL_WHEEL) install --interpreter $(INSTALL_PYTHON) $(WHEEL_DIR)/qubes_miragevpn-$(VERSION)-py3-none-any.whl
