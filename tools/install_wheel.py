@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="/usr")
     parser.add_argument("--sitelib", default=None)
     parser.add_argument("--interpreter", default=sys.executable)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.action == "install":
         if args.wheel is None:
             parser.error("install needs the wheel to install")
