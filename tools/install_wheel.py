@@ -36,7 +36,13 @@ def scheme(prefix: str, sitelib: str | None) -> dict[str, str]:
     paths = sysconfig.get_paths(name, vars={"base": prefix, "platbase": prefix})
     if sitelib:
         paths["purelib"] = paths["platlib"] = sitelib
-    return {key: paths[key] for key in ("purelib", "platlib", "headers", "scripts", "data")}
+    return {
+        "purelib": paths["purelib"],
+        "platlib": paths["platlib"],
+        "headers": paths["include"],
+        "scripts": paths["scripts"],
+        "data": paths["data"],
+    }
 
 
 def rooted(destdir: str, path: str) -> Path:
