@@ -218,6 +218,8 @@ uninstall:
 # ones) copied into build/: build/deb/*.deb (with the source package beside it) and
 # build/rpm/RPMS/noarch/*.rpm. Their build tools come from Debian (the rpm package provides
 # rpmbuild; rpm_spec/macros.debian stands in for Fedora's systemd and Python macros there).
+# the distribution's tools only (not a python3 from another PATH entry, e.g. pyenv's)
+SYSTEM_PATH := /usr/sbin:/usr/bin:/sbin:/bin
 DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-build python3-installer fakeroot lintian
 RPM_BUILD_PACKAGES := rpm python3-build python3-installer python3-wheel python3-setuptools
@@ -236,7 +238,7 @@ endef
 deb:
 	$(call apt_ensure,$(DEB_BUILD_PACKAGES))
 	$(call export_tree,build/deb/qubes-miragevpn-$(VERSION))
-	cd build/deb/qubes-miragevpn-$(VERSION) && dpkg-buildpackage -us -uc --build=full >../build.log 2>&1 \
+	cd build/deb/qubes-miragevpn-$(VERSION) && env PATH=$(SYSTEM_PATH) dpkg-buildpackage -us -uc --build=full >../build.log 2>&1 \
 		|| { tail -50 ../build.log; exit 1; }
 	@ls build/deb/*.deb build/deb/*.dsc
 
@@ -246,7 +248,7 @@ rpm:
 	sed 's/@VERSION@/$(VERSION)/g; s/@CHANGELOG@/* Fri Dec 04 2026 qubes-miragevpn developers <qubes-miragevpn@lists.example.org> - $(VERSION)-1\n- First package/' \
 		rpm_spec/qubes-miragevpn.spec.in >build/rpm/qubes-miragevpn.spec
 	tar -C build/rpm/SOURCES -czf build/rpm/SOURCES/qubes-miragevpn-$(VERSION).tar.gz qubes-miragevpn-$(VERSION)
-	rpmbuild --define "_topdir $(CURDIR)/build/rpm" \
+	env PATH=$(SYSTEM_PATH) rpmbuild --define "_topdir $(CURDIR)/build/rpm" \
 		$$(rpm --eval "%{?systemd_post:fedora}" | grep -q fedora || echo --load rpm_spec/macros.debian) \
 		-ba build/rpm/qubes-miragevpn.spec >build/rpm/build.log 2>&1 || { tail -50 build/rpm/build.log; exit 1; }
 	@ls build/rpm/RPMS/noarch/*.rpm build/rpm/SRPMS/*.rpm
