@@ -217,7 +217,8 @@ uninstall:
 # The packages, built from the files git knows in this tree (committed or not, never ignored
 # ones) copied into build/: build/deb/*.deb (with the source package beside it) and
 # build/rpm/RPMS/noarch/*.rpm. Their build tools come from Debian (the rpm package provides
-# rpmbuild; rpm_spec/macros.debian stands in for Fedora's systemd and Python macros there).
+# rpmbuild; rpm_spec/macros.debian stands in for Fedora's systemd and Python macros there, and
+# --nodeps skips the BuildRequires check, as Debian's rpm database knows no packages).
 # the distribution's tools only (not a python3 from another PATH entry, e.g. pyenv's)
 SYSTEM_PATH := /usr/sbin:/usr/bin:/sbin:/bin
 DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
@@ -248,7 +249,8 @@ rpm:
 	sed 's/@VERSION@/$(VERSION)/g; s/@CHANGELOG@/* Fri Dec 04 2026 qubes-miragevpn developers <qubes-miragevpn@lists.example.org> - $(VERSION)-1\n- First package/' \
 		rpm_spec/qubes-miragevpn.spec.in >build/rpm/qubes-miragevpn.spec
 	tar -C build/rpm/SOURCES -czf build/rpm/SOURCES/qubes-miragevpn-$(VERSION).tar.gz qubes-miragevpn-$(VERSION)
+	rm -rf build/rpm/SOURCES/qubes-miragevpn-$(VERSION)
 	env PATH=$(SYSTEM_PATH) rpmbuild --define "_topdir $(CURDIR)/build/rpm" \
 		$$(rpm --eval "%{?systemd_post:fedora}" | grep -q fedora || echo --load rpm_spec/macros.debian) \
-		-ba build/rpm/qubes-miragevpn.spec >build/rpm/build.log 2>&1 || { tail -50 build/rpm/build.log; exit 1; }
+		$$(rpm -q rpm >/dev/null 2>&1 || echo --nodeps) -ba build/rpm/qubes-miragevpn.spec >build/rpm/build.log 2>&1 || { tail -50 build/rpm/build.log; exit 1; }
 	@ls build/rpm/RPMS/noarch/*.rpm build/rpm/SRPMS/*.rpm
