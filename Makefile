@@ -114,8 +114,8 @@ soak: $(STACK_SETUP)
 	@$(call run_pytest,$(STACK_PY),$(STACK),slow)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/ruff format --check src tests bench tools
 	$(VENV)/bin/mypy
 
 # mypy again against the newest libraries' own type hints (pyOpenSSL ships them since 24)

@@ -25,14 +25,19 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Final
 
 DIST_NAME = "qubes_miragevpn"
-SCRIPT_KIND = "posix"
+SCRIPT_KIND: Final = "posix"
 
 
 def scheme(prefix: str, sitelib: str | None) -> dict[str, str]:
     """The install folders for `prefix` (not yet under destdir)."""
-    name = "deb_system" if prefix == "/usr" and "deb_system" in sysconfig.get_scheme_names() else "posix_prefix"
+    name = (
+        "deb_system"
+        if prefix == "/usr" and "deb_system" in sysconfig.get_scheme_names()
+        else "posix_prefix"
+    )
     paths = sysconfig.get_paths(name, vars={"base": prefix, "platbase": prefix})
     if sitelib:
         paths["purelib"] = paths["platlib"] = sitelib
@@ -61,8 +66,10 @@ def install(wheel: Path, destdir: str, prefix: str, sitelib: str | None, interpr
     )
     with WheelFile.open(wheel) as source:
         install_wheel(source, destination, additional_metadata={"INSTALLER": b"make install\n"})
-    print(f"installed {wheel.name} into {rooted(destdir, paths['purelib'])}, scripts in "
-          f"{rooted(destdir, paths['scripts'])}")
+    print(
+        f"installed {wheel.name} into {rooted(destdir, paths['purelib'])}, scripts in "
+        f"{rooted(destdir, paths['scripts'])}"
+    )
 
 
 def uninstall(destdir: str, prefix: str, sitelib: str | None) -> int:

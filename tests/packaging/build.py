@@ -32,7 +32,9 @@ pytestmark_system_only = pytest.mark.skipif(
 )
 
 
-def run(argv: list[str], *, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], *, cwd: Path = ROOT, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """`argv` with the system's tools; stdout and stderr together; never raises on failure."""
     return subprocess.run(
         argv, cwd=cwd, env=SYSTEM_ENV, capture_output=True, text=True, timeout=timeout, check=False

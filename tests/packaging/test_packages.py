@@ -15,25 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.build import DEB, DSC, ROOT, RPM, SPEC, SRPM, make, pytestmark_system_only, run
+from tests.packaging.build import DSC, ROOT, SPEC, SRPM, pytestmark_system_only, run
 
 pytestmark = [pytest.mark.packaging, pytestmark_system_only, pytest.mark.timeout(900)]
 
 UNITS = ("qubes-miragevpn-block.service", "qubes-miragevpn.service")
 SCRIPTS = ("qubes-miragevpn", "miragevpn-client", "miragevpn-config-check")
 RPMLINT_VENV = ROOT / "build" / "rpmlint-venv"
-
-
-@pytest.fixture(scope="module")
-def deb() -> Path:
-    make("deb")
-    return DEB
-
-
-@pytest.fixture(scope="module")
-def rpm() -> Path:
-    make("rpm")
-    return RPM
 
 
 def deb_field(deb: Path, name: str) -> str:
@@ -95,7 +83,9 @@ def test_deb_installs_program_units_hooks_and_docs_where_debian_looks(deb: Path)
     # nothing of the development tree
     assert not [f for f in files if "/tests/" in f or ".venv" in f or f.endswith(".pyc")]
     # the console scripts run the system python3 (dh_python3), not a virtual environment's
-    done = run(["sh", "-c", f"dpkg-deb --fsys-tarfile {deb} | tar -xOf - ./usr/bin/qubes-miragevpn"])
+    done = run(
+        ["sh", "-c", f"dpkg-deb --fsys-tarfile {deb} | tar -xOf - ./usr/bin/qubes-miragevpn"]
+    )
     assert done.stdout.startswith("#!/usr/bin/python3\n"), done.stdout[:80]
 
 
