@@ -101,7 +101,7 @@ def test_deb_maintainer_scripts_enable_the_units_advertise_and_clean_up(
     # the boot-time kill switch is never started (nor restarted) by the package
     assert "deb-systemd-invoke $_dh_action 'qubes-miragevpn-block.service'" not in postinst
     prerm = (tmp_path / "prerm").read_text()
-    assert "/usr/bin/qubes-miragevpn unblock" in prerm
+    assert "PYTHONDONTWRITEBYTECODE=1 /usr/bin/qubes-miragevpn unblock" in prerm
     postrm = (tmp_path / "postrm").read_text()
     assert "nft delete table inet qubes-miragevpn" in postrm
     assert "deb-systemd-helper purge" in postrm
