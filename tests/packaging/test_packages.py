@@ -10,18 +10,17 @@ Fedora's python3-* packages and python3-qubesdb, in the Qubes style. lintian and
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.packaging.build import DSC, ROOT, SPEC, SRPM, pytestmark_system_only, run
+from tests.packaging.tools import tool_venv
 
 pytestmark = [pytest.mark.packaging, pytestmark_system_only, pytest.mark.timeout(900)]
 
 UNITS = ("qubes-miragevpn-block.service", "qubes-miragevpn.service")
 SCRIPTS = ("qubes-miragevpn", "miragevpn-client", "miragevpn-config-check")
-RPMLINT_VENV = ROOT / "build" / "rpmlint-venv"
 
 
 def deb_field(deb: Path, name: str) -> str:
@@ -168,21 +167,9 @@ def test_rpm_spec_is_qubes_style() -> None:
     assert "make install DESTDIR=%{buildroot}" in spec
 
 
-def rpmlint() -> Path:
-    """rpmlint from the package index in a virtual environment of its own under build/ (seeing
-    Debian's python3-rpm, the binding rpmlint needs); made once."""
-    binary = RPMLINT_VENV / "bin" / "rpmlint"
-    if not binary.exists():
-        subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages",
-                        str(RPMLINT_VENV)], check=True)  # fmt: skip
-        done = run([str(RPMLINT_VENV / "bin" / "pip"), "install", "-q",
-                    "--disable-pip-version-check", "rpmlint"], timeout=300)  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-    return binary
-
-
 def test_rpmlint_reports_no_errors(rpm: Path) -> None:
-    done = run([str(rpmlint()), "--config", str(ROOT / "rpm_spec" / "rpmlint.toml"),
+    rpmlint = tool_venv("rpmlint", "rpmlint", system_site=True) / "rpmlint"
+    done = run([str(rpmlint), "--config", str(ROOT / "rpm_spec" / "rpmlint.toml"),
                 str(rpm), str(SRPM), str(SPEC)], timeout=300)  # fmt: skip
     print("\n[rpmlint]\n" + done.stdout)
     summary = re.search(r"(\d+) errors, (\d+) warnings", done.stdout)
