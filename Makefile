@@ -105,7 +105,7 @@ versions: setup setup-newest
 	@echo "== newest stack ($(VENV_NEWEST))"; $(PY_NEWEST) -m tests.helpers.stack
 
 unit: $(STACK_SETUP)
-	@$(call run_pytest,$(STACK_PY),$(STACK),not slow and not interop and not netns)
+	@$(call run_pytest,$(STACK_PY),$(STACK),not slow and not interop and not netns and not packaging)
 
 interop: $(STACK_SETUP)
 	@$(call run_pytest,$(STACK_PY),$(STACK),interop)
