@@ -56,6 +56,8 @@ help:
 	@echo "make unit | interop | soak | bench-micro  [STACK=newest]   one part, on one stack"
 	@echo "make fuzz [FUZZ_SECONDS=60]   mutation fuzzers: config corpus, pushed options, control messages"
 	@echo "make lint | bench | clean"
+	@echo "make deb | rpm            the Debian / Fedora template packages, in build/ (README: Installing in Qubes OS)"
+	@echo "make install DESTDIR=D PREFIX=/usr | uninstall   the files a template gets, without a package"
 
 setup: $(STAMP)
 
