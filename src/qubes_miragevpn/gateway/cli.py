@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from . import nft
 from .conntrack import ConntrackError, flush_connections
@@ -282,22 +283,47 @@ async def run(
         await routing.close()
 
 
+class Follower(Protocol):
+    """What `follow` drives (the daemon)."""
+
+    def profile_changed(self) -> None: ...
+    def facts_changed(self) -> None: ...
+
+
+FOLLOW_RETRY = 1.0  # seconds before following the facts again after the stream failed
+
+
 async def follow(
-    source: FactsSource, daemon: GatewayDaemon, current: dict[str, NetworkFacts]
+    source: FactsSource,
+    daemon: Follower,
+    current: dict[str, NetworkFacts],
+    *,
+    retry: float = FOLLOW_RETRY,
 ) -> None:
     """QubesDB (or the facts file) drives the daemon: a new profile selection reconnects,
-    anything else (/connected-ips...) re-applies the current policy with the new facts."""
-    async for update in source.changes():
-        match update:
-            case FactsChanged(facts=facts, changed=changed):
-                current["facts"] = facts
-                if PROFILE in changed:
-                    daemon.profile_changed()
-                daemon.facts_changed()
-            case FactsInvalid(error=error):
-                log.warning("network facts unusable (keeping the last good ones): %s", error)
-            case FactsSourceLost(reason=reason):
-                log.warning("network facts source lost (%s); keeping the last facts", reason)
+    anything else (/connected-ips...) re-applies the current policy with the new facts. Runs
+    until cancelled: a failure of the stream is logged and the stream followed again."""
+    while True:
+        try:
+            async for update in source.changes():
+                match update:
+                    case FactsChanged(facts=facts, changed=changed):
+                        current["facts"] = facts
+                        if PROFILE in changed:
+                            daemon.profile_changed()
+                        daemon.facts_changed()
+                    case FactsInvalid(error=error):
+                        log.warning(
+                            "network facts unusable (keeping the last good ones): %s", error
+                        )
+                    case FactsSourceLost(reason=reason):
+                        log.warning(
+                            "network facts source lost (%s); keeping the last facts", reason
+                        )
+            log.warning("the network facts stream ended; following it again in %.0f s", retry)
+        except Exception as e:  # a bug or an unexpected error: the daemon must keep its watches
+            log.error("following the network facts failed (%r); again in %.0f s", e, retry)
+        await asyncio.sleep(retry)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

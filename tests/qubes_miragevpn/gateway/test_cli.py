@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from qubes_miragevpn.gateway import cli
 from qubes_miragevpn.gateway.daemon import SOCKET_MARK, ExitCode, ProfileError
-from qubes_miragevpn.gateway.facts import parse_facts
+from qubes_miragevpn.gateway.facts import (
+    PROFILE,
+    FactsChanged,
+    FactsError,
+    FactsInvalid,
+    FactsSourceLost,
+    NetworkFacts,
+    parse_facts,
+)
 from qubes_miragevpn.gateway.policy import QUBES_VIRTUAL_DNS
 from tests.helpers.netns import Netns
 from tests.helpers.pki import make_pki, write_pki
@@ -148,3 +159,66 @@ def test_run_without_facts_exits_config_and_leaves_blocked(netns: Netns, tmp_pat
     assert done.returncode == ExitCode.CONFIG, done.stderr
     assert "cannot read the network facts" in done.stderr
     assert netns.run(["nft", "list", "table", "inet", "qubes-miragevpn"]).returncode == 0
+
+
+class FlakySource:
+    """A facts source whose first stream fails after one update; the second keeps going."""
+
+    def __init__(self, updates: list[list[object]]) -> None:
+        self.streams = updates
+        self.opened = 0
+
+    def read(self) -> NetworkFacts:
+        return parse_facts({})
+
+    async def changes(self) -> AsyncIterator[object]:
+        stream = self.streams[self.opened]
+        self.opened += 1
+        for update in stream:
+            if isinstance(update, Exception):
+                raise update
+            yield update
+        await asyncio.Event().wait()  # then nothing more, for ever
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def profile_changed(self) -> None:
+        self.calls.append("profile")
+
+    def facts_changed(self) -> None:
+        self.calls.append("facts")
+
+
+def test_follow_drives_the_daemon_and_survives_a_failing_stream() -> None:
+    ips = parse_facts({"/connected-ips": "10.137.0.21"})
+    switched = parse_facts({"/vm-config/miragevpn-profile": "b.ovpn"})
+    source = FlakySource(
+        [
+            [FactsChanged(facts=ips, changed=frozenset({"/connected-ips"})), RuntimeError("bug")],
+            [
+                FactsInvalid(error=FactsError(()), changed=frozenset({"/connected-ips"})),
+                FactsSourceLost(reason="QubesDB restarting"),
+                FactsChanged(facts=switched, changed=frozenset({PROFILE})),
+            ],
+        ]
+    )
+    daemon = Recorder()
+    current = {"facts": parse_facts({})}
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(cli.follow(source, daemon, current, retry=0.01))  # type: ignore[arg-type]
+        for _ in range(500):
+            if len(daemon.calls) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert source.opened == 2  # followed again after the failure
+    assert daemon.calls == ["facts", "profile", "facts"]  # invalid and lost change nothing
+    assert current["facts"].profile == "b.ovpn"
