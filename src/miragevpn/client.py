@@ -549,7 +549,9 @@ class Client:
         if target.address is None:
             self._move(Resolving())
             self._events.append(
-                ResolutionRequested(host=target.remote.host, family=target.remote.proto.family)
+                ResolutionRequested(
+                    host=self._remotes.lookup_name(), family=target.remote.proto.family
+                )
             )
         else:
             self._connect(target.address, now)

@@ -66,6 +66,14 @@ def shuffled(items: Iterable[Remote], rng: Callable[[int], bytes]) -> tuple[Remo
     return tuple(result)
 
 
+RANDOM_LABEL_BYTES = 6  # misc.c hostname_randomize: 6 random bytes, as 12 hex digits
+
+
+def randomized_hostname(host: str, rng: Callable[[int], bytes]) -> str:
+    """`host` with a random label in front (`remote-random-hostname`): "3f0a9c11d2e4.host"."""
+    return f"{rng(RANDOM_LABEL_BYTES).hex()}.{host}"
+
+
 def literal_address(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
@@ -99,6 +107,7 @@ class RemoteSelector:
             raise ConfigError("no `remote` to connect to")
         self._config = config
         self.remotes = shuffled(config.remotes, rng) if config.remote_random else config.remotes
+        self._rng = rng
         self._index = 0
         self._addresses: list[IPAddress] = []
         self._address_index = 0
@@ -120,6 +129,14 @@ class RemoteSelector:
         if literal is not None and usable_addresses([literal], self.remote.proto.family):
             return Target(self.remote, literal)
         return Target(self.remote, None)
+
+    def lookup_name(self) -> str:
+        """The name to look up for the current remote: with `remote-random-hostname`, a fresh
+        random label before it at each lookup (defeats DNS caching, as OpenVPN does)."""
+        host = self.remote.host
+        if self._config.remote_random_hostname:
+            return randomized_hostname(host, self._rng)
+        return host
 
     def resolved(self, addresses: Iterable[IPAddress]) -> IPAddress | None:
         """Record the addresses the runtime resolved; the first usable one, or None if none

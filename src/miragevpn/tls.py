@@ -134,6 +134,8 @@ class TlsSettings:
     extra_certs_pem: str | None = None
     peer_fingerprints: tuple[bytes, ...] = ()
     remote_cert_tls_server: bool = False
+    remote_cert_ku: tuple[int, ...] | None = None  # as Config.remote_cert_ku
+    remote_cert_eku: str | None = None  # a dotted OID
     verify_x509_name: VerifyX509Name | None = None
     version_min: TlsVersion | None = None
     version_min_or_highest: bool = False
@@ -151,6 +153,8 @@ class TlsSettings:
             extra_certs_pem=config.extra_certs,
             peer_fingerprints=config.peer_fingerprints,
             remote_cert_tls_server=config.remote_cert_tls_server,
+            remote_cert_ku=config.remote_cert_ku,
+            remote_cert_eku=config.remote_cert_eku,
             verify_x509_name=config.verify_x509_name,
             version_min=config.tls_version_min,
             version_min_or_highest=config.tls_version_min_or_highest,
@@ -261,6 +265,9 @@ def check_leaf(certificate: x509.Certificate, settings: TlsSettings) -> str | No
             eku = x509.ExtendedKeyUsage([])
         if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
             return "server certificate lacks TLS Web Server Authentication EKU"
+    usage_problem = _usage_problem(certificate, settings)
+    if usage_problem is not None:
+        return usage_problem
     wanted = settings.verify_x509_name
     if wanted is not None:
         cn = common_name(certificate)
@@ -278,6 +285,55 @@ def check_leaf(certificate: x509.Certificate, settings: TlsSettings) -> str | No
             return (
                 f"server certificate name {cn!r} does not start with {wanted.name!r} "
                 "(verify-x509-name name-prefix)"
+            )
+    return None
+
+
+_KU_BITS = (  # x509.KeyUsage attribute -> OpenVPN's bit (ASN.1 bit i is 1 << (7 - i))
+    ("digital_signature", 0x80),
+    ("content_commitment", 0x40),
+    ("key_encipherment", 0x20),
+    ("data_encipherment", 0x10),
+    ("key_agreement", 0x08),
+    ("key_cert_sign", 0x04),
+    ("crl_sign", 0x02),
+)
+
+
+def key_usage_bits(usage: x509.KeyUsage) -> int:
+    """The key usage as OpenVPN compares it with remote-cert-ku (its first eight bits)."""
+    bits = 0
+    for attribute, bit in _KU_BITS:
+        if getattr(usage, attribute):
+            bits |= bit
+    if usage.key_agreement and usage.encipher_only:
+        bits |= 0x01  # encipher_only may only be read when key_agreement is set
+    return bits
+
+
+def _usage_problem(certificate: x509.Certificate, settings: TlsSettings) -> str | None:
+    """remote-cert-ku / remote-cert-eku, as OpenVPN's x509_verify_cert_ku / _eku."""
+    if settings.remote_cert_ku is not None:
+        try:
+            usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            return "server certificate lacks the Key Usage extension (remote-cert-ku)"
+        bits = key_usage_bits(usage)
+        wanted = settings.remote_cert_ku
+        if wanted and not any(bits & ku == ku for ku in wanted):
+            listed = " ".join(f"{ku:02x}" for ku in wanted)
+            return (
+                f"server certificate key usage {bits:02x} holds none of {listed} (remote-cert-ku)"
+            )
+    if settings.remote_cert_eku is not None:
+        try:
+            eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = x509.ExtendedKeyUsage([])
+        if settings.remote_cert_eku not in {oid.dotted_string for oid in eku}:
+            return (
+                f"server certificate lacks extended key usage {settings.remote_cert_eku} "
+                "(remote-cert-eku)"
             )
     return None
 

@@ -37,11 +37,9 @@ CASES: dict[str, Case] = {
     ),
     "mvpn-IPredator-CLI-Password": Case(
         SAMPLE + "IPredator-CLI-Password.conf",
-        "rejected",
         "usable",
-        20,
-        "remote-cert-ku",
-        policy="Security checks we cannot perform are errors",
+        "usable",
+        note="remote-cert-ku is checked (it was refused before issue 11)",
     ),
     "mvpn-client": Case(SAMPLE + "client.conf", "usable", "usable"),
     "mvpn-client-tcp-certauth-passauth": Case(
@@ -91,12 +89,11 @@ CASES: dict[str, Case] = {
     "mvpn-wild-client-no-auth": Case(SAMPLE + "wild-client-no-auth.conf", "usable", "usable"),
     "mvpn-windows-riseup-client": Case(
         SAMPLE + "windows-riseup-client.conf",
+        "usable",
         "rejected",
-        "rejected",
-        47,
-        "remote-cert-eku",
-        note="openvpn on Linux stops earlier, at line 38: block-outside-dns is Windows-only; "
-        "we ignore that line (policy: Platform options are ignored)",
+        policy="Platform options are ignored",
+        note="openvpn on Linux stops at line 38: block-outside-dns is Windows-only; "
+        "remote-cert-eku is checked (it was refused before issue 11)",
     ),
     "nordvpn-tcp-quoted": Case(
         "https://github.com/twardoch/nyord-vpn (a NordVPN de655 TCP config quoted in "

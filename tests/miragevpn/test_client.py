@@ -8,6 +8,7 @@ key-method-2 reply and a scripted PUSH_REPLY. Time is a plain float the tests mo
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from miragevpn.client import Client
 from miragevpn.config.model import Proto, Remote, Transport
@@ -61,6 +62,19 @@ def test_literal_remote_asks_for_a_connection_and_hostnames_for_resolution(pki: 
     assert named.next_event() == ConnectionRequested(
         address=ipaddress.IPv4Address("198.51.100.7"), port=443, transport=Transport.TCP
     )
+
+
+def test_remote_random_hostname_asks_to_resolve_a_randomised_name(pki: Pki) -> None:
+    config = make_config(pki, remotes=(Remote("vpn.example", 443, Proto(Transport.TCP)),))
+    client = Client(
+        replace(config, remote_random_hostname=True),
+        rng=lambda n: bytes(range(1, n + 1)),
+        now=T0,
+        wall_clock=wall_clock,
+    )
+    event = client.next_event()
+    assert isinstance(event, ResolutionRequested)
+    assert event.host == "010203040506.vpn.example"
 
 
 def test_first_packet_is_a_hard_reset_and_the_answer_acks_the_server_reset(pki: Pki) -> None:

@@ -146,3 +146,17 @@ def test_uniform_below_rejects_the_biased_tail() -> None:
     # 2**64 - 1 lies in the biased tail for bound 3; the next draw is used instead.
     draws = iter([b"\xff" * 8, (7).to_bytes(8, "big")])
     assert uniform_below(lambda n: next(draws), 3) == 1
+
+
+def test_remote_random_hostname_puts_a_fresh_label_before_each_lookup() -> None:
+    config = Config(remotes=(A, B), remote_random_hostname=True)
+    selector = RemoteSelector(config, counter_rng(b"label"))  # type: ignore[arg-type]
+    first, second = selector.lookup_name(), selector.lookup_name()
+    for name in (first, second):
+        label, rest = name.split(".", 1)
+        assert rest == "a.example"
+        assert len(label) == 12 and int(label, 16) >= 0  # 6 random bytes, as hex
+    assert first != second  # a new label per lookup: no DNS cache answers it
+    assert RemoteSelector(Config(remotes=(A,)), counter_rng()).lookup_name() == "a.example"  # type: ignore[arg-type]
+    selector.failed(Advance.REMOTE)
+    assert selector.target().address is not None  # a literal address is never looked up

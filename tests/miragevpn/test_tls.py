@@ -20,8 +20,10 @@ from miragevpn.openssl_compat import ssl_certificate, ssl_private_key, trust_cer
 from miragevpn.tls import (
     TlsSession,
     TlsSettings,
+    check_leaf,
     common_name,
     describe_alert,
+    key_usage_bits,
     load_pem_certificates,
     openvpn_subject,
 )
@@ -256,6 +258,29 @@ def test_remote_cert_tls_server_needs_server_auth_eku(pki: dict[str, Identity]) 
     assert reason == "server certificate lacks TLS Web Server Authentication EKU"
     no_ku = make_leaf(pki["ca"], "server", key_usage=False)
     assert "Key Usage" in expect_rejection(settings, no_ku)
+
+
+def test_remote_cert_ku_and_eku_as_openvpn_checks_them(pki: dict[str, Identity]) -> None:
+    server = pki["server"].cert  # digitalSignature, keyEncipherment, keyAgreement; serverAuth
+    usage = server.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert key_usage_bits(usage) == 0x80 | 0x20 | 0x08  # OpenVPN's bit order
+    for accepted in [(), (0xA0,), (0x88,), (0x01, 0xA8)]:  # all bits of one value
+        assert check_leaf(server, TlsSettings(remote_cert_ku=accepted)) is None
+    reason = check_leaf(server, TlsSettings(remote_cert_ku=(0x84, 0x40)))
+    assert reason == "server certificate key usage a8 holds none of 84 40 (remote-cert-ku)"
+    no_ku = make_leaf(pki["ca"], "server", key_usage=False).cert
+    assert "lacks the Key Usage extension (remote-cert-ku)" in str(
+        check_leaf(no_ku, TlsSettings(remote_cert_ku=()))
+    )
+    assert check_leaf(server, TlsSettings(remote_cert_eku="1.3.6.1.5.5.7.3.1")) is None
+    assert "1.3.6.1.5.5.7.3.2 (remote-cert-eku)" in str(
+        check_leaf(server, TlsSettings(remote_cert_eku="1.3.6.1.5.5.7.3.2"))
+    )
+    # and during a real handshake
+    settings = TlsSettings(ca_pem=pki["ca"].cert_pem, remote_cert_eku="1.3.6.1.5.5.7.3.2")
+    assert "remote-cert-eku" in expect_rejection(settings, pki["server"])
+    settings = TlsSettings(ca_pem=pki["ca"].cert_pem, remote_cert_ku=(0x40,))
+    assert "remote-cert-ku" in expect_rejection(settings, pki["server"])
 
 
 def test_verify_x509_name_kinds(pki: dict[str, Identity]) -> None:

@@ -136,6 +136,10 @@ def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
         trust.append(f"{len(c.peer_fingerprints)} peer fingerprint(s)")
     if c.remote_cert_tls_server:
         trust.append("remote-cert-tls server")
+    if c.remote_cert_ku is not None:
+        trust.append(" ".join(["remote-cert-ku", *(f"{ku:02x}" for ku in c.remote_cert_ku)]))
+    if c.remote_cert_eku is not None:
+        trust.append(f"remote-cert-eku {c.remote_cert_eku}")
     if c.verify_x509_name:
         trust.append(f"verify-x509-name {c.verify_x509_name.name} {c.verify_x509_name.kind.value}")
     lines.append(f"  server check: {', '.join(trust)}")

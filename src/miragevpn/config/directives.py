@@ -41,12 +41,19 @@ def ignored(reason: str, lo: int = 0, hi: int = MANY, *, conn: bool = False) -> 
     return Spec(Outcome.IGNORED, lo, hi, reason=reason, in_connection=conn)
 
 
-def deprecated(reason: str, lo: int = 0, hi: int = MANY, handler: Handler | None = None) -> Spec:
-    return Spec(Outcome.DEPRECATED, lo, hi, handler, reason=reason)
+def deprecated(
+    reason: str,
+    lo: int = 0,
+    hi: int = MANY,
+    handler: Handler | None = None,
+    *,
+    conn: bool = False,
+) -> Spec:
+    return Spec(Outcome.DEPRECATED, lo, hi, handler, reason=reason, in_connection=conn)
 
 
-def rejected(reason: str, *, inline: bool = False) -> Spec:
-    return Spec(Outcome.REJECTED, 0, MANY, reason=reason, inline=inline)
+def rejected(reason: str, *, inline: bool = False, conn: bool = False) -> Spec:
+    return Spec(Outcome.REJECTED, 0, MANY, reason=reason, inline=inline, in_connection=conn)
 
 
 LOGGING = "logging and diagnostics go to our own log"
@@ -56,6 +63,8 @@ PLATFORM = "a setting for another platform or OpenVPN's own process; no effect h
 MANAGEMENT = "the OpenVPN management interface does not exist here"
 SERVER = "a server-side option; this is a client config"
 FILE = "a config file used directly must not pull in other configs"
+COMMAND = "a command-line action of the openvpn program, not a setting of a connection"
+PKCS11 = "PKCS#11 tokens are not supported"
 
 _TIMERS = {
     "ping": h.h_seconds("ping", zero_is_none=True),
@@ -70,6 +79,9 @@ _TIMERS = {
     "reneg-pkts": h.h_int("reneg_pkts", hi=2**63 - 1, zero_is_none=True),
     "connect-retry-max": h.h_int("connect_retry_max", zero_is_none=True),
 }
+
+# options.c accepts these inside <connection> (VERIFY_PERMISSION with OPT_P_CONNECTION)
+_CONN_TIMERS = frozenset({"connect-timeout", "server-poll-timeout", "connect-retry-max"})
 
 TABLE: dict[str, Spec] = {
     # role
@@ -87,6 +99,7 @@ TABLE: dict[str, Spec] = {
     "bind": used(h.h_bind, 0, 1, conn=True),
     "float": used(h.flag("float_"), conn=True),
     "remote-random": used(h.flag("remote_random")),
+    "remote-random-hostname": used(h.flag("remote_random_hostname")),
     "connect-retry": used(h.h_connect_retry, 1, 2, conn=True),
     "resolv-retry": used(h.h_resolv_retry, 1, 1),
     "explicit-exit-notify": used(h.h_explicit_exit_notify, 0, 1, conn=True),
@@ -98,6 +111,7 @@ TABLE: dict[str, Spec] = {
     "ifconfig-ipv6": used(h.h_ifconfig_ipv6, 1, 2),
     "tun-mtu": used(h.h_int("tun_mtu", lo=68, hi=65535), 1, 2, conn=True),
     "link-mtu": used(h.h_int("link_mtu", lo=68, hi=65535), 1, 1, conn=True),
+    "udp-mtu": used(h.h_int("link_mtu", lo=68, hi=65535), 1, 1, conn=True),  # = link-mtu
     "mssfix": used(h.h_mssfix, 0, 2, conn=True),
     # PKI
     "ca": used(h.h_certificates("ca", "the CA certificate"), 0, 1, inline=True),
@@ -109,6 +123,8 @@ TABLE: dict[str, Spec] = {
     "pkcs12": used(h.h_pkcs12, 0, 1, inline=True),
     "peer-fingerprint": used(h.h_peer_fingerprint, 0, 1, inline=True),
     "remote-cert-tls": used(h.h_remote_cert_tls, 1, 1),
+    "remote-cert-ku": used(h.h_remote_cert_ku, 0, MANY),
+    "remote-cert-eku": used(h.h_remote_cert_eku, 1, 1),
     "ns-cert-type": deprecated("use remote-cert-tls server", 1, 1, h.h_ns_cert_type),
     "verify-x509-name": used(h.h_verify_x509_name, 1, 2),
     "tls-version-min": used(h.h_tls_version_min, 1, 2),
@@ -116,10 +132,10 @@ TABLE: dict[str, Spec] = {
     "tls-cipher": used(h.h_string("tls_cipher"), 1, 1),
     "tls-ciphersuites": used(h.h_string("tls_ciphersuites"), 1, 1),
     # control-channel protection and static keys
-    "tls-auth": used(h.h_tls_auth, 0, 2, inline=True),
-    "tls-crypt": used(h.h_tls_crypt, 0, 1, inline=True),
-    "tls-crypt-v2": used(h.h_tls_crypt_v2, 0, 2, inline=True),
-    "key-direction": used(h.h_key_direction, 1, 1),
+    "tls-auth": used(h.h_tls_auth, 0, 2, inline=True, conn=True),
+    "tls-crypt": used(h.h_tls_crypt, 0, 1, inline=True, conn=True),
+    "tls-crypt-v2": used(h.h_tls_crypt_v2, 0, 2, inline=True, conn=True),
+    "key-direction": used(h.h_key_direction, 1, 1, conn=True),
     "secret": used(h.h_secret, 0, 2, inline=True),
     # data channel
     "cipher": used(h.h_cipher, 1, 1),
@@ -137,7 +153,7 @@ TABLE: dict[str, Spec] = {
     "auth-nocache": used(h.flag("auth_nocache")),
     "auth-retry": used(h.h_auth_retry, 1, 1),
     # timers
-    **{name: used(handler, 1, 1) for name, handler in _TIMERS.items()},
+    **{name: used(handler, 1, 1, conn=name in _CONN_TIMERS) for name, handler in _TIMERS.items()},
     "keepalive": used(h.h_keepalive, 2, 2),
     "reneg-sec": used(h.h_reneg_sec, 1, 2),
     # routes and pulled settings
@@ -154,9 +170,10 @@ TABLE: dict[str, Spec] = {
     "persist-tun": used(h.flag("persist_tun")),
     # deprecated in OpenVPN 2.6 without a meaning here
     "tun-ipv6": deprecated("no effect since OpenVPN 2.4; IPv6 follows ifconfig-ipv6", 0, 0),
-    "http-proxy-retry": deprecated("no effect since OpenVPN 2.4", 0, 0),
-    "socks-proxy-retry": deprecated("no effect since OpenVPN 2.4", 0, 0),
-    "http-proxy-timeout": deprecated("no effect since OpenVPN 2.4", 1, 1),
+    "http-proxy-retry": deprecated("no effect since OpenVPN 2.4", 0, 0, conn=True),
+    "socks-proxy-retry": deprecated("no effect since OpenVPN 2.4", 0, 0, conn=True),
+    "http-proxy-timeout": deprecated("no effect since OpenVPN 2.4", 1, 1, conn=True),
+    "prng": deprecated("ignored by OpenVPN 2.6 (the TLS library's generator is used)", 1, 2),
     "max-routes": deprecated("no effect since OpenVPN 2.4", 1, 1),
     "disable-occ": deprecated("no effect here", 0, 0),
     "opt-verify": deprecated("no effect here", 0, 0),
@@ -198,8 +215,27 @@ TABLE: dict[str, Spec] = {
     "fast-io": ignored(PLATFORM, 0, 0),
     "txqueuelen": ignored(PLATFORM, 1, 1),
     "mark": ignored(PLATFORM, 1, 1),
-    "mtu-disc": ignored(PLATFORM, 1, 1),
-    "tun-mtu-extra": ignored(PLATFORM, 0, 1),
+    "mtu-disc": ignored(PLATFORM, 1, 1, conn=True),
+    "tun-mtu-extra": ignored(PLATFORM, 0, 1, conn=True),
+    "tun-mtu-max": ignored(
+        "a pushed tun-mtu is read with the bounds of a configured one (68 to 65535)",
+        1,
+        1,
+        conn=True,
+    ),
+    "tcp-nodelay": ignored(PLATFORM, 0, 0),
+    "passtos": ignored(PLATFORM, 0, 0),
+    "multihome": ignored(PLATFORM, 0, 1),
+    "allow-recursive-routing": ignored(PLATFORM, 0, 0),
+    "ip-remote-hint": ignored(PLATFORM, 0, 1),
+    "msg-channel": ignored(PLATFORM, 1, 1),
+    "iproute": ignored("the runtime installs routes itself", 1, 1),
+    "preresolve": ignored("remotes are resolved when they are tried", 0, 1),
+    "use-prediction-resistance": ignored("random numbers come from the kernel", 0, 0),
+    "memstats": ignored(LOGGING, 1, 1),
+    "tmp-dir": ignored(SCRIPT, 1, 1),
+    "x509-track": ignored(SCRIPT, 1, 1),
+    "tls-export-cert": ignored(SCRIPT, 1, 1),
     "inactive": ignored("no inactivity exit; the tunnel stays up until stopped", 1, 2),
     "ping-timer-rem": ignored("timers here are always active", 0, 0),
     "persist-remote-ip": ignored(PLATFORM, 0, 0),
@@ -213,7 +249,6 @@ TABLE: dict[str, Spec] = {
     "tls-exit": ignored(PLATFORM, 0, 0),
     "push-peer-info": ignored("the peer info sent is fixed", 0, 0),
     "auth-token-user": rejected("auth tokens are pushed by the server, not configured"),
-    "static-challenge": ignored("this client does not ask challenge questions", 2, 3),
     "askpass": ignored("this client never asks for passphrases; decrypt the key", 0, 1),
     "allow-pull-fqdn": ignored("pushed host names are not resolved", 0, 0),
     "route-noexec": ignored("the runtime installs routes itself", 0, 0),
@@ -243,12 +278,39 @@ TABLE: dict[str, Spec] = {
     "management-client": ignored(MANAGEMENT, 0, 0),
     "management-query-remote": ignored(MANAGEMENT, 0, 0),
     "management-query-proxy": ignored(MANAGEMENT, 0, 0),
+    "management-client-user": ignored(MANAGEMENT, 1, 1),
+    "management-client-group": ignored(MANAGEMENT, 1, 1),
     "replay-persist": ignored("replay state is kept in memory only", 1, 1),
     "engine": ignored("crypto engines are not used", 0, 1),
     "providers": ignored("crypto providers are not used", 1, MANY),
     # rejected, with the reason
     "dev-node": rejected("device nodes are chosen by the runtime"),
-    "fragment": rejected("OpenVPN's internal fragmentation is not supported; use mssfix/tun-mtu"),
+    "fragment": rejected(
+        "OpenVPN's internal fragmentation is not supported; use mssfix/tun-mtu", conn=True
+    ),
+    "mtu-dynamic": rejected(
+        "replaced by fragment (OpenVPN 2.6 refuses it), which is not supported", conn=True
+    ),
+    "max-packet-size": rejected(
+        "the control channel's packet size is fixed here; use tun-mtu/mssfix", conn=True
+    ),
+    "keying-material-exporter": rejected(
+        "it exports TLS keying material to scripts and plugins, which this client never runs"
+    ),
+    "block-ipv6": rejected("IPv6 blocking inside the tunnel is not implemented yet"),
+    "bind-dev": rejected("binding the sockets to a device (VRF) is not implemented"),
+    "client-nat": rejected("address translation inside the tunnel is not implemented"),
+    "lladdr": rejected("TAP devices (and their MAC addresses) are not supported; use dev tun"),
+    "route-ipv6-gateway": rejected("not implemented; give the gateway in each route-ipv6"),
+    "session-timeout": rejected("a time limit on the session is not implemented"),
+    "shaper": rejected("traffic shaping is not implemented"),
+    "http-proxy-override": rejected(MANAGEMENT),
+    "gremlin": rejected("a testing option that damages traffic on purpose"),
+    "static-challenge": rejected(
+        "one-time codes (static-challenge) are not asked for yet; the server would refuse the "
+        "login without one"
+    ),
+    "compat-names": rejected("removed in OpenVPN 2.5"),
     "plugin": rejected("plugins are never loaded by this client"),
     "tls-verify": rejected(
         "a verification script would never run; use verify-x509-name or peer-fingerprint"
@@ -261,20 +323,21 @@ TABLE: dict[str, Spec] = {
     ),
     "capath": rejected("give the CA certificates with ca"),
     "verify-hash": rejected("deprecated in OpenVPN 2.6; use peer-fingerprint or ca"),
-    "remote-cert-ku": rejected("not checked by this client; use remote-cert-tls server"),
-    "remote-cert-eku": rejected("not checked by this client; use remote-cert-tls server"),
     "cryptoapicert": rejected("the Windows certificate store is not available"),
-    "pkcs11-providers": rejected("PKCS#11 tokens are not supported"),
-    "pkcs11-id": rejected("PKCS#11 tokens are not supported"),
-    "pkcs11-id-management": rejected("PKCS#11 tokens are not supported"),
+    "pkcs11-providers": rejected(PKCS11),
+    "pkcs11-id": rejected(PKCS11),
+    "pkcs11-id-management": rejected(PKCS11),
+    "pkcs11-cert-private": rejected(PKCS11),
+    "pkcs11-pin-cache": rejected(PKCS11),
+    "pkcs11-private-mode": rejected(PKCS11),
+    "pkcs11-protected-authentication": rejected(PKCS11),
     "management-external-key": rejected("external keys (management interface) are not supported"),
     "management-external-cert": rejected("external keys (management interface) are not supported"),
-    "http-proxy": rejected("HTTP proxies are not supported"),
-    "http-proxy-option": rejected("HTTP proxies are not supported"),
-    "http-proxy-user-pass": rejected("HTTP proxies are not supported", inline=True),
-    "socks-proxy": rejected("SOCKS proxies are not supported"),
+    "http-proxy": rejected("HTTP proxies are not implemented yet", conn=True),
+    "http-proxy-option": rejected("HTTP proxies are not implemented yet", conn=True),
+    "http-proxy-user-pass": rejected("HTTP proxies are not implemented yet", inline=True),
+    "socks-proxy": rejected("SOCKS proxies are not implemented yet", conn=True),
     "proto-force": rejected("not supported; keep only the remotes with the protocol you want"),
-    "remote-random-hostname": rejected("not supported"),
     "redirect-private": rejected("not supported; use route or redirect-gateway"),
     "dns": rejected("the --dns option is not supported yet; use dhcp-option DNS"),
     "no-replay": rejected("replay protection cannot be disabled"),
@@ -299,14 +362,78 @@ TABLE: dict[str, Spec] = {
     "config": rejected(FILE),
     "compat-mode": rejected("compatibility with old OpenVPN behaviour is not offered"),
     "providers-legacy": rejected("legacy crypto is not offered"),
-    # gone from OpenVPN 2.6 (it reports them as unrecognized options)
-    "tls-remote": rejected("removed in OpenVPN 2.3; use verify-x509-name"),
-    "key-method": rejected("removed in OpenVPN 2.6 (key-method 2 is the only one)"),
+    # gone from OpenVPN (2.6 reports them as unrecognized options or errors); versions checked
+    # against OpenVPN's options.c at v2.3.0, v2.4.0, v2.5.0, v2.6.0 and v2.6.14
+    "tls-remote": rejected("deprecated in OpenVPN 2.3 and removed in 2.4; use verify-x509-name"),
+    "key-method": rejected("removed in OpenVPN 2.5 (key-method 2 is the only one)"),
     "ncp-disable": rejected("removed in OpenVPN 2.6; use data-ciphers"),
     "keysize": rejected("removed in OpenVPN 2.6"),
-    "no-iv": rejected("removed in OpenVPN 2.6"),
-    "prng": rejected("removed in OpenVPN 2.6"),
-    "no-name-remapping": rejected("removed in OpenVPN 2.6"),
-    "client-cert-not-required": rejected("removed in OpenVPN 2.6 (and a server option)"),
+    "no-iv": rejected("removed in OpenVPN 2.5"),
+    "no-name-remapping": rejected("removed in OpenVPN 2.5"),
+    "client-cert-not-required": rejected("removed in OpenVPN 2.5 (and a server option)"),
     "max-routes-per-client": rejected(SERVER),
+    **{
+        name: rejected(SERVER)
+        for name in (
+            "auth-gen-token",
+            "auth-gen-token-secret",
+            "auth-user-pass-optional",
+            "bcast-buffers",
+            "ccd-exclusive",
+            "client-connect",
+            "client-crresponse",
+            "client-disconnect",
+            "connect-freq",
+            "connect-freq-initial",
+            "disable",
+            "force-tls-key-material-export",
+            "hash-size",
+            "ifconfig-ipv6-pool",
+            "ifconfig-ipv6-push",
+            "ifconfig-push",
+            "ifconfig-push-constraint",
+            "iroute",
+            "iroute-ipv6",
+            "learn-address",
+            "management-client-auth",
+            "port-share",
+            "push-remove",
+            "push-reset",
+            "single-session",
+            "stale-routes-check",
+            "tcp-queue-limit",
+            "username-as-common-name",
+            "vlan-accept",
+            "vlan-pvid",
+            "vlan-tagging",
+            "x509-username-field",
+        )
+    },
+    "push-continuation": rejected("push-continuation is sent by the server, not configured"),
+    **{
+        name: rejected(COMMAND)
+        for name in (
+            "dhcp-internal",
+            "genkey",
+            "help",
+            "mktun",
+            "mtu-test",
+            "rdns-internal",
+            "rmtun",
+            "show-adapters",
+            "show-ciphers",
+            "show-curves",
+            "show-digests",
+            "show-engines",
+            "show-gateway",
+            "show-groups",
+            "show-net",
+            "show-net-up",
+            "show-pkcs11-ids",
+            "show-tls",
+            "show-valid-subnets",
+            "test-crypto",
+            "version",
+        )
+    },
 }

@@ -111,6 +111,8 @@ def format_config(c: Config) -> str:
         add(f"remote {quote(r.host)} {r.port} {proto_name(r.proto)}")
     if c.remote_random:
         add("remote-random")
+    if c.remote_random_hostname:
+        add("remote-random-hostname")
     if c.nobind:
         add("nobind")
     if c.local is not None:
@@ -144,6 +146,10 @@ def format_config(c: Config) -> str:
         out += _block("peer-fingerprint", "\n".join(rows))
     if c.remote_cert_tls_server:
         add("remote-cert-tls server")
+    if c.remote_cert_ku is not None:
+        add(" ".join(["remote-cert-ku", *(f"{ku:02x}" for ku in c.remote_cert_ku)]))
+    if c.remote_cert_eku is not None:
+        add(f"remote-cert-eku {c.remote_cert_eku}")
     if c.verify_x509_name is not None:
         v = c.verify_x509_name
         add(f"verify-x509-name {quote(v.name)} {v.kind.value}")

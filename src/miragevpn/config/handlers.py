@@ -212,6 +212,44 @@ def h_remote_cert_tls(ctx: Context, d: Directive) -> None:
     ctx.put(d, "remote_cert_tls_server", True)
 
 
+# OpenSSL's long names for the usual extended key usages (OBJ_obj2txt without numbers); OpenVPN
+# compares remote-cert-eku with the long name or the dotted OID (ssl_verify_openssl.c)
+EKU_NAMES = {
+    "TLS Web Server Authentication": "1.3.6.1.5.5.7.3.1",
+    "TLS Web Client Authentication": "1.3.6.1.5.5.7.3.2",
+    "Code Signing": "1.3.6.1.5.5.7.3.3",
+    "E-mail Protection": "1.3.6.1.5.5.7.3.4",
+    "Time Stamping": "1.3.6.1.5.5.7.3.8",
+    "OCSP Signing": "1.3.6.1.5.5.7.3.9",
+}
+
+
+def h_remote_cert_ku(ctx: Context, d: Directive) -> None:
+    """`remote-cert-ku [hex ...]`: the key usage must hold all bits of one value; no value:
+    the extension must be present (OpenVPN 2.4+)."""
+    usages: list[int] = []
+    for i, token in enumerate(d.args):
+        text = token.text.lower().removeprefix("0x")
+        try:
+            value = int(text, 16) if text else -1
+        except ValueError:
+            value = -1
+        if not 0 < value <= 0xFF:
+            raise bad_arg(d, i, "a key usage is a hex byte, e.g. a0 or 88 (OpenVPN's bit order)")
+        usages.append(value)
+    ctx.put(d, "remote_cert_ku", tuple(usages))
+
+
+def h_remote_cert_eku(ctx: Context, d: Directive) -> None:
+    text = d.args[0].text
+    oid = EKU_NAMES.get(text, text)
+    parts = oid.split(".")
+    if len(parts) < 2 or not all(p.isdigit() and p.isascii() for p in parts):
+        known = ", ".join(f"'{name}'" for name in EKU_NAMES)
+        raise bad_arg(d, 0, f"give a dotted OID (1.3.6.1.5.5.7.3.1) or one of {known}")
+    ctx.put(d, "remote_cert_eku", oid)
+
+
 def h_ns_cert_type(ctx: Context, d: Directive) -> None:
     if values.choice(d, 0, ("server", "client")) == "client":
         raise error(d, "'client' checks the peer is a client; a client checks 'server'", 0)

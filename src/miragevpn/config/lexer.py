@@ -14,7 +14,9 @@ src/openvpn/options.c:
 - a UTF-8 byte order mark at the very start is skipped.
 
 We also accept CRLF and mixed line endings and a missing final newline, and reject a NUL byte
-or invalid UTF-8 with the line where it occurs.
+with the line where it occurs. Bytes that are not UTF-8 (a Latin-1 name in a comment, as
+editors on other systems write them) are accepted inside comments, where OpenVPN never looks
+at them, and read as U+FFFD; anywhere else they are an error at their line and column.
 
 Limits, so that a hostile profile costs little: the text is at most `MAX_CONFIG_BYTES`, a line
 has at most `MAX_TOKENS_PER_LINE` tokens (OpenVPN's MAX_PARMS) and a config at most
@@ -75,12 +77,8 @@ def decode_config(data: str | bytes) -> str:
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
-            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-            raise ConfigError(
-                "the file is not valid UTF-8 text", line=line, column=column
-            ) from None
+        except UnicodeDecodeError:
+            text = _decode_lines(data)
     else:
         text = data
     nul = text.find("\0")
@@ -93,6 +91,62 @@ def decode_config(data: str | bytes) -> str:
     if text.startswith(BOM):
         text = text[1:]
     return text
+
+
+def _decode_lines(data: bytes) -> str:
+    """Decode line by line: bytes that are not UTF-8 are allowed only inside a comment."""
+    lines = data.split(b"\n")
+    out: list[str] = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            out.append(raw.decode("utf-8"))
+            continue
+        except UnicodeDecodeError as exc:
+            bad = exc.start
+        valid = raw[:bad].decode("utf-8")  # everything before the first bad byte decodes
+        comment = comment_start(valid)
+        if comment is None:
+            raise ConfigError(
+                "a byte that is not UTF-8 text outside a comment (save the file as UTF-8)",
+                line=number,
+                column=len(valid) + 1,
+            )
+        out.append(raw.decode("utf-8", "replace"))
+    return "\n".join(out)
+
+
+def comment_start(text: str) -> int | None:
+    """Where a comment begins on this line (a `#` or `;` starting a word), by the quoting
+    rules of `split_line`; None if it has none (an unclosed quotation has none)."""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in _WHITESPACE:
+            i += 1
+        elif c in "#;":
+            return i
+        elif c in "'\"":
+            i = _closing_quote(text, i)
+            if i < 0:
+                return None
+        else:
+            while i < n and text[i] not in _WHITESPACE:
+                i += 2 if text[i] == "\\" else 1
+    return None
+
+
+def _closing_quote(text: str, start: int) -> int:
+    """The index after the quotation that opens at `start`, or -1 if it is not closed."""
+    quote = text[start]
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\" and quote == '"':
+            i += 2
+            continue
+        if text[i] == quote:
+            return i + 1
+        i += 1
+    return -1
 
 
 def split_line(text: str, line: int) -> list[Token]:

@@ -266,6 +266,7 @@ class Config:
     # remotes (`remote`, `<connection>`; port/proto defaults already applied)
     remotes: tuple[Remote, ...] = ()
     remote_random: bool = False
+    remote_random_hostname: bool = False  # a random label before each hostname looked up
     nobind: bool = False
     local: str | None = None
     lport: int | None = None
@@ -285,6 +286,10 @@ class Config:
     extra_certs: str | None = None
     peer_fingerprints: tuple[bytes, ...] = ()  # SHA-256 digests
     remote_cert_tls_server: bool = False  # `remote-cert-tls server` (or `ns-cert-type server`)
+    # `remote-cert-ku`: None = no check; () = the extension must be present; else the key usage
+    # must hold every bit of one value (OpenVPN's bit order: digitalSignature = 0x80)
+    remote_cert_ku: tuple[int, ...] | None = None
+    remote_cert_eku: str | None = None  # `remote-cert-eku`, as a dotted OID
     verify_x509_name: VerifyX509Name | None = None
     tls_version_min: TlsVersion | None = None
     tls_version_min_or_highest: bool = False

@@ -38,9 +38,15 @@ def parse_config(text: str | bytes, *, read_file: ReadFile) -> Config:
         if d.inline is not None and d.name in marked:
             ctx.inline_blocks.setdefault(d.name, d)
     consumed = {id(block) for block in ctx.inline_blocks.values()}
+    replaced = superseded_by_blocks(directives)
     connections = 0
     for d in directives:
         if id(d) in consumed:
+            continue
+        if (block := replaced.get(id(d))) is not None:
+            why = f"replaced by the <{d.name}> block at line {block.line} (the later one wins)"
+            ctx.ignore(d, f"{why}; its file is not read")
+            ctx.warn(d, f"{why}, as in OpenVPN; the file it names is not read")
             continue
         if d.name == "connection":
             _connection(ctx, d, connections)
@@ -48,6 +54,30 @@ def parse_config(text: str | bytes, *, read_file: ReadFile) -> Config:
             continue
         handle(ctx, d)
     return resolve(ctx)
+
+
+def _names_a_file(d: Directive) -> bool:
+    """`ca ca.crt` (not `ca [inline]`, not a block); `auth-user-pass` alone (a prompt)."""
+    spec = TABLE.get(d.name)
+    if spec is None or not spec.inline or d.inline is not None or d.name in NOT_FILES:
+        return False
+    return not d.args or d.args[0].text != INLINE_MARKER
+
+
+def superseded_by_blocks(directives: list[Directive]) -> dict[int, Directive]:
+    """File directives followed later by an inline block of the same name, by id(): the block
+    wins, as in OpenVPN, where each occurrence overrides the previous one; the file is never
+    read."""
+    last_block: dict[str, Directive] = {}
+    for d in directives:
+        if d.inline is not None:
+            last_block[d.name] = d
+    replaced: dict[int, Directive] = {}
+    for d in directives:
+        block = last_block.get(d.name)
+        if block is not None and block.line > d.line and _names_a_file(d):
+            replaced[id(d)] = block
+    return replaced
 
 
 def _connection(ctx: Context, d: Directive, index: int) -> None:
@@ -59,11 +89,18 @@ def _connection(ctx: Context, d: Directive, index: int) -> None:
         ctx.directives_left -= len(body)
         for sub in body:
             spec = TABLE.get(sub.name)
-            if spec is None or not spec.in_connection:
-                if spec is not None and spec.outcome is Outcome.IGNORED:
-                    handle(ctx, sub)
-                    continue
-                raise error(sub, f"'{sub.name}' is not allowed inside a <connection> block")
+            # OpenVPN allows its connection options (options.c, OPT_P_CONNECTION) there; an
+            # unknown or refused option gets its own message; ignored ones stay ignored
+            if (
+                spec is not None
+                and not spec.in_connection
+                and spec.outcome not in (Outcome.IGNORED, Outcome.REJECTED)
+            ):
+                raise error(
+                    sub,
+                    f"'{sub.name}' is not allowed inside a <connection> block (OpenVPN allows "
+                    "only connection options there); put it outside the blocks",
+                )
             handle(ctx, sub)
         if not any(sub.name == "remote" for sub in body):
             raise error(d, "each <connection> block must contain exactly one 'remote'")
@@ -110,7 +147,7 @@ def handle(ctx: Context, d: Directive, *, optional: bool = False) -> None:
 
 def _run(ctx: Context, d: Directive, spec: Spec) -> None:
     if spec.outcome is Outcome.REJECTED:
-        raise error(d, f"not supported: {spec.reason}")
+        raise error(d, f"not supported here: {spec.reason}")
     n = len(d.args)
     if d.inline is not None:
         if not spec.inline:
@@ -146,7 +183,11 @@ class FileReference:
 def file_references(text: str | bytes) -> tuple[FileReference, ...]:
     """The files `text` names, without reading them (`ConfigError` if it does not lex)."""
     refs: list[FileReference] = []
-    for d in lex(decode_config(text)):
+    directives = lex(decode_config(text))
+    replaced = superseded_by_blocks(directives)
+    for d in directives:
+        if id(d) in replaced:
+            continue
         name, args = d.name, d.args
         if name == "setenv" and len(args) >= 2 and args[0].text == "opt":
             inner = args[1].text

@@ -153,11 +153,14 @@ def _last_of(glob: dict[str, list[Setting]], *names: str) -> Setting | None:
 
 
 def _check_connection_settings(settings: list[Setting]) -> None:
-    """Settings inside <connection> blocks other than remote/proto/port must agree."""
-    seen: dict[str, Setting] = {}
+    """Settings inside <connection> blocks other than remote/proto/port must agree (the last
+    one of each block counts: inside a block, the last one wins)."""
+    final: dict[tuple[int, str], Setting] = {}
     for s in settings:
-        if s.connection is None or s.key in _CONNECTION_LOCAL:
-            continue
+        if s.connection is not None and s.key not in _CONNECTION_LOCAL:
+            final[(s.connection, s.key)] = s
+    seen: dict[str, Setting] = {}
+    for s in final.values():
         other = seen.setdefault(s.key, s)
         if other.value != s.value:
             raise conflict(
@@ -281,9 +284,9 @@ def _advice(ctx: Context, glob: dict[str, list[Setting]], fields: dict[str, obje
             f"cipher {cipher.value} is not in data-ciphers and is not used for negotiation "
             f"(as in OpenVPN 2.6); add it to data-ciphers or use data-ciphers-fallback",
         )
-    if not any(k in glob for k in ("remote_cert_tls_server", "verify_x509_name")) and (
-        "peer_fingerprints" not in glob
-    ):
+    if not any(
+        k in glob for k in ("remote_cert_tls_server", "remote_cert_eku", "verify_x509_name")
+    ) and ("peer_fingerprints" not in glob):
         ctx.warnings.append(
             ConfigWarning(
                 "remote-cert-tls",

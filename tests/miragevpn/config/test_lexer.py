@@ -97,3 +97,37 @@ def test_bom_nul_and_utf8() -> None:
     with pytest.raises(ConfigError, match="UTF-8") as info:
         decode_config(b"client\n\n  \xff\n")
     assert (info.value.line, info.value.column) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"# Ren\xe9's profile",  # Latin-1 in a comment line
+        b"; caf\xe9",
+        b"verb 3 # r\xe9glage",  # a comment after the options
+        b"remote 'vpn #1' 1194 ;\xff",  # a quoted '#' is no comment; the later ';' is
+        b'remote "a\\" b" 1194 #\xe9',
+    ],
+)
+def test_bytes_that_are_not_utf8_are_accepted_inside_comments(line: bytes) -> None:
+    text = decode_config(b"client\n" + line + b"\ndev tun\n")
+    assert "\ufffd" in text
+    assert lex(text)[0].name == "client"
+    assert lex(text)[-1].name == "dev"
+
+
+@pytest.mark.parametrize(
+    ("line", "column"),
+    [
+        (b"remote caf\xe9.example", 11),  # in an option
+        (b"remote 'vpn #\xe9' 1194", 14),  # a '#' inside quotes starts no comment
+        (b"remote a#\xe9", 10),  # nor a '#' inside a word
+        (b'remote "unclosed #\xe9', 19),
+    ],
+)
+def test_bytes_that_are_not_utf8_elsewhere_are_an_error_at_their_place(
+    line: bytes, column: int
+) -> None:
+    with pytest.raises(ConfigError, match="not UTF-8 text outside a comment") as info:
+        decode_config(b"client\n" + line + b"\n# \xe9 fine\n")
+    assert (info.value.line, info.value.column) == (2, column)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from miragevpn.config import parse_config
+from miragevpn.config.directives import TABLE
 from miragevpn.config.model import (
     AddressFamily,
     AllowCompression,
@@ -17,7 +19,9 @@ from miragevpn.config.model import (
     TlsCryptV2,
     Transport,
 )
+from miragevpn.config.parse import file_references
 from miragevpn.errors import ConfigError
+from tests.helpers.pki import Pki
 
 Reader = Callable[[str], bytes]
 BASE = "client\ndev tun\nremote vpn.example.org\nca ca.crt\ncert client.crt\nkey client.key\n"
@@ -167,3 +171,122 @@ def test_crlf_and_bytes(read_file: Reader) -> None:
 def test_nul_and_bad_utf8(read_file: Reader) -> None:
     fails(BASE.encode() + b"verb\x003\n", read_file, "NUL", 7)
     fails(BASE.encode() + b"\xc3\x28\n", read_file, "UTF-8", 7)
+
+
+# --------------------------------------------------------------------------- issue 11, item 8
+
+NO_REMOTE = BASE.replace("remote vpn.example.org\n", "")
+
+
+def test_every_connection_option_of_openvpn_is_accepted_in_a_block(
+    read_file: Reader, files: dict[str, bytes]
+) -> None:
+    # options.c: the options whose VERIFY_PERMISSION includes OPT_P_CONNECTION (2.6.14)
+    body = (
+        "remote a 1194 udp\nconnect-retry 2 30\nconnect-retry-max 3\nconnect-timeout 7\n"
+        "server-poll-timeout 9\nfloat\nlink-mtu 1500\nudp-mtu 1500\ntun-mtu 1400\n"
+        "tun-mtu-max 1600\ntun-mtu-extra 32\nmtu-disc no\nport 1194\nlport 0\nrport 1194\n"
+        "bind\nnobind\nproto udp\nexplicit-exit-notify 2\nmssfix 1300\nkey-direction 1\n"
+        "tls-auth ta.key\nhttp-proxy-retry\nsocks-proxy-retry\nhttp-proxy-timeout 5\n"
+        "local 0.0.0.0\n"
+    )
+    c = parse(NO_REMOTE + f"<connection>\n{body}</connection>\n", read_file)
+    assert (c.connect_retry_max, c.connect_timeout, c.server_poll_timeout) == (3, 7, 9)
+    assert c.tun_mtu == 1400 and c.link_mtu == 1500 and c.mssfix == 1300
+    assert isinstance(c.tls_protection, TlsAuth)
+    assert c.tls_protection.direction is KeyDirection.INVERSE
+    # the options we refuse keep their own reason inside a block
+    for refused, reason in [
+        ("fragment 1300", "fragmentation"),
+        ("http-proxy p 8080", "HTTP proxies"),
+        ("socks-proxy p", "SOCKS"),
+        ("max-packet-size 1400", "control channel"),
+        ("mtu-dynamic", "replaced by fragment"),
+    ]:
+        text = NO_REMOTE + f"<connection>\nremote a\n{refused}\n</connection>\n"
+        fails(text, read_file, "not supported here: ", 8)
+        fails(text, read_file, reason, 8)
+    # a general option is not a connection option, in OpenVPN either
+    text = NO_REMOTE + "<connection>\nremote a\ncipher AES-256-GCM\n</connection>\n"
+    fails(text, read_file, "not allowed inside a <connection> block", 8)
+    # per-connection values must still agree (docs/config-policy.md)
+    text = NO_REMOTE + (
+        "<connection>\nremote a\nconnect-retry-max 3\n</connection>\n"
+        "<connection>\nremote b\nconnect-retry-max 4\n</connection>\n"
+    )
+    fails(text, read_file, "make them equal", 12)
+
+
+def test_remote_random_hostname_and_certificate_usage(read_file: Reader) -> None:
+    c = parse(
+        BASE + "remote-random-hostname\nremote-cert-ku 0x00e0 a0 88\n"
+        'remote-cert-eku "TLS Web Server Authentication"\n',
+        read_file,
+    )
+    assert c.remote_random_hostname
+    assert c.remote_cert_ku == (0xE0, 0xA0, 0x88)
+    assert c.remote_cert_eku == "1.3.6.1.5.5.7.3.1"
+    bare = parse(BASE + "remote-cert-ku\nremote-cert-eku 1.3.6.1.5.5.7.3.1\n", read_file)
+    assert bare.remote_cert_ku == () and bare.remote_cert_eku == "1.3.6.1.5.5.7.3.1"
+    fails(BASE + "remote-cert-ku 1ff\n", read_file, "hex byte", 7)
+    fails(BASE + "remote-cert-ku zz\n", read_file, "hex byte", 7)
+    fails(BASE + "remote-cert-eku serverAuthx\n", read_file, "dotted OID", 7)
+
+
+def test_a_later_inline_block_replaces_a_file_directive_unread(read_file: Reader, pki: Pki) -> None:
+    asked: list[str] = []
+
+    def reader(path: str) -> bytes:
+        asked.append(path)
+        return read_file(path)
+
+    text = BASE.replace("ca ca.crt\n", "ca missing-ca.crt\n") + f"<ca>\n{pki.ca.cert_pem}</ca>\n"
+    c = parse(text, reader)
+    assert "missing-ca.crt" not in asked  # OpenVPN never reads it either
+    assert c.ca == pki.ca.cert_pem
+    assert any(w.line == 4 and "<ca> block at line 7" in w.message for w in c.warnings)
+    assert any(i.name == "ca" and i.line == 4 for i in c.ignored)
+    assert all(r.name != "missing-ca.crt" for r in file_references(text))
+    # an auth-user-pass prompt followed by an inline block: the block gives the credentials
+    c = parse(BASE + "auth-user-pass\n<auth-user-pass>\nu\np\n</auth-user-pass>\n", reader)
+    assert c.auth_user_pass is not None and c.auth_user_pass.username == "u"
+    # the other way round, a later file is read (and must agree with the block, as before)
+    later = BASE.replace("ca ca.crt\n", "") + f"<ca>\n{pki.ca.cert_pem}</ca>\nca ca.crt\n"
+    assert parse(later, reader).ca == pki.ca.cert_pem
+    assert "ca.crt" in asked
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("keying-material-exporter EXPORTER-x 32", "not supported here: it exports TLS keying"),
+        ("tls-remote server", "deprecated in OpenVPN 2.3 and removed in 2.4"),
+        ("key-method 2", "removed in OpenVPN 2.5"),
+        ("no-name-remapping", "removed in OpenVPN 2.5"),
+        ("compat-names", "removed in OpenVPN 2.5"),
+        ("ifconfig-push 10.0.0.2 10.0.0.1", "not supported here: a server-side option"),
+        ("show-ciphers", "a command-line action"),
+        ("static-challenge 'Code' 1", "one-time codes"),
+        ("block-ipv6", "not implemented yet"),
+        ("pkcs11-pin-cache 60", "PKCS#11"),
+    ],
+)
+def test_real_options_we_do_not_implement_say_so(
+    read_file: Reader, line: str, fragment: str
+) -> None:
+    fails(BASE + line + "\n", read_file, fragment, 7)
+
+
+OPENVPN_OPTIONS = Path(__file__).with_name("openvpn-2.6.14-options.txt")
+
+
+def test_every_option_openvpn_knows_has_an_outcome(read_file: Reader) -> None:
+    # the names OpenVPN 2.6.14's add_option() (options.c) compares p[0] with
+    names = OPENVPN_OPTIONS.read_text().split()
+    assert len(names) > 300
+    handled_by_the_parser = {"connection", "ignore-unknown-option"}
+    missing = [n for n in names if n not in TABLE and n not in handled_by_the_parser]
+    assert missing == ["parameter"]  # an internal alias of echo, not a config option
+    c = parse(BASE + "prng sha1\npreresolve\nudp-mtu 1400\n", read_file)
+    assert [i.name for i in c.ignored][-2:] == ["prng", "preresolve"]
+    assert c.link_mtu == 1400
