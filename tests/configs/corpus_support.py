@@ -1,9 +1,11 @@
 """Materialise corpus configs with generated key material, and run the real OpenVPN on them.
 
 Corpus files keep their original shape but hold placeholders instead of key material
-(`{{CA}}`, `{{CERT}}`, `{{KEY}}`, `{{STATIC_KEY}}`, `{{TLS_CRYPT_V2_CLIENT}}`, `{{PKCS12_B64}}`,
-`{{SERVER_FINGERPRINT}}`); files they reference are written next to them, with content chosen
-by the directive that names them.
+(`{{CA}}`, `{{CERT}}`, `{{KEY}}`, `{{ENCRYPTED_KEY}}`, `{{STATIC_KEY}}`,
+`{{TLS_CRYPT_V2_CLIENT}}`, `{{PKCS12_B64}}`, `{{SERVER_FINGERPRINT}}`); files they reference are
+written next to them, with content chosen by the directive that names them (a PKCS#12 bundle
+carries the CA, as real exports do; `askpass` names the encrypted key's passphrase). Corpus
+files are bytes: one may hold a byte that is not UTF-8 in a comment.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from miragevpn.config.lexer import decode_config, lex
-from tests.helpers.pki import Pki
+from tests.helpers.pki import ENCRYPTED_KEY_PASSPHRASE, Pki
 
 CORPUS = Path(__file__).parent / "corpus"
 OPENVPN = "/usr/sbin/openvpn"
@@ -36,12 +38,13 @@ FILE_DIRECTIVES = [
     "pkcs12",
     "auth-user-pass",
     "extra-certs",
+    "askpass",
 ]
 
 
 def pkcs12_der(pki: Pki) -> bytes:
     return pkcs12.serialize_key_and_certificates(
-        b"client", pki.client.key, pki.client.cert, None, serialization.NoEncryption()
+        b"client", pki.client.key, pki.client.cert, [pki.ca.cert], serialization.NoEncryption()
     )
 
 
@@ -52,6 +55,7 @@ def placeholders(pki: Pki) -> dict[str, str]:
         "{{CA}}": pki.ca.cert_pem.strip(),
         "{{CERT}}": pki.client.cert_pem.strip(),
         "{{KEY}}": pki.client.key_pem.strip(),
+        "{{ENCRYPTED_KEY}}": pki.client_key_encrypted_pem.strip(),
         "{{STATIC_KEY}}": pki.ta_key.strip(),
         "{{TLS_CRYPT_V2_CLIENT}}": pki.tls_crypt_v2_client.strip(),
         "{{PKCS12_B64}}": "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64)),
@@ -71,18 +75,18 @@ def file_content(directive: str, pki: Pki) -> bytes:
         "tls-crypt-v2": pki.tls_crypt_v2_client.encode(),
         "pkcs12": pkcs12_der(pki),
         "auth-user-pass": b"someuser\nsomepassword\n",
+        "askpass": ENCRYPTED_KEY_PASSPHRASE.encode() + b"\n",
     }[directive]
 
 
 def materialise(name: str, pki: Pki, directory: Path) -> Path:
     """Write corpus config `name` with real key material, and the files it names, into dir."""
     raw = (CORPUS / f"{name}.ovpn").read_bytes()
-    text = raw.decode("utf-8")
     for marker, value in placeholders(pki).items():
-        text = text.replace(marker, value)
+        raw = raw.replace(marker.encode(), value.encode())
     config = directory / f"{name}.ovpn"
-    config.write_bytes(text.encode("utf-8"))
-    for d in lex(decode_config(text)):
+    config.write_bytes(raw)
+    for d in lex(decode_config(raw)):
         if d.name in FILE_DIRECTIVES and d.inline is None and d.args:
             ref = d.args[0].text
             if ref and ref != "[inline]" and not os.path.isabs(ref):

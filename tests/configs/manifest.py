@@ -141,4 +141,80 @@ CASES: dict[str, Case] = {
         "usable",
         note="template fields filled (udp, port 1194, credentials and certificate enabled)",
     ),
+    # issue 11: the configs behind the corpus gaps (reconstructed from the shapes these tools
+    # and services produce; names, addresses and key material are placeholders)
+    "aws-client-vpn": Case(
+        "shape of an AWS Client VPN endpoint's downloaded profile (remote-random-hostname, "
+        "reneg-sec 0), with the <cert>/<key> blocks users add for mutual authentication",
+        "usable",
+        "usable",
+    ),
+    "pivpn-password": Case(
+        "shape of pivpn's client profile for a password-protected key (ENCRYPTED PRIVATE KEY "
+        "inline, tls-crypt, auth-nocache), with 'askpass pass.txt' added",
+        "rejected",
+        "usable",
+        44,
+        "encrypted and needs a passphrase",
+        policy="An encrypted private key or PKCS#12 bundle is an error",
+        note="openvpn decrypts the key with askpass, then (auth-nocache) forgets the "
+        "passphrase and wants a prompt at its first restart",
+    ),
+    "pfsense-pkcs12-export": Case(
+        "shape of a pfSense OpenVPN client export (archive type: PKCS#12 file with the CA "
+        "inside and no 'ca', tls-auth file, username/password prompt)",
+        "usable",
+        "usable",
+        note="openvpn stops at the credential prompt, which is no config error",
+    ),
+    "smartvpn-connection-options": Case(
+        "shape of a provider profile with per-protocol <connection> blocks carrying "
+        "connect-retry-max, connect-timeout, server-poll-timeout, explicit-exit-notify, mssfix",
+        "usable",
+        "usable",
+        note="openvpn stops at the credential prompt, which is no config error",
+    ),
+    "otp-static-challenge": Case(
+        "shape of an OpenVPN Access Server / Google Authenticator profile with static-challenge",
+        "rejected",
+        "usable",
+        8,
+        "one-time codes",
+        policy="Features we do not have yet are errors, not silently skipped",
+        note="openvpn stops at the credential prompt, which is no config error",
+    ),
+    "latin1-comments": Case(
+        "a profile whose comments were saved in Latin-1 by an editor (bytes that are not "
+        "UTF-8 inside comments only)",
+        "usable",
+        "usable",
+    ),
+    "inline-after-file": Case(
+        "a profile that names files (absolute paths that do not exist here) and later gives "
+        "the same material as inline blocks",
+        "usable",
+        "usable",
+    ),
+    "keying-material-exporter": Case(
+        "a profile asking for keying-material-exporter (for a plugin or script)",
+        "rejected",
+        "usable",
+        7,
+        "not supported here: it exports TLS keying material",
+        policy="Features we do not have yet are errors, not silently skipped",
+    ),
+    "old-tls-remote": Case(
+        "shape of an OpenVPN 2.2-era profile (ns-cert-type, tls-remote)",
+        "rejected",
+        "rejected",
+        7,
+        "deprecated in OpenVPN 2.3 and removed in 2.4",
+    ),
+    "broken-pem-ca": Case(
+        "a profile whose <ca> block was truncated (one base64 line kept)",
+        "rejected",
+        "rejected",
+        7,
+        "the CA certificate: certificate 1 does not decode",
+    ),
 }

@@ -153,25 +153,69 @@ def parse_pkcs12(data: bytes, *, inline: bool) -> Secret:
             raise KeyMaterialError("the inline <pkcs12> block is not base64") from None
 
     def load() -> tuple[object, object]:
-        try:
-            key, cert, _extra = pkcs12.load_key_and_certificates(der, None)
-        except TypeError:
-            raise KeyMaterialError(
-                "the PKCS#12 bundle is encrypted and needs a passphrase"
-            ) from None
-        except ValueError as exc:
-            if "password" not in str(exc).lower():
-                raise
-            raise KeyMaterialError(
-                "the PKCS#12 bundle is protected by a password, which this client does not "
-                "ask for; export it without one"
-            ) from None
-        return key, cert
+        # the library's words for a wrong password change between releases: never read them
+        for password in (None, b""):
+            try:
+                key, cert, _extra = pkcs12.load_key_and_certificates(der, password)
+                return key, cert
+            except (TypeError, ValueError):
+                continue
+        if not _looks_like_pkcs12(der):
+            raise KeyMaterialError("the PKCS#12 bundle does not decode")
+        raise KeyMaterialError(
+            "the PKCS#12 bundle is protected by a password, which this client does not "
+            "ask for; export it without one"
+        )
 
     key, cert = _guarded("the PKCS#12 bundle", load)
     if key is None or cert is None:
         raise KeyMaterialError("the PKCS#12 bundle needs both a private key and a certificate")
     return Secret(der)
+
+
+def pkcs12_ca_pem(der: bytes) -> str | None:
+    """The bundle's other certificates as PEM (OpenVPN trusts them when there is no `ca`:
+    ssl.c loads the bundle's CA when `ca` is absent), or None if it has none."""
+
+    def load() -> list[x509.Certificate]:
+        for password in (None, b""):
+            try:
+                return list(pkcs12.load_key_and_certificates(der, password)[2])
+            except (TypeError, ValueError):
+                continue
+        raise KeyMaterialError("the PKCS#12 bundle does not decode")
+
+    extra = _guarded("the PKCS#12 bundle", load)
+    if not extra:
+        return None
+    pem = serialization.Encoding.PEM
+    return "".join(cert.public_bytes(pem).decode("ascii") for cert in extra)
+
+
+def _der_header(data: bytes, at: int) -> tuple[int, int, int] | None:
+    """(tag, start of content, length) of the DER element at `at`, or None."""
+    if at + 2 > len(data):
+        return None
+    tag, first = data[at], data[at + 1]
+    if first < 0x80:
+        return tag, at + 2, first
+    count = first & 0x7F
+    if not 1 <= count <= 4 or at + 2 + count > len(data):
+        return None
+    return tag, at + 2 + count, int.from_bytes(data[at + 2 : at + 2 + count], "big")
+
+
+def _looks_like_pkcs12(der: bytes) -> bool:
+    """PFX ::= SEQUENCE { version INTEGER (3), authSafe ContentInfo, ... } (RFC 7292)."""
+    outer = _der_header(der, 0)
+    if outer is None or outer[0] != 0x30 or outer[1] + outer[2] != len(der):
+        return False
+    version = _der_header(der, outer[1])
+    return (
+        version is not None
+        and version[:1] == (0x02,)
+        and der[version[1] : version[1] + 1] == b"\x03"
+    )
 
 
 def _armoured(text: str, begin: str, end: str, what: str) -> str:

@@ -30,6 +30,7 @@ from .model import (
     Proto,
     RedirectGateway,
     Remote,
+    Secret,
     StaticKey,
     TlsAuth,
     TlsCrypt,
@@ -137,6 +138,7 @@ def resolve(ctx: Context) -> Config:
             flags |= s.value
         fields["redirect_gateway"] = RedirectGateway(flags)
     _compression(glob, fields)
+    _bundle_ca(ctx, glob, fields)
     _advice(ctx, glob, fields)
 
     try:
@@ -145,6 +147,23 @@ def resolve(ctx: Context) -> Config:
         raise ConfigError(f"internal error building the configuration: {exc}") from exc
     validate(config, glob)
     return config
+
+
+def _bundle_ca(ctx: Context, glob: dict[str, list[Setting]], fields: dict[str, object]) -> None:
+    """Without `ca`, a PKCS#12 bundle's CA certificates are the trust anchors (as OpenVPN)."""
+    bundle = fields.get("pkcs12")
+    if fields.get("ca") is not None or not isinstance(bundle, Secret):
+        return
+    try:
+        ca = keys.pkcs12_ca_pem(bundle.value)
+    except keys.KeyMaterialError as exc:
+        raise _fail(glob, "pkcs12", str(exc)) from None
+    if ca is not None:
+        fields["ca"] = ca
+        ctx.warn_setting(
+            glob["pkcs12"][-1],
+            "no 'ca': the CA certificates inside the PKCS#12 bundle are trusted (as in OpenVPN)",
+        )
 
 
 def _last_of(glob: dict[str, list[Setting]], *names: str) -> Setting | None:
@@ -368,10 +387,12 @@ def validate(c: Config, glob: dict[str, list[Setting]]) -> None:
         if not matches:
             raise _fail(glob, "key", "the private key does not belong to the client certificate")
     if c.ca is None and not c.peer_fingerprints:
+        bundle = " (the PKCS#12 bundle carries no CA certificate)" if c.pkcs12 else ""
         raise _fail(
             glob,
             None,
-            "no way to check the server: add 'ca' (the CA certificate) or 'peer-fingerprint'",
+            f"no way to check the server{bundle}: add 'ca' (the CA certificate) or "
+            "'peer-fingerprint'",
         )
     if c.cert is None and c.pkcs12 is None and c.auth_user_pass is None:
         raise _fail(

@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from miragevpn.config import parse_config
@@ -24,6 +25,7 @@ from miragevpn.config.keys import (
 )
 from miragevpn.config.model import Secret
 from miragevpn.errors import ConfigError
+from tests.helpers.pki import Pki
 
 
 def _off_curve_cert() -> tuple[bytes, bytes]:
@@ -128,3 +130,32 @@ def test_pem_blocks_skip_text_around_and_keep_order() -> None:
     assert pem_blocks(text, "PRIVATE KEY") == [
         "-----BEGIN PRIVATE KEY-----\nBBB\n-----END PRIVATE KEY-----\n"
     ]
+
+
+def test_pkcs12_with_a_password_is_said_in_the_same_words_on_every_library_release(
+    pki: Pki,
+) -> None:
+    protected = pkcs12.serialize_key_and_certificates(
+        b"client",
+        pki.client.key,
+        pki.client.cert,
+        None,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    with pytest.raises(KeyMaterialError) as info:
+        parse_pkcs12(protected, inline=False)
+    assert str(info.value) == (
+        "the PKCS#12 bundle is protected by a password, which this client does not ask for; "
+        "export it without one"
+    )
+    for broken in (protected[:-40], b"\x30\x03\x02\x01\x03", b"", b"\x04\x00"):
+        with pytest.raises(KeyMaterialError) as info:
+            parse_pkcs12(broken, inline=False)
+        assert "PKCS#12 bundle" in str(info.value)
+    with pytest.raises(KeyMaterialError) as info:
+        parse_pkcs12(b"\x04\x00", inline=False)
+    assert str(info.value) == "the PKCS#12 bundle does not decode"
+    plain = pkcs12.serialize_key_and_certificates(
+        b"client", pki.client.key, pki.client.cert, None, serialization.NoEncryption()
+    )
+    assert parse_pkcs12(plain, inline=False).value == plain

@@ -290,3 +290,26 @@ def test_every_option_openvpn_knows_has_an_outcome(read_file: Reader) -> None:
     c = parse(BASE + "prng sha1\npreresolve\nudp-mtu 1400\n", read_file)
     assert [i.name for i in c.ignored][-2:] == ["prng", "preresolve"]
     assert c.link_mtu == 1400
+
+
+def test_a_pkcs12_bundle_without_ca_trusts_the_bundles_ca(pki: Pki, read_file: Reader) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    def bundle(cas: list[object]) -> bytes:
+        return pkcs12.serialize_key_and_certificates(
+            b"client",
+            pki.client.key,
+            pki.client.cert,
+            cas,
+            serialization.NoEncryption(),  # type: ignore[arg-type]
+        )
+
+    base = "client\ndev tun\nremote vpn.example.org\npkcs12 user.p12\n"
+    files = {"user.p12": bundle([pki.ca.cert]), "ca.crt": pki.ca.cert_pem.encode()}
+    c = parse(base, files.__getitem__)
+    assert c.ca == pki.ca.cert_pem  # the bundle's CA, as OpenVPN loads it without 'ca'
+    assert any("inside the PKCS#12 bundle are trusted" in w.message for w in c.warnings)
+    assert parse(base + "ca ca.crt\n", files.__getitem__).ca == pki.ca.cert_pem
+    files["user.p12"] = bundle([])
+    fails(base, files.__getitem__, "the PKCS#12 bundle carries no CA certificate")
