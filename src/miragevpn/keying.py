@@ -29,7 +29,7 @@ from .errors import DropReason, LocalProtocolError
 from .events import IPAddress, TlsEstablished
 from .framing import StreamDecoder
 from .keystate import KeyState, client_key_method_2
-from .packet import ControlPacket, Opcode
+from .packet import ACK_V1_MAX_ACKS, ControlPacket, Opcode
 from .reliable import max_control_payload
 from .tls import TlsSession, TlsSettings, build_context
 from .tls_wrap import ControlChannelWrap, TlsCryptV2Wrap, make_wrap
@@ -40,6 +40,7 @@ NO_DEADLINE = float("inf")
 DUE_NOW = 0.0
 
 MakeKeyState = Callable[[int, Opcode, float], KeyState]
+SOFTETHER_MAX_ACKS = 4  # acks per P_ACK_V1 without control-channel wrapping (see _new_key_state)
 
 
 def next_key_id(key_id: int) -> int:
@@ -192,6 +193,12 @@ class Keying:
             payload_size=max_control_payload(wrap_overhead=wrap.overhead, ipv6=True),
             wkc_overhead=wrap.wkc_overhead if isinstance(wrap, TlsCryptV2Wrap) else 0,
             started=now,
+            # Without tls-auth/tls-crypt, OpenVPN 2.6 puts at most 4 acks in a P_ACK_V1 (ssl_pkt.c:
+            # write_control_auth, for SoftEther, which refuses ack packets with more and then
+            # drops the session over the PUSH_REPLY it believes unacknowledged)
+            ack_packet_max_acks=(
+                SOFTETHER_MAX_ACKS if config.tls_protection is None else ACK_V1_MAX_ACKS
+            ),
         )
 
 

@@ -39,6 +39,7 @@ from .keymethod import (
 )
 from .messages import split_control_messages
 from .packet import (
+    ACK_V1_MAX_ACKS,
     EARLY_NEG_FLAG_RESEND_WKC,
     ControlPacket,
     Opcode,
@@ -144,10 +145,13 @@ class KeyState:
         payload_size: int,
         wkc_overhead: int,
         started: float,
+        ack_packet_max_acks: int = ACK_V1_MAX_ACKS,
     ) -> None:
         self.key_id = key_id
         self.tls = tls
-        self.reliable = ReliableChannel(key_id=key_id, tls_timeout=tls_timeout)
+        self.reliable = ReliableChannel(
+            key_id=key_id, tls_timeout=tls_timeout, ack_packet_max_acks=ack_packet_max_acks
+        )
         self.phase: Phase = AwaitingReset()
         self.started = started
         self.key_source = key_source

@@ -11,12 +11,20 @@ import ipaddress
 
 import pytest
 
-from miragevpn.config.model import AuthUserPass, Compression, ReplayWindow, Secret, Transport
+from miragevpn.config.model import (
+    AuthUserPass,
+    Compression,
+    ReplayWindow,
+    Secret,
+    StaticKey,
+    TlsAuth,
+    Transport,
+)
 from miragevpn.datachannel import PING_MAGIC
 from miragevpn.datakeys import DataChannelParams, DataKeys
 from miragevpn.errors import DropReason, LocalProtocolError
-from miragevpn.keying import Keying, KeysReceived, next_key_id
-from miragevpn.packet import Opcode, decode_control, encode_control
+from miragevpn.keying import SOFTETHER_MAX_ACKS, Keying, KeysReceived, next_key_id
+from miragevpn.packet import ACK_V1_MAX_ACKS, Opcode, decode_control, encode_control
 from tests.helpers.pki import Pki
 from tests.miragevpn.miniserver import SERVER_SID, MiniServer
 from tests.miragevpn.scenario import T0, counter_rng, make_config
@@ -199,3 +207,14 @@ def test_a_renegotiation_sends_the_pushed_auth_token(pki: Pki) -> None:
     pair.exchange(T0 + 61)
     third = pair.server.client_key_methods[2]
     assert b"bob\0" in third and b"secret-pw\0" in third and b"tok-123" not in third
+
+
+def test_ack_packets_carry_at_most_4_acks_without_control_channel_wrapping(pki: Pki) -> None:
+    """OpenVPN 2.6's SoftEther workaround: SoftEther refuses a P_ACK_V1 with more than 4 acks
+    (and then drops the session over the PUSH_REPLY it thinks unacknowledged)."""
+    plain = Pair(pki)
+    [key_state] = plain.keys.key_states()
+    assert key_state.reliable.ack_packet_max_acks == SOFTETHER_MAX_ACKS == 4
+    wrapped = Pair(pki, tls_protection=TlsAuth(StaticKey(Secret(bytes(256)))))
+    [key_state] = wrapped.keys.key_states()
+    assert key_state.reliable.ack_packet_max_acks == ACK_V1_MAX_ACKS
