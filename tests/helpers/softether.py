@@ -19,14 +19,13 @@ the namespace; file names are relative (vpncmd reads "/..." as a parameter).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from tests.helpers.netns import Netns, stop_process, wait_until
 
@@ -83,8 +82,10 @@ class SoftEtherServer:
                 f"UserPasswordSet {user} /PASSWORD:{password}",
                 "SecureNatEnable",
             )
-            cert = x509.load_pem_x509_certificate((workdir / "server.crt").read_bytes())
-            server.fingerprint = ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+            # not parsed with cryptography: SoftEther's certificate has a negative serial number,
+            # which newer releases warn about (and will refuse)
+            der = ssl.PEM_cert_to_DER_cert((workdir / "server.crt").read_text())
+            server.fingerprint = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
             wait_until(lambda: _listening(ns, 1194), START_TIMEOUT, what="port 1194")
         except BaseException:
             server.stop()
