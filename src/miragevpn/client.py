@@ -426,7 +426,12 @@ class Client:
         for text in received.messages:
             if self._state is not state and not isinstance(self._state, Established):
                 break
-            self._apply(control.react(text, self._state, config=self._config, now=now), now)
+            keying = self._keying
+            token_in_use = keying.auth_token_in_use and not keying.password_dropped
+            reactions = control.react(
+                text, self._state, config=self._config, now=now, auth_token_in_use=token_in_use
+            )
+            self._apply(reactions, now)
 
     # ------------------------------------------------------------------ control messages
 
@@ -437,8 +442,8 @@ class Client:
             if not isinstance(state, _SESSION_STATES):
                 return
             match reaction:
-                case control.RestartSession(reason=reason, advance=advance):
-                    self._fail(reason, now, advance)
+                case control.RestartSession(reason=reason, advance=advance, backoff=backoff):
+                    self._fail(reason, now, advance, backoff=backoff)
                 case control.StopSession(reason=reason, error=error):
                     self._end(reason, error)
                 case control.CollectPushReply(part=part):
@@ -450,6 +455,7 @@ class Client:
                         state.deadline = max(state.deadline, until)
                 case control.UseAuthToken(token=token, user=user):
                     self._keying.use_auth_token(token, user)
+                    self._forget_password_if_asked()
                 case control.ForgetAuthToken():
                     self._keying.forget_auth_token()
                 case ProgressReported() | ControlMessageReceived():
@@ -494,6 +500,11 @@ class Client:
         session.last_received = now
         self._remotes.succeeded()
         self._events.append(TunnelEstablished(settings=settings))
+        self._forget_password_if_asked()
+
+    def _forget_password_if_asked(self) -> None:
+        if isinstance(self._state, Established) and self._keying.tunnel_authenticated():
+            self._progress("auth-nocache: password dropped; the server's auth-token replaces it")
 
     # ------------------------------------------------------------------ renegotiation
 
@@ -563,15 +574,18 @@ class Client:
             ConnectionRequested(address=address, port=remote.port, transport=remote.proto.transport)
         )
 
-    def _fail(self, reason: str, now: float, advance: Advance = Advance.ADDRESS) -> None:
-        """The current attempt or session is lost: disconnect, pause, try again."""
+    def _fail(
+        self, reason: str, now: float, advance: Advance = Advance.ADDRESS, *, backoff: float = 0.0
+    ) -> None:
+        """The current attempt or session is lost: disconnect, pause (at least `backoff`, the
+        server's request), try again."""
         had_session = isinstance(self._state, _SESSION_STATES)
         was_established = isinstance(self._state, Established)
         try:
             if was_established and advance is Advance.NO:
                 pause = self._remotes.restarted()
             else:
-                pause = self._remotes.failed(advance)
+                pause = self._remotes.failed(advance, backoff=backoff)
         except RetriesExhausted as exc:
             self._end(f"{reason}; {exc}", exc)
             return

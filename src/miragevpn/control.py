@@ -10,7 +10,10 @@ the client's reactions, in order, as values; it changes nothing. The client (cli
                 reply goes through `push_reply` → Tunnel (data channel parameters, settings),
                 UseAuthToken, progress notes; a broken or unusable reply: Restart / Stop.
                 When Established (after renegotiation): only UseAuthToken.
-    AUTH_FAILED ForgetAuthToken; TEMP → Restart, otherwise Stop (error: `AuthFailed`)
+    AUTH_FAILED ForgetAuthToken; then, as OpenVPN's receive_auth_failed: TEMP[backoff N,
+                advance ...] → Restart after at least N s (no advance by default); after an
+                auth-token → Restart at once with the password; `auth-retry nointeract` or
+                `interact` → Restart; otherwise Stop (error: `AuthFailed`, the server's reason)
     AUTH_PENDING ExtendHandWindow by its timeout (capped by messages.py); progress
     RESTART     Restart ([N]: the next remote; without [P] ForgetAuthToken first)
     HALT        Stop;  EXIT → Restart
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 from .cipherchoice import choose_data_cipher
 from .clientstate import Established, Handshaking, Pulling, Session, State
-from .config.model import Config, Secret
+from .config.model import AuthRetry, Config, Secret
 from .datakeys import DataChannelParams
 from .errors import (
     AuthFailed as AuthFailedError,
@@ -75,6 +78,7 @@ class RestartSession:
 
     reason: str
     advance: Advance = Advance.ADDRESS
+    backoff: float = 0.0  # the server's `AUTH_FAILED,TEMP[backoff N]`: wait at least this long
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,8 +139,33 @@ Reaction = (
 )
 
 
-def react(text: str, state: State, *, config: Config, now: float) -> list[Reaction]:
-    """The client's reactions to one control message, in order (see the module doc)."""
+def temp_failure(reason: str) -> tuple[float, Advance]:
+    """(backoff, advance) of `AUTH_FAILED,TEMP[backoff N,advance no|addr|remote]:text`, as
+    OpenVPN's parse_auth_failed_temp: no advance unless a flag says otherwise."""
+    backoff, advance = 0.0, Advance.NO
+    rest = reason[len("TEMP") :]
+    end = rest.find("]")
+    if not rest.startswith("[") or end < 0:
+        return backoff, advance
+    for flag in rest[1:end].split(","):
+        name, _, value = flag.strip().partition(" ")
+        if name == "backoff" and value.isdigit() and value.isascii():
+            backoff = float(min(int(value), MAX_SERVER_BACKOFF))
+        elif name == "advance" and value in ("no", "addr", "remote"):
+            advance = Advance(value)
+    return backoff, advance
+
+
+MAX_SERVER_BACKOFF = 3600  # a server may ask us to wait; an hour at most
+
+
+def react(
+    text: str, state: State, *, config: Config, now: float, auth_token_in_use: bool = False
+) -> list[Reaction]:
+    """The client's reactions to one control message, in order (see the module doc).
+
+    `auth_token_in_use`: the last authentication sent the server's auth-token; an AUTH_FAILED
+    then means the token expired, and we try again at once with the password (as OpenVPN)."""
     message = parse_control_message(text)
     match message:
         case PushReply():
@@ -148,7 +177,15 @@ def react(text: str, state: State, *, config: Config, now: float) -> list[Reacti
         case AuthFailed(reason=reason):
             error = AuthFailedError(reason, temporary=message.temporary)
             if error.temporary:
-                return [ForgetAuthToken(), RestartSession(reason=str(error))]
+                backoff, advance = temp_failure(reason)
+                restart = RestartSession(reason=str(error), advance=advance, backoff=backoff)
+                return [ForgetAuthToken(), restart]
+            if auth_token_in_use:
+                why = f"{error}; the auth-token may have expired: trying the password again"
+                return [ForgetAuthToken(), RestartSession(reason=why, advance=Advance.NO)]
+            if config.auth_retry is not AuthRetry.NONE:  # nointeract; interact (see docs)
+                why = f"{error}; trying again (auth-retry {config.auth_retry.value})"
+                return [ForgetAuthToken(), RestartSession(reason=why, advance=Advance.NO)]
             return [ForgetAuthToken(), StopSession(reason=str(error), error=error)]
         case AuthPending(timeout=timeout):
             reactions: list[Reaction] = []

@@ -20,7 +20,7 @@ not finish within hand-window ends the session (the client restarts).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .clientstate import Session
 from .config.model import AuthUserPass, Config, Secret, Transport
@@ -107,6 +107,33 @@ class Keying:
 
     def forget_auth_token(self) -> None:
         self._auth_token = None
+
+    @property
+    def auth_token_in_use(self) -> bool:
+        """Whether the next key state sends the server's auth-token instead of the password."""
+        return self._auth_token is not None
+
+    def tunnel_authenticated(self) -> bool:
+        """The server accepted us (PUSH_REPLY). With `auth-nocache` and an auth-token, the
+        password is dropped: the token replaces it from now on. Returns whether it was.
+
+        Without a token it is kept: this client cannot ask again or re-read a file, so
+        dropping it would end the next renegotiation (OpenVPN would ask again)."""
+        credentials = self._credentials
+        if not self._config.auth_nocache or credentials is None or self._auth_token is None:
+            return False
+        if credentials.password is None:
+            return False
+        self._credentials = replace(credentials, password=None)
+        return True
+
+    @property
+    def password_dropped(self) -> bool:
+        """auth-nocache dropped the password: an expired token cannot fall back to it."""
+        credentials = self._credentials
+        return (
+            self._config.auth_nocache and credentials is not None and credentials.password is None
+        )
 
     def _username_password(self) -> tuple[str | None, bytes | None]:
         credentials = self._credentials

@@ -10,6 +10,7 @@ import pytest
 from miragevpn import control
 from miragevpn.clientstate import Established, Handshaking, Pulling, Session
 from miragevpn.config.model import (
+    AuthRetry,
     Compression,
     ReplayWindow,
     Secret,
@@ -94,7 +95,45 @@ def test_auth_failed_temp_restarts(pki: Pki) -> None:
     assert isinstance(restart, control.RestartSession)
     assert restart.reason.startswith("temporary authentication failure: the server refused")
     assert "AUTH_FAILED,TEMP[backoff 30]: busy" in restart.reason
-    assert restart.advance is Advance.ADDRESS
+    assert restart.advance is Advance.NO  # OpenVPN: no advance unless the flags say so
+    assert restart.backoff == 30
+
+
+@pytest.mark.parametrize(
+    ("reason", "backoff", "advance"),
+    [
+        ("TEMP", 0.0, Advance.NO),
+        ("TEMP: busy", 0.0, Advance.NO),
+        ("TEMP[backoff 42,advance remote]:busy", 42.0, Advance.REMOTE),
+        ("TEMP[advance addr]", 0.0, Advance.ADDRESS),
+        ("TEMP[backoff x,advance sideways,colour red]:?", 0.0, Advance.NO),  # ignored flags
+        ("TEMP[backoff 99999999]", 3600.0, Advance.NO),  # capped
+        ("TEMP[backoff 5", 0.0, Advance.NO),  # no closing bracket: no flags
+    ],
+)
+def test_temporary_failure_flags_as_openvpn_parses_them(
+    reason: str, backoff: float, advance: Advance
+) -> None:
+    assert control.temp_failure(reason) == (backoff, advance)
+
+
+def test_auth_failed_after_an_auth_token_retries_with_the_password(pki: Pki) -> None:
+    config = make_config(pki)
+    forget, restart = control.react(
+        "AUTH_FAILED", pulling(pki), config=config, now=T0, auth_token_in_use=True
+    )
+    assert forget == control.ForgetAuthToken()
+    assert isinstance(restart, control.RestartSession) and restart.advance is Advance.NO
+    assert "auth-token may have expired" in restart.reason
+
+
+@pytest.mark.parametrize("retry", [AuthRetry.NOINTERACT, AuthRetry.INTERACT])
+def test_auth_retry_restarts_instead_of_ending(pki: Pki, retry: AuthRetry) -> None:
+    config = make_config(pki, auth_retry=retry)
+    forget, restart = control.react("AUTH_FAILED,no such user", pulling(pki), config=config, now=T0)
+    assert forget == control.ForgetAuthToken()
+    assert isinstance(restart, control.RestartSession)
+    assert "no such user" in restart.reason and f"auth-retry {retry.value}" in restart.reason
 
 
 def test_auth_pending_extends_only_while_pulling_and_changes_nothing(pki: Pki) -> None:

@@ -218,3 +218,22 @@ def test_ack_packets_carry_at_most_4_acks_without_control_channel_wrapping(pki: 
     wrapped = Pair(pki, tls_protection=TlsAuth(StaticKey(Secret(bytes(256)))))
     [key_state] = wrapped.keys.key_states()
     assert key_state.reliable.ack_packet_max_acks == ACK_V1_MAX_ACKS
+
+
+def test_auth_nocache_drops_the_password_once_a_token_replaces_it(pki: Pki) -> None:
+    credentials = AuthUserPass(username="alice", password=Secret(b"secret-pw"))
+    pair = Pair(pki, credentials, auth_nocache=True)
+    pair.established()
+    assert not pair.keying.tunnel_authenticated()  # no token yet: the password is kept
+    assert not pair.keying.password_dropped
+    pair.keying.use_auth_token(Secret(b"tok-123"), None)
+    assert pair.keying.tunnel_authenticated() and pair.keying.password_dropped
+    assert not pair.keying.tunnel_authenticated()  # once
+    pair.server.soft_reset(1)
+    pair.exchange(T0 + 1)
+    second = pair.server.client_key_methods[1]
+    assert b"alice\0" in second and b"tok-123\0" in second and b"secret-pw" not in second
+    # without auth-nocache the password stays for an expired token to fall back on
+    kept = Pair(pki, credentials)
+    kept.keying.use_auth_token(Secret(b"tok-123"), None)
+    assert not kept.keying.tunnel_authenticated() and not kept.keying.password_dropped
