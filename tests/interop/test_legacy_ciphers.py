@@ -3,7 +3,8 @@
 Each case carries traffic both ways (ping + a 1 MiB checksummed TCP echo through the tunnel):
 
 - negotiated CBC: the server's `data-ciphers` holds only a CBC cipher, both sides configure the
-  same `auth` (it is never pushed); P_DATA_V2 with the pushed peer-id;
+  same `auth` (it is never pushed); P_DATA_V2 with the pushed peer-id; with the `comp-lzo no`
+  and `compress` (stub, swap) framings;
 - a server that does not negotiate with us, the 2.4 way (`cipher AES-128-CBC`, `auth SHA1`): our
   client drops the pushed `cipher` and `peer-id` (pull-filter), so the cipher comes from the
   server's options string and we send P_DATA_V1 without a peer-id;
@@ -65,6 +66,13 @@ NEGOTIATED = [
         data_ciphers=("AES-192-CBC",),
         extra_server=("auth SHA384", 'push "comp-lzo no"', "comp-lzo no"),
         extra_client=("auth SHA384",),
+    ),
+    Scenario(
+        transport="tcp",
+        protection=Protection.TLS_AUTH,
+        data_ciphers=("AES-256-CBC",),
+        extra_server=("auth SHA1", "compress", 'push "compress"'),  # stub: swap framing
+        extra_client=("auth SHA1",),
     ),
 ]
 
