@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from . import nft
+from . import control, nft
 from .conntrack import ConntrackError, flush_connections
 from .daemon import (
     SOCKET_MARK,
@@ -122,6 +123,37 @@ def build_parser() -> argparse.ArgumentParser:
         "usable facts it blocks with Qubes' defaults (eth0, 10.139.1.1/.2) and says so.",
     )
     block.add_argument("--qubesdb-file", metavar="FILE", type=Path, help=FACTS_FILE_HELP)
+    control_help = f"the daemon's control socket folder (default {control.CONTROL_DIR})"
+    run.add_argument(
+        "--control-dir", metavar="DIR", type=Path, default=control.CONTROL_DIR, help=control_help
+    )
+    status = commands.add_parser(
+        "status",
+        help="what the running daemon is doing: blocked / connecting / connected, and why",
+        description="Ask the running daemon (root only). Field names of --json: docs/status.md.",
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    reconnect = commands.add_parser(
+        "reconnect",
+        help="start a new session now (AppVMs blocked until it is up; also retries after "
+        "AUTH_FAILED or HALT)",
+    )
+    profile = commands.add_parser(
+        "profile",
+        help="switch to another profile in the config folder and reconnect (firewall closed "
+        "throughout)",
+        description="Writes the selection as dom0's vm-config.miragevpn-profile would (with "
+        "--qubesdb-file: into that file) and reconnects.",
+    )
+    profile.add_argument("name", metavar="NAME", help="the profile's file name, e.g. work.ovpn")
+    for sub in (status, reconnect, profile):
+        sub.add_argument(
+            "--control-dir",
+            metavar="DIR",
+            type=Path,
+            default=control.CONTROL_DIR,
+            help=control_help,
+        )
     commands.add_parser(
         "unblock",
         help="remove the gateway's firewall table (what disabling the service needs)",
@@ -236,8 +268,54 @@ def unblock() -> ExitCode:
     return ExitCode.OK
 
 
+def profile_selector(facts_file: Path | None, config_dir: Path) -> control.SelectProfile:
+    """The `profile NAME` command's writer: with --qubesdb-file, the selection goes into that
+    file (its watch reconnects the daemon); in Qubes the selection is dom0's to write."""
+
+    def select(name: str) -> None:
+        if "/" in name or name.startswith(".") or not (config_dir / name).is_file():
+            raise ValueError(f"no profile {name!r} in {config_dir}")
+        if facts_file is None:
+            raise ValueError(
+                "in Qubes the selection is dom0's: "
+                f"qvm-features <this qube> vm-config.miragevpn-profile {name}"
+            )
+        import yaml
+
+        data = yaml.safe_load(facts_file.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{facts_file} is not a mapping")
+        data[PROFILE] = name
+        tmp = facts_file.with_name(facts_file.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(data, default_flow_style=False), encoding="utf-8")
+        os.replace(tmp, facts_file)
+        log.info("profile selection set to %s in %s", name, facts_file)
+
+    return select
+
+
+def ask(message: dict[str, object], directory: Path, *, as_json: bool = False) -> ExitCode:
+    """The client commands: one request to the running daemon, its answer printed."""
+    try:
+        answer = control.request(message, directory=directory)
+    except control.ControlError as e:
+        print(f"qubes-miragevpn: {e}", file=sys.stderr)
+        return ExitCode.CONFIG
+    if not answer.get("ok"):
+        print(f"qubes-miragevpn: the daemon refused: {answer.get('error')}", file=sys.stderr)
+        return ExitCode.CONFIG
+    status = answer.get("status")
+    if isinstance(status, dict):
+        print(json.dumps(status, indent=2) if as_json else control.render(status))
+    return ExitCode.OK
+
+
 async def run(
-    facts_file: Path | None, config_dir: Path, *, log_level: str | None = None
+    facts_file: Path | None,
+    config_dir: Path,
+    *,
+    log_level: str | None = None,
+    control_dir: Path = control.CONTROL_DIR,
 ) -> ExitCode:
     from ..rtnl import open_rtnl
     from .routing import GatewayRouting
@@ -274,9 +352,17 @@ async def run(
         watchdog=watchdog_interval(os.environ),
     )
     follower = asyncio.ensure_future(follow(source, daemon, current))
+    server = control.ControlServer(
+        daemon, directory=control_dir, select_profile=profile_selector(facts_file, config_dir)
+    )
+    try:
+        await server.start()
+    except (OSError, control.ControlError) as e:  # the gateway works without it
+        log.error("no control socket (status/reconnect/profile unavailable): %s", e)
     try:
         return await daemon.run()
     finally:
+        await server.close()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
@@ -340,9 +426,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(block(args.qubesdb_file))
         case "unblock":
             return int(unblock())
+        case "status":
+            return int(ask({"command": "status"}, args.control_dir, as_json=args.json))
+        case "reconnect":
+            return int(ask({"command": "reconnect"}, args.control_dir))
+        case "profile":
+            return int(ask({"command": "profile", "name": args.name}, args.control_dir))
         case "run":
             try:
-                coroutine = run(args.qubesdb_file, args.config_dir, log_level=args.log_level)
+                coroutine = run(
+                    args.qubesdb_file,
+                    args.config_dir,
+                    log_level=args.log_level,
+                    control_dir=args.control_dir,
+                )
                 return int(asyncio.run(coroutine))
             except KeyboardInterrupt:
                 return int(ExitCode.OK)

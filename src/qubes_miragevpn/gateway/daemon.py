@@ -32,6 +32,7 @@ import ipaddress
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -43,7 +44,7 @@ from ..describe import describe_settings
 from ..sdnotify import sd_notify
 from ..session import ClientFactory, Ending, Endpoint, SessionLoop, SessionOutcome
 from ..tun import TunDevice
-from . import lifecycle, resolve
+from . import control, lifecycle, resolve
 from .lifecycle import Dialing, Held, Phase, Resolving, Up, Waiting
 from .policy import Facts, Policy
 
@@ -205,6 +206,12 @@ class GatewayDaemon:
         self._failures = 0
         self._reached_tunnel = False
         self.phases: list[Phase] = []  # every phase entered, in order (for tests and status)
+        # for the control socket's status (wall-clock times)
+        self._since = time.time()
+        self._addresses: tuple[str, ...] = ()
+        self._last_handshake: float | None = None
+        self._last_error: tuple[str, float] | None = None
+        self._renegotiations: tuple[int, float | None] = (0, None)
 
     @property
     def phase(self) -> Phase:
@@ -282,6 +289,38 @@ class GatewayDaemon:
         self._surroundings = surroundings
         log.info("network facts changed: re-applying the %s policy", type(self._phase).__name__)
         self._enter(self._phase)
+
+    def reconnect(self) -> None:
+        """The `reconnect` command: a new session now (AppVMs blocked meanwhile); also leaves
+        a Held phase, so the user can retry after fixing credentials."""
+        log.info("reconnect requested: reconnecting with the firewall closed")
+        self._failures = 0
+        self._close_session("reconnect requested")
+        if self._wake is not None:
+            self._wake.set()
+
+    def view(self) -> control.View:
+        """The daemon's state for the control socket's `status`."""
+        now = time.time()
+        stats = getattr(self._session, "engine_stats", None)
+        count, at = self._renegotiations
+        renegotiations = getattr(stats, "renegotiations", None)
+        if isinstance(renegotiations, int) and renegotiations > count:
+            self._renegotiations = (renegotiations, now)  # seen at the latest on this query
+        count, at = self._renegotiations
+        up = isinstance(self._phase, Up)
+        return control.View(
+            phase=self._phase,
+            since=self._since,
+            profile=self._profile.name if self._profile is not None else None,
+            addresses=self._addresses,
+            traffic=control.read_tun_traffic(self._tun.name) if up and self._tun else None,
+            last_handshake=self._last_handshake,
+            last_renegotiation=at,
+            renegotiations=count,
+            last_error=self._last_error[0] if self._last_error else None,
+            last_error_at=self._last_error[1] if self._last_error else None,
+        )
 
     # ------------------------------------------------------------------ sessions
 
@@ -414,6 +453,9 @@ class GatewayDaemon:
             raise RuntimeError("the Connected firewall policy could not be applied")
         self._reached_tunnel = True
         self._failures = 0
+        self._addresses = tuple(str(a) for a in (settings.ipv4, settings.ipv6) if a is not None)
+        self._last_handshake = time.time()
+        self._renegotiations = (0, None)
         log.info("tunnel up: %s", summary)
         return self._tun
 
@@ -442,6 +484,12 @@ class GatewayDaemon:
             log.error("firewall: cannot apply %s: %s", type(policy).__name__, e)
             ok = False
             phase = Waiting(reason=f"firewall policy failed: {e}")
+        if type(phase) is not type(self._phase) or not self.phases:
+            self._since = time.time()
+        if isinstance(phase, Held) or (
+            isinstance(phase, Waiting) and (phase.retry_in > 0 or not ok)
+        ):
+            self._last_error = (phase.reason, time.time())
         self._phase = phase
         self.phases.append(phase)
         self._notify(f"STATUS={lifecycle.status_line(phase)}")
