@@ -126,12 +126,22 @@ class World:
                    WATCHDOG_USEC="4000000")  # fmt: skip
         argv = self.qubes_miragevpn(
             "--log-level", "debug", "run", "--qubesdb-file", str(self.facts_path),
-            "--config-dir", str(self.config_dir),
+            "--config-dir", str(self.config_dir), "--control-dir", str(self.control_dir),
         )  # fmt: skip
         started = time.monotonic()
         with self.log_path.open("wb") as log:
             self.daemon = self.topo.sysvpn.spawn(argv, stdout=log, env=env)
         return started
+
+    @property
+    def control_dir(self) -> Path:
+        """The daemon's control socket folder (not /run: tests run side by side)."""
+        return self.tmp / "control"
+
+    def control(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`qubes-miragevpn ARGS --control-dir ...` (status, reconnect, profile)."""
+        argv = [*self.qubes_miragevpn(*args), "--control-dir", str(self.control_dir)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
     def daemon_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
