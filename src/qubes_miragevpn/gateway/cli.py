@@ -40,6 +40,7 @@ from .facts import (
     NetworkFacts,
     QubesDBFacts,
 )
+from .notices import Notifier
 from .policy import QUBES_UPLINK, QUBES_VIRTUAL_DNS, Blocked, Facts, Policy
 
 log = logging.getLogger("qubes-miragevpn")
@@ -343,6 +344,7 @@ async def run(
         log.error("cannot open a netlink socket: %s", e)
         return ExitCode.SETUP_FAILED
     routing = GatewayRouting(rtnl)
+    notifier = Notifier(lambda: current["facts"].default_user)
     daemon = GatewayDaemon(
         read_surroundings=lambda: surroundings_of(current["facts"]),
         load_profile=profile_source(config_dir, lambda: current["facts"].profile),
@@ -350,6 +352,7 @@ async def run(
         routing=routing,
         flush=flush_connections,
         watchdog=watchdog_interval(os.environ),
+        on_phase=notifier.phase_changed,
     )
     follower = asyncio.ensure_future(follow(source, daemon, current))
     server = control.ControlServer(
@@ -363,6 +366,7 @@ async def run(
         return await daemon.run()
     finally:
         await server.close()
+        await notifier.drain()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower

@@ -182,7 +182,9 @@ class GatewayDaemon:
         flush: Callable[[], int] | None = None,
         tun_name: str = TUN_NAME,
         watchdog: float | None = None,
+        on_phase: Callable[[Phase | None, Phase], object] | None = None,
     ) -> None:
+        self._on_phase = on_phase  # observer of every phase change (notifications)
         self._resolver = resolver
         self._flush = flush
         self._read_surroundings = read_surroundings
@@ -490,8 +492,14 @@ class GatewayDaemon:
             isinstance(phase, Waiting) and (phase.retry_in > 0 or not ok)
         ):
             self._last_error = (phase.reason, time.time())
+        previous = self._phase if self.phases else None
         self._phase = phase
         self.phases.append(phase)
+        if self._on_phase is not None and phase != previous:
+            try:
+                self._on_phase(previous, phase)
+            except Exception as e:  # an observer never stands in the firewall's way
+                log.error("phase observer failed: %r", e)
         self._notify(f"STATUS={lifecycle.status_line(phase)}")
         return ok
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -59,6 +60,8 @@ NETVM_GATEWAY6 = "/qubes-netvm-gateway6"
 CONNECTED_IPS = "/connected-ips"
 CONNECTED_IPS6 = "/connected-ips6"
 SERVICE = "/qubes-service/qubes-miragevpn"
+DEFAULT_USER = "/default-user"  # the qube's desktop user (who sees the notifications)
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 KNOBS = "/vm-config/miragevpn-"  # features vm-config.miragevpn-* set in dom0
 PROFILE = KNOBS + "profile"  # which profile file in the config folder
 LOG_LEVEL = KNOBS + "log-level"
@@ -79,6 +82,7 @@ FACT_PATHS = (
     CONNECTED_IPS,
     CONNECTED_IPS6,
     SERVICE,
+    DEFAULT_USER,
 )
 KNOB_PATHS = (PROFILE, LOG_LEVEL)
 # Without these the gateway can neither reach the server nor serve AppVMs.
@@ -120,6 +124,7 @@ class NetworkFacts:
     profile: str | None = None  # /vm-config/miragevpn-profile ('' counts as not set)
     log_level: str | None = None  # /vm-config/miragevpn-log-level: one of LOG_LEVELS
     unknown_knobs: tuple[str, ...] = ()  # other /vm-config/miragevpn-* keys (typos?)
+    default_user: str | None = None  # /default-user: a plain login name
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -206,6 +211,10 @@ def parse_facts(
             problem(LOG_LEVEL, f"the log level is one of {', '.join(LOG_LEVELS)}")
             log_level = None
     unknown = tuple(sorted(p for p in values if p.startswith(KNOBS) and p not in KNOB_PATHS))
+    default_user = values.get(DEFAULT_USER) or None
+    if default_user is not None and not _USER_NAME.fullmatch(default_user):
+        problem(DEFAULT_USER, "a login name: lower-case letters, digits, '_' and '-'")
+        default_user = None
     if problems:
         raise FactsError(tuple(problems))
     return NetworkFacts(
@@ -215,6 +224,7 @@ def parse_facts(
         profile=profile,
         log_level=log_level,
         unknown_knobs=unknown,
+        default_user=default_user,
     )
 
 

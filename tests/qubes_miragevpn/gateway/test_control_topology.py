@@ -1,11 +1,13 @@
-"""`qubes-miragevpn status / reconnect / profile` against the real daemon in the simulated
-Qubes topology (tests/helpers/gateway.py), with a real OpenVPN 2.6 server per profile: the
-answers match what the captures and the web server see, and a reconnect or a profile switch
-through the control socket leaks nothing on the uplink."""
+"""`qubes-miragevpn status / reconnect / profile` and the desktop notifications against the
+real daemon in the simulated Qubes topology (tests/helpers/gateway.py), with a real OpenVPN 2.6
+server per profile: the answers match what the captures and the web server see, a reconnect or
+a profile switch through the control socket leaks nothing on the uplink, and a stand-in
+notify-send records the notices the daemon shows the default user."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,9 +31,29 @@ pytestmark = [pytest.mark.qubes, pytest.mark.netns, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One world for the module; /default-user is root and a stand-in notify-send on the
+    daemon's PATH records the desktop notices in `world.tmp / "notices"`."""
+    tmp = tmp_path_factory.mktemp("control")
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "notify-send"
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s|" "$@" >> {tmp / "notices"}\necho >> {tmp / "notices"}\n'
+    )
+    script.chmod(0o755)
     profiles = {"udp.ovpn": (UDP, ()), "tcp.ovpn": (TCP, ())}
-    with built_world(tmp_path_factory.mktemp("control"), profiles) as world:
+    with pytest.MonkeyPatch.context() as mp, built_world(tmp, profiles) as world:
+        mp.setenv("PATH", f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/bin')}")
+        with world.facts_path.open("a") as facts:
+            facts.write("/default-user: root\n")
         yield world
+
+
+def notices(world: World) -> list[str]:
+    """The titles of the desktop notices shown so far."""
+    path = world.tmp / "notices"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.split("|")[4] for line in lines]
 
 
 def status(world: World) -> dict[str, Any]:
@@ -63,6 +85,8 @@ def test_status_blocked_then_connected_with_traffic(world: World) -> None:
     assert s["last_handshake"] is not None
     text = world.control("status").stdout
     assert "state: connected" in text and f"server: {world.topo.server4} port" in text
+    wait_until(lambda: notices(world) == ["VPN connected"], 10, interval=0.1,
+               what="the desktop notice 'VPN connected'")  # fmt: skip
 
 
 def test_reconnect_makes_a_new_tunnel_and_leaks_nothing(world: World) -> None:
@@ -105,3 +129,10 @@ def test_server_gone_is_blocked_with_the_error(world: World) -> None:
     s = status(world)
     assert s["tunnel_addresses"] == [] and s["traffic"] is None, s
     assert world.fetch() is None
+    assert "VPN disconnected: AppVMs are blocked until the tunnel is back" in world.daemon_log()
+    # connect, reconnect, profile switch, server gone: every change is in the journal, but
+    # the rate limit shows the same kind at most once per 30 s on the desktop
+    log, shown = world.daemon_log(), notices(world)
+    for title in ("VPN connected", "VPN disconnected"):
+        assert log.count(f"{title}: ") >= 3, log[-3000:]
+        assert 1 <= shown.count(title) < log.count(f"{title}: "), shown
