@@ -79,8 +79,11 @@ examples:
   qubes-miragevpn block                                   what the boot-time unit runs
   systemctl stop qubes-miragevpn && qubes-miragevpn unblock   open the qube up again
 
-Status: `systemctl status qubes-miragevpn` (the status line says what it is doing and, when
-blocked, why); logs: `journalctl -u qubes-miragevpn`.
+Status: `qubes-miragevpn status` (or `--json`, fields in docs/status.md), or `systemctl status
+qubes-miragevpn` (the status line says what it is doing and, when blocked, why); logs:
+`journalctl -u qubes-miragevpn`. `qubes-miragevpn reconnect` retries at once (also after
+AUTH_FAILED); `qubes-miragevpn profile NAME` switches profile (outside Qubes, with
+--qubesdb-file; in Qubes, from dom0: qvm-features sys-vpn vm-config.miragevpn-profile NAME).
 """
 
 FACTS_FILE_HELP = (
