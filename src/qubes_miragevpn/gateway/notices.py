@@ -139,6 +139,7 @@ class Notifier:
         self._limit = limit or RateLimit()
         self._clock = clock or time.monotonic
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failed_once = False  # the first failure is a warning, later ones debug
 
     def phase_changed(self, old: Phase | None, new: Phase) -> None:
         notice = notice_for(old, new)
@@ -170,7 +171,7 @@ class Notifier:
                 env=user_environment(user),
             )
         except OSError as e:
-            log.debug("cannot run notify-send: %s", e)
+            self._failed(f"cannot run runuser/notify-send: {e}")
             return
         try:
             _, err = await asyncio.wait_for(proc.communicate(), SEND_TIMEOUT)
@@ -178,10 +179,15 @@ class Notifier:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            log.debug("notify-send took too long: killed")
+            self._failed("notify-send took too long: killed")
             return
         if proc.returncode:
-            log.debug("notify-send failed (%s): %s", proc.returncode, err.decode(errors="replace"))
+            self._failed(f"exit {proc.returncode}: {err.decode(errors='replace').strip()[:300]}")
+
+    def _failed(self, what: str) -> None:
+        level = logging.DEBUG if self._failed_once else logging.WARNING
+        self._failed_once = True
+        log.log(level, "desktop notification not shown (%s); the journal has it", what)
 
     async def drain(self) -> None:
         """Wait for the notices under way (at stop)."""

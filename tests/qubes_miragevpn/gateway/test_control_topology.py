@@ -37,9 +37,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     script = bin_dir / "notify-send"
-    script.write_text(
-        f'#!/bin/sh\nprintf "%s|" "$@" >> {tmp / "notices"}\necho >> {tmp / "notices"}\n'
-    )
+    script.write_text(f'#!/bin/sh\nline=$(printf "%s|" "$@")\necho "$line" >> {tmp / "notices"}\n')
     script.chmod(0o755)
     profiles = {"udp.ovpn": (UDP, ()), "tcp.ovpn": (TCP, ())}
     with pytest.MonkeyPatch.context() as mp, built_world(tmp, profiles) as world:

@@ -81,7 +81,7 @@ def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bin_dir.mkdir()
     calls = tmp_path / "calls"
     script = bin_dir / "notify-send"
-    script.write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> {calls}\necho >> {calls}\n')
+    script.write_text(f'#!/bin/sh\nline=$(printf "%s|" "$@")\necho "$line" >> {calls}\n')
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
     return calls
@@ -158,3 +158,21 @@ def test_a_failing_observer_does_not_stop_the_firewall() -> None:
     run(scenario())
     assert h.firewall.policies[-1] == "Blocked"
     assert notices.SAME_KIND > 0
+
+
+def test_a_failing_notify_send_is_said_once_then_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither runuser nor notify-send
+    notifier = Notifier(lambda: "root", limit=RateLimit(same_kind=0, burst=10))
+
+    async def scenario() -> None:
+        notifier.phase_changed(UP, Waiting(reason="a"))
+        await notifier.drain()
+        notifier.phase_changed(UP, Waiting(reason="b"))
+        await notifier.drain()
+
+    with caplog.at_level("DEBUG", logger="qubes-miragevpn"):
+        run(scenario())
+    failures = [r for r in caplog.records if "desktop notification not shown" in r.message]
+    assert [r.levelname for r in failures] == ["WARNING", "DEBUG"], caplog.text
