@@ -4,14 +4,19 @@
 interpreter ABI), starts the VM's daemon and its dom0-side peer (vm mode), and puts the binding
 on `sys.path`; `stop()` always stops them. Without ../shared/qubesdb, or when start.sh refuses
 (not root, a Qubes machine, another suite's daemons already running), the test is skipped with
-start.sh's reason. The fixture is one per machine: use it from one pytest process at a time.
+start.sh's reason. The daemons are one per machine (fixed socket paths), so `start` waits for a
+lock file (LOCK, at most LOCK_WAIT seconds) that `stop` releases: two pytest processes (the two
+library stacks of `make test`) take turns instead of skipping or clashing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +28,29 @@ from qubes_miragevpn.gateway.qubesdb import Binding
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "qubesdb"
 SCRIPT_TIMEOUT = 60.0
+LOCK = Path("/run/lock/qubes-miragevpn-real-qubesdb.lock")
+LOCK_WAIT = 600.0  # seconds: one test module's turn with the daemons takes well under a minute
+
+
+def _take_lock() -> int:
+    """Hold LOCK (an exclusive flock), waiting a bounded time for another run to release it."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                pytest.fail(f"the real QubesDB stayed busy (another run) for {LOCK_WAIT:g}s")
+            time.sleep(0.2)
+
+
+def _release_lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def _script(name: str, *args: object) -> subprocess.CompletedProcess[str]:
@@ -41,11 +69,21 @@ class RealQubesDB:
     rundir: Path
     module: ModuleType
     dom0: Any  # qubesdb.QubesDB("testvm"): the dom0 side, as qubesd writes the VM's keys
+    lock_fd: int  # LOCK, held from start to stop
 
     @classmethod
     def start(cls, prefix: Path, rundir: Path) -> RealQubesDB:
         if not (SHARED / "build.sh").exists():
             pytest.skip(f"real QubesDB not tested: {SHARED} is absent")
+        lock_fd = _take_lock()
+        try:
+            return cls._start_locked(prefix, rundir, lock_fd)
+        except BaseException:
+            _release_lock(lock_fd)
+            raise
+
+    @classmethod
+    def _start_locked(cls, prefix: Path, rundir: Path, lock_fd: int) -> RealQubesDB:
         built = _script("build.sh", prefix, sys.executable)
         if built.returncode != 0:
             pytest.fail(f"building the real QubesDB failed:\n{built.stdout}\n{built.stderr}")
@@ -59,7 +97,7 @@ class RealQubesDB:
             module = importlib.import_module("qubesdb")
             if not str(module.__file__).startswith(path):
                 raise RuntimeError(f"imported the wrong qubesdb module: {module.__file__}")
-            return cls(prefix, rundir, module, module.QubesDB("testvm"))
+            return cls(prefix, rundir, module, module.QubesDB("testvm"), lock_fd)
         except BaseException:
             _script("stop.sh", prefix, rundir)
             raise
@@ -78,8 +116,11 @@ class RealQubesDB:
         self._run("restart-vm.sh")
 
     def stop(self) -> None:
-        self.dom0.close()
-        self._run("stop.sh")
+        try:
+            self.dom0.close()
+            self._run("stop.sh")
+        finally:
+            _release_lock(self.lock_fd)
 
     def link_errors(self) -> list[str]:
         """Log lines saying the VM-dom0 link broke: no test may cause one (in a real qube it
