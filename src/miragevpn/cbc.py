@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .aead import AeadBackendError
 from .errors import AuthenticationError, DecodeError
-from .libcrypto import ctypes_lib
+from .libcrypto import ctypes_lib, free_context
 
 if TYPE_CHECKING:
     import ctypes
@@ -194,10 +194,6 @@ class _CryptographyCbc:
 # --------------------------------------------------------------------------- ctypes
 
 
-def _free_context(free: Callable[[int], None], ctx: int) -> None:
-    free(ctx)
-
-
 class _CtypesCbc:
     """One persistent EVP_CIPHER_CTX per direction through ctypes on libcrypto.so.3."""
 
@@ -228,7 +224,7 @@ class _CtypesCbc:
         ctx = c.ctx_new()
         if not ctx:
             raise AeadBackendError("EVP_CIPHER_CTX_new failed")
-        weakref.finalize(self, _free_context, c.ctx_free, ctx)
+        weakref.finalize(self, free_context, c.ctx_free, ctx)
         if c.init(ctx, evp, None, key, None, enc) != 1:
             c.clear_errors()
             raise AeadBackendError("EVP cipher context setup failed")
