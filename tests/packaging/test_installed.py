@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,7 @@ pytestmark = [
 
 PACKAGE = "qubes-miragevpn"
 PROGRAM = Path("/usr/bin/qubes-miragevpn")
+QREXEC_SERVICE = Path("/etc/qubes-rpc/qubes.MirageVPNStatus")
 DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
 LOCK = Path("/run/lock/qubes-miragevpn-packaging.lock")
 LOCK_WAIT = 900.0
@@ -59,7 +62,7 @@ INSTALLED_PATHS = (
     Path("/lib/systemd/system/qubes-miragevpn-block.service"),
     Path("/lib/systemd/system-preset/75-qubes-miragevpn.preset"),
     Path("/etc/qubes/post-install.d/30-qubes-miragevpn.sh"),
-    Path("/etc/qubes-rpc/qubes.MirageVPNStatus"),
+    QREXEC_SERVICE,
     DIST_PACKAGES / "qubes_miragevpn",
     DIST_PACKAGES / "miragevpn",
     Path("/usr/share/doc/qubes-miragevpn"),
@@ -214,6 +217,40 @@ def test_installed_connected_appvms_use_the_tunnel_and_the_vpns_dns_only(world: 
     assert_no_leaks(world, cap, "installed: connected")
 
 
+def qrexec_status(world: World) -> subprocess.CompletedProcess[str]:
+    """Call the installed qrexec service as qrexec-agent would for dom0's
+    `qvm-run --pass-io --service sys-vpn qubes.MirageVPNStatus`: no arguments, the caller's
+    bytes on stdin, QREXEC_REMOTE_DOMAIN set; the test's daemon socket named by the variable."""
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "QREXEC_REMOTE_DOMAIN": "dom0",
+        "QREXEC_SERVICE_FULL_NAME": QREXEC_SERVICE.name,
+        "QUBES_MIRAGEVPN_CONTROL_DIR": str(world.control_dir),
+    }
+    return subprocess.run(
+        [str(QREXEC_SERVICE)],
+        input="anything the caller sends is ignored\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_installed_qrexec_status_service_answers_the_status_json(world: World) -> None:
+    assert os.access(QREXEC_SERVICE, os.X_OK), "the qrexec service must be executable"
+    done = qrexec_status(world)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["version"] == 1
+    assert status["state"] == "connected", status
+    assert status["profile"] == "udp.ovpn", status
+    # the same answer `qubes-miragevpn status --json` gives
+    direct = json.loads(world.control("status", "--json").stdout)
+    assert direct["state"] == status["state"] and direct["profile"] == status["profile"]
+
+
 def test_installed_server_restart_and_sigkill_recover_without_leaks(world: World) -> None:
     server = world.servers["udp"]
     with world.topo.capture() as cap, busy(world) as outcomes:
@@ -238,6 +275,12 @@ def test_installed_server_restart_and_sigkill_recover_without_leaks(world: World
 
 def test_installed_stop_leaves_blocked_and_purge_leaves_the_machine_clean(world: World) -> None:
     assert world.stop_daemon() == 0
+    asked = qrexec_status(world)  # dom0 asking a stopped gateway still gets one JSON object
+    assert asked.returncode == 1
+    assert json.loads(asked.stdout) == {
+        "ok": False,
+        "error": f"the daemon is not running (no {world.control_dir}/control.sock)",
+    }
     with world.topo.capture() as cap:
         assert world.fetch() is None
         probe_everything(world)

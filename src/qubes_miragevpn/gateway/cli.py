@@ -46,6 +46,7 @@ from .policy import QUBES_UPLINK, QUBES_VIRTUAL_DNS, Blocked, Facts, Policy
 log = logging.getLogger("qubes-miragevpn")
 
 DEFAULT_CONFIG_DIR = Path("/rw/config/qubes-miragevpn")
+CONTROL_DIR_ENV = "QUBES_MIRAGEVPN_CONTROL_DIR"  # overrides --control-dir's default
 
 DESCRIPTION = """\
 qubes-miragevpn makes this qube a VPN gateway: every packet of the qubes that use it as their
@@ -127,9 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         "usable facts it blocks with Qubes' defaults (eth0, 10.139.1.1/.2) and says so.",
     )
     block.add_argument("--qubesdb-file", metavar="FILE", type=Path, help=FACTS_FILE_HELP)
-    control_help = f"the daemon's control socket folder (default {control.CONTROL_DIR})"
+    control_help = (
+        f"the daemon's control socket folder (default ${CONTROL_DIR_ENV}, else "
+        f"{control.CONTROL_DIR})"
+    )
     run.add_argument(
-        "--control-dir", metavar="DIR", type=Path, default=control.CONTROL_DIR, help=control_help
+        "--control-dir", metavar="DIR", type=Path, default=default_control_dir(), help=control_help
     )
     status = commands.add_parser(
         "status",
@@ -155,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--control-dir",
             metavar="DIR",
             type=Path,
-            default=control.CONTROL_DIR,
+            default=default_control_dir(),
             help=control_help,
         )
     commands.add_parser(
@@ -298,12 +302,20 @@ def profile_selector(facts_file: Path | None, config_dir: Path) -> control.Selec
     return select
 
 
+def default_control_dir() -> Path:
+    """--control-dir's default: $QUBES_MIRAGEVPN_CONTROL_DIR, else /run/qubes-miragevpn (the
+    variable lets the qrexec service, which takes no arguments, reach another daemon's socket)."""
+    return Path(os.environ.get(CONTROL_DIR_ENV) or control.CONTROL_DIR)
+
+
 def ask(message: dict[str, object], directory: Path, *, as_json: bool = False) -> ExitCode:
     """The client commands: one request to the running daemon, its answer printed."""
     try:
         answer = control.request(message, directory=directory)
     except control.ControlError as e:
         print(f"qubes-miragevpn: {e}", file=sys.stderr)
+        if as_json:  # scripts (and the qrexec service) still get one JSON object
+            print(json.dumps({"ok": False, "error": str(e)}))
         return ExitCode.CONFIG
     if not answer.get("ok"):
         print(f"qubes-miragevpn: the daemon refused: {answer.get('error')}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,23 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as raised:
         cli.main(["run", "--no-such-option"])
     assert raised.value.code == ExitCode.USAGE
+
+
+def test_status_without_a_daemon_says_so_and_json_callers_still_get_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(cli.CONTROL_DIR_ENV, str(tmp_path))  # what the qrexec service relies on
+    assert cli.build_parser().parse_args(["status"]).control_dir == tmp_path
+    assert cli.main(["status", "--json"]) == ExitCode.CONFIG
+    out, err = capsys.readouterr()
+    answer = json.loads(out)
+    assert answer == {"ok": False, "error": f"the daemon is not running (no {tmp_path}/control.sock)"}
+    assert "not running" in err
+    assert cli.main(["status"]) == ExitCode.CONFIG
+    out, err = capsys.readouterr()
+    assert out == "" and "not running" in err
+    monkeypatch.delenv(cli.CONTROL_DIR_ENV)
+    assert cli.build_parser().parse_args(["reconnect"]).control_dir == Path("/run/qubes-miragevpn")
 
 
 def test_the_console_script_is_installed() -> None:
