@@ -59,7 +59,8 @@ def test_status_without_a_daemon_says_so_and_json_callers_still_get_json(
     assert cli.main(["status", "--json"]) == ExitCode.CONFIG
     out, err = capsys.readouterr()
     answer = json.loads(out)
-    assert answer == {"ok": False, "error": f"the daemon is not running (no {tmp_path}/control.sock)"}
+    missing = f"the daemon is not running (no {tmp_path}/control.sock)"
+    assert answer == {"ok": False, "error": missing}
     assert "not running" in err
     assert cli.main(["status"]) == ExitCode.CONFIG
     out, err = capsys.readouterr()
