@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import configparser
+import os
+import pwd
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from qubes_miragevpn.gateway import notices
 
 ROOT = Path(__file__).resolve().parents[3] / "qubes-miragevpn"
 DAEMON = ROOT / "systemd" / "qubes-miragevpn.service"
@@ -66,7 +71,9 @@ def test_daemon_is_notify_watchdogged_restarted_and_hardened() -> None:
     assert service["Restart"] == ["always"]
     assert service["ExecStart"] == ["/usr/bin/qubes-miragevpn run"]
     assert "WatchdogSec" in service
-    assert words(service, "CapabilityBoundingSet") == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    assert words(service, "CapabilityBoundingSet") == {
+        "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID",
+    }  # fmt: skip
     assert words(service, "AmbientCapabilities") == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
     assert service["ProtectSystem"] == ["strict"]
     assert service["PrivateTmp"] == ["yes"]
@@ -101,3 +108,42 @@ def test_systemd_accepts_the_unit(path: Path) -> None:
         and "Unit qubes-miragevpn-block.service not found" not in line
     ]
     assert problems == [], done.stderr
+
+
+def run_with_bounding_set(
+    caps: set[str], argv: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`argv` as root whose capabilities are only `caps`, as systemd runs a unit with
+    CapabilityBoundingSet=caps and NoNewPrivileges=yes."""
+    bounding = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in sorted(caps))])
+    setpriv = ["setpriv", "--bounding-set", bounding, "--inh-caps", "-all", "--no-new-privs"]
+    return subprocess.run(
+        [*setpriv, *argv], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root drops to another user")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_the_daemons_capabilities_let_a_notice_reach_the_default_users_desktop() -> None:
+    """The daemon runs `runuser -u USER -- notify-send` (notices.py); with the unit's bounding
+    set it really becomes USER (`nobody` here; a stand-in notify-send prints its uid), and
+    without SETUID/SETGID it could not: the check can fail."""
+    caps = words(unit(DAEMON)["Service"], "CapabilityBoundingSet")
+    notice = notices.Notice(kind=notices.Kind.CONNECTED, title="VPN connected", body="x")
+    argv = notices.notify_send_argv("nobody", notice)
+    bin_dir = Path(tempfile.mkdtemp(prefix="qmvpn-notify-", dir="/tmp"))
+    try:
+        bin_dir.chmod(0o755)  # `nobody` must reach the stand-in
+        stand_in = bin_dir / "notify-send"
+        stand_in.write_text('#!/bin/sh\necho "uid=$(id -u) gid=$(id -g) $*"\n')
+        stand_in.chmod(0o755)
+        env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+        nobody = pwd.getpwnam("nobody")
+        shown = run_with_bounding_set(caps, argv, env)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f"uid={nobody.pw_uid} gid={nobody.pw_gid} "), shown.stdout
+        assert "VPN connected" in shown.stdout
+        network_only = run_with_bounding_set(caps - {"CAP_SETUID", "CAP_SETGID"}, argv, env)
+        assert network_only.returncode != 0 and "uid=" not in network_only.stdout
+    finally:
+        shutil.rmtree(bin_dir)
