@@ -239,7 +239,7 @@ uninstall:
 SYSTEM_PATH := /usr/sbin:/usr/bin:/sbin:/bin
 DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-build python3-installer fakeroot lintian
-RPM_BUILD_PACKAGES := rpm python3-build python3-installer python3-wheel python3-setuptools
+RPM_BUILD_PACKAGES := rpm python3-rpm python3-build python3-installer python3-wheel python3-setuptools
 define apt_ensure
 @missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 if [ -n "$$missing" ]; then \
