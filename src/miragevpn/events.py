@@ -84,6 +84,10 @@ class TunnelSettings:
     # to the server via the original gateway first, the tunnel would route itself into itself.
     # Set by the engine (tunnelsettings.py) so the runtime need not recompute it.
     covers_server: bool = False
+    # `block-ipv6` (configured or pushed): the runtime answers every IPv6 packet it reads from
+    # the tun with an ICMPv6 "no route" from this address (`icmp6.unreachable_reply`) instead of
+    # sending it; None: IPv6 goes through the tunnel.
+    block_ipv6_source: ipaddress.IPv6Address | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

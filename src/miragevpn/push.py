@@ -78,6 +78,7 @@ class PushedOptions:
     routes: tuple[Route, ...] = ()
     routes_ipv6: tuple[RouteIPv6, ...] = ()
     redirect_gateway: RedirectGateway | None = None
+    block_ipv6: bool = False
     dhcp_options: tuple[DhcpOption, ...] = ()
     peer_id: int | None = None
     cipher: str | None = None
@@ -134,7 +135,6 @@ HARMLESS = {
     "tap-sleep": "Windows only",
     "route-metric": "routes keep the runtime's metric",
     "route-delay": "routes are installed at once",
-    "block-ipv6": "the runtime's firewall decides what IPv6 may leave",
     "redirect-private": "only redirect-gateway is applied",
     "client-nat": "not supported; ignored",
     "dns": "structured `dns` option is not applied; dhcp-option DNS is",
@@ -174,6 +174,7 @@ FROM_CONFIG_GRAMMAR = frozenset(
         "explicit-exit-notify",
         "comp-lzo",
         "compress",
+        "block-ipv6",
     }
 )
 
@@ -285,6 +286,7 @@ _SCALAR_FIELDS = frozenset(
         "key_derivation",
         "auth_token",
         "auth_token_user",
+        "block_ipv6",
     }
 )
 

@@ -7,8 +7,9 @@ OpenVPN 2.6 references: `init.c` (`init_connection_list`: remote-random shuffle;
 - Order: as configured, or shuffled once with an unbiased Fisher–Yates driven by the injected
   `rng` (`remote-random`; OpenVPN's own shuffle uses a biased modulo).
 - A failure of the current attempt (connect failed or timed out, no answer to our reset, TLS
-  error, ping-restart...) moves to the next resolved address of the same remote, then to the
-  next remote, wrapping around.
+  error, ping-restart...) moves to the next resolved address of the same remote (of either
+  family for `proto udp`/`tcp`, in the resolver's order), then to the next remote, wrapping
+  around.
 - The pause before the next attempt is `connect-retry` seconds; after 5 unsuccessful attempts
   per remote it doubles each time (`n << k`, k ≤ 15), capped at the `connect-retry` maximum.
   A server-requested back-off (`AUTH_FAILED,TEMP[backoff N]`) raises it.
@@ -82,13 +83,20 @@ def literal_address(host: str) -> IPAddress | None:
 
 
 def usable_addresses(addresses: Iterable[IPAddress], family: AddressFamily) -> list[IPAddress]:
-    """Addresses of the wanted family, IPv4 first for "any" (stable), duplicates removed."""
+    """Addresses of the wanted family in the resolver's order, duplicates removed.
+
+    For "any" (`proto udp`/`tcp`) both families, in the order the resolver gave them, as
+    OpenVPN 2.6 walks getaddrinfo's list (socket.c openvpn_getaddrinfo with AF_UNSPEC, no
+    re-sorting; init.c next_connection_entry takes `ai_next` after each failure): glibc's
+    getaddrinfo has already sorted them by RFC 6724 (gai.conf), e.g. IPv6 first when this host
+    has an IPv6 route. An unreachable first address costs one failed attempt, then the next
+    one (of either family) is tried."""
     unique = list(dict.fromkeys(addresses))
     if family is AddressFamily.IPV4:
         return [a for a in unique if a.version == 4]
     if family is AddressFamily.IPV6:
         return [a for a in unique if a.version == 6]
-    return sorted(unique, key=lambda a: a.version)
+    return unique
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ from .events import IPAddress, RouteSpec, TunnelSettings
 from .push import PushedOptions
 
 DEFAULT_TOPOLOGY = Topology.NET30  # OpenVPN 2.6 default (options.c)
+# forward.c ipv6_send_icmp_unreachable: the ICMPv6 source when there is no ifconfig-ipv6 remote
+BLOCK_IPV6_FALLBACK_SOURCE = ipaddress.IPv6Address("fe80::7")
 
 
 def resolve_tunnel_settings(
@@ -68,6 +70,9 @@ def resolve_tunnel_settings(
         notes.append(f"ifconfig-ipv6 {ifconfig6.interface} refused: it is the server's address")
         ifconfig6 = None
     gateway6 = ifconfig6.remote if ifconfig6 is not None else None
+    block_source = None
+    if pushed.block_ipv6 or config.block_ipv6:
+        block_source = gateway6 or BLOCK_IPV6_FALLBACK_SOURCE
     for route6 in (*config.routes_ipv6, *pushed.routes_ipv6):
         routes.append(
             RouteSpec(
@@ -95,6 +100,7 @@ def resolve_tunnel_settings(
         cipher=cipher,
         key_derivation=key_derivation,
         covers_server=covers_server,
+        block_ipv6_source=block_source,
     )
     return settings, tuple(notes)
 

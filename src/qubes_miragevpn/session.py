@@ -16,7 +16,9 @@ its application (`SessionHooks`) at every step that is the application's to deci
     wire in     a batch of datagrams (up to transport.RECV_BATCH, or one TCP chunk) →
                 client.receive() each → client.tunnel_packets() → tun, one write per packet
     tun in      up to TUN_BATCH packets per wake-up → client.encrypt_tunnel_packet() each → one
-                transport.send(batch) (UDP GSO when the kernel has it)
+                transport.send(batch) (UDP GSO when the kernel has it); with `block-ipv6`
+                (settings.block_ipv6_source) an IPv6 packet is not sent: its ICMPv6 no-route
+                answer (miragevpn.icmp6) is written back to the tun
     wire out    client.data_to_send() → transport, after every call (or batch) into the client
     timer       exactly one asyncio timer for client.get_timer(), moved only when the deadline
                 comes earlier than the armed one (a later deadline is left to an early wake-up,
@@ -46,6 +48,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar, assert_never
 
+from miragevpn import icmp6
 from miragevpn.client import Client
 from miragevpn.config.model import AddressFamily, AuthUserPass, Config, Transport
 from miragevpn.events import (
@@ -167,6 +170,8 @@ class SessionLoop:
         self._transport: transports.Transport | None = None
         self._generation = 0  # bumped on every connect/disconnect: stale callbacks are ignored
         self._tun: TunDevice | None = None
+        self._block_ipv6: tuple[ipaddress.IPv6Address, int] | None = None  # (source, tun MTU)
+        self.ipv6_blocked = 0  # IPv6 packets from the tun answered (or dropped) by block-ipv6
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline = 0.0  # the client deadline `_timer` was armed for
         self._udp_stats: transports.UdpStats | None = None  # of the current (or last) UDP socket
@@ -378,6 +383,10 @@ class SessionLoop:
         ok, tun = await self._hook("setting up the tunnel", lambda: self._hooks.tunnel_up(settings))
         if not ok or tun is None or self._finished:
             return
+        source = settings.block_ipv6_source
+        self._block_ipv6 = None if source is None else (source, settings.mtu)
+        if source is not None:
+            log.info("block-ipv6: IPv6 from %s is answered with ICMPv6 no-route", tun.name)
         if tun is not self._tun:
             assert self._loop is not None
             if self._tun is not None:
@@ -479,12 +488,19 @@ class SessionLoop:
             return
         now = self._clock()
         wire: list[bytes] = []
+        block = self._block_ipv6
         try:
             read, encrypt = tun.read, client.encrypt_tunnel_packet
             for _ in range(TUN_BATCH):
                 packet = read()
                 if packet is None:
                     break
+                if block is not None and icmp6.is_ipv6(packet):
+                    self.ipv6_blocked += 1
+                    reply = icmp6.unreachable_reply(packet, block[0], mtu=block[1])
+                    if reply is not None:
+                        tun.write(reply)
+                    continue
                 sealed = encrypt(packet, now=now)
                 if sealed is not None:
                     wire.append(sealed)

@@ -8,15 +8,26 @@ counters. Same conventions as test_client.py: MiniServer, a float clock, packets
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from miragevpn.client import Client
 from miragevpn.config.keys import parse_static_key
-from miragevpn.config.model import KeyDirection, Proto, Remote, TlsAuth, TlsVersion, Transport
+from miragevpn.config.model import (
+    AddressFamily,
+    KeyDirection,
+    Proto,
+    Remote,
+    TlsAuth,
+    TlsVersion,
+    Transport,
+)
 from miragevpn.errors import DropReason, ServerCertificateRejected
 from miragevpn.events import (
+    ConnectionRequested,
     DisconnectionRequested,
     Event,
     ProgressReported,
+    ResolutionRequested,
     SessionEnded,
     SessionRestarting,
     TlsEstablished,
@@ -317,3 +328,55 @@ def test_auth_failed_temp_restarts_instead_of_ending(pki: Pki) -> None:
         "temporary authentication failure: the server refused our credentials for now "
         "(AUTH_FAILED,TEMP: try later)"
     )
+
+
+# --------------------------------------------------------------------------- dual-stack names
+
+DUAL = (Remote("vpn.example", 1194, Proto(Transport.UDP)),)
+V6 = ipaddress.IPv6Address("2001:db8::1")
+V4 = ipaddress.IPv4Address("192.0.2.1")
+
+
+def connect_target(events: list[Event]) -> ConnectionRequested:
+    requests = [e for e in events if isinstance(e, ConnectionRequested)]
+    assert len(requests) == 1, events
+    return requests[0]
+
+
+def test_a_dual_stack_name_falls_back_to_the_next_family_when_the_first_cannot_connect(
+    pki: Pki,
+) -> None:
+    """`proto udp` + a name with AAAA and A: the resolver's first address (IPv6 here) first;
+    a failed connect (ENETUNREACH) moves to the IPv4 address of the same remote."""
+    config = make_config(pki, remotes=DUAL)
+    client = Client(config, rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    resolution = [e for e in drain(client) if isinstance(e, ResolutionRequested)]
+    assert [(r.host, r.family) for r in resolution] == [("vpn.example", AddressFamily.ANY)]
+    client.handle_resolved([V6, V4], now=T0)
+    assert connect_target(drain(client)).address == V6
+    client.handle_connection_failed(now=T0 + 0.1)
+    drain(client)
+    client.handle_timer(now=T0 + 5)
+    assert connect_target(drain(client)).address == V4  # no new lookup: the next address
+
+
+def test_a_silent_first_address_gives_way_after_server_poll_timeout(pki: Pki) -> None:
+    """UDP "connects" at once; a first address that never answers our reset is left when
+    server-poll-timeout runs out, for the next address (IPv4 first this time)."""
+    config = make_config(pki, remotes=DUAL, server_poll_timeout=4.0)
+    client = Client(config, rng=counter_rng(), now=T0, wall_clock=wall_clock)
+    drain(client)
+    client.handle_resolved([V4, V6], now=T0)
+    assert connect_target(drain(client)).address == V4
+    client.handle_connected(now=T0)
+    for step in range(1, 60):  # bounded: the poll timeout is 4 s, the retry pause 1 s
+        deadline = client.get_timer()
+        assert deadline is not None
+        client.handle_timer(now=deadline)
+        client.data_to_send(now=deadline)
+        events = drain(client)
+        if any(isinstance(e, ConnectionRequested) for e in events):
+            assert connect_target(events).address == V6
+            assert deadline - T0 < 4.0 + 1.0 + 0.01 * step
+            return
+    raise AssertionError("the next address was never tried")

@@ -45,12 +45,12 @@ def test_config_order_and_literal_addresses() -> None:
     selector = RemoteSelector(Config(remotes=(A, B)), counter_rng())  # type: ignore[arg-type]
     assert selector.target().remote == A
     assert selector.target().address is None  # resolve a.example first
-    assert selector.resolved([V6, V4, V4B, V4]) == V4  # IPv4 first, duplicates dropped
+    assert selector.resolved([V4, V6, V4B, V4]) == V4  # the resolver's order, no duplicates
     assert selector.target().address == V4
     assert selector.failed() == 1.0
-    assert selector.target().address == V4B  # next address of the same remote
+    assert selector.target().address == V6  # next address of the same remote, either family
     selector.failed()
-    assert selector.target().address == V6
+    assert selector.target().address == V4B
     selector.failed()
     target = selector.target()
     assert target.remote == B
@@ -63,6 +63,9 @@ def test_config_order_and_literal_addresses() -> None:
 def test_family_filter() -> None:
     assert usable_addresses([V4, V6], AddressFamily.IPV6) == [V6]
     assert usable_addresses([V6, V4], AddressFamily.IPV4) == [V4]
+    # proto udp/tcp: both families, as getaddrinfo sorted them (OpenVPN 2.6 does not re-sort)
+    assert usable_addresses([V6, V4, V6], AddressFamily.ANY) == [V6, V4]
+    assert usable_addresses([V4, V6], AddressFamily.ANY) == [V4, V6]
     selector = RemoteSelector(Config(remotes=(C,)), counter_rng())  # type: ignore[arg-type]
     assert selector.resolved([V4]) is None
 

@@ -123,6 +123,19 @@ def test_redirect_gateway_flags_choose_the_families() -> None:
     assert (v6.redirect_gateway_ipv4, v6.redirect_gateway_ipv6) == (False, True)
 
 
+def test_block_ipv6_answers_from_the_ipv6_peer_or_fe80_7() -> None:
+    """forward.c ipv6_send_icmp_unreachable: the ifconfig-ipv6 remote, else fe80::7; pushed
+    (OPT_P_ROUTE) or configured alike; not set, IPv6 goes through."""
+    plain, _ = resolve(["ifconfig-ipv6 2001:db8::2/64 2001:db8::1"])
+    assert plain.block_ipv6_source is None
+    pushed, _ = resolve(["ifconfig-ipv6 2001:db8::2/64 2001:db8::1", "block-ipv6"])
+    assert pushed.block_ipv6_source == addr("2001:db8::1")
+    configured, _ = resolve([], Config(client=True, block_ipv6=True))
+    assert configured.block_ipv6_source == addr("fe80::7")
+    nopull, _ = resolve(["block-ipv6"], Config(client=True, route_nopull=True))
+    assert nopull.block_ipv6_source is None  # route-nopull drops OPT_P_ROUTE options
+
+
 def test_pushed_dhcp_options_are_kept_in_order() -> None:
     settings, _ = resolve(["dhcp-option DNS 10.8.0.1", "dhcp-option DOMAIN vpn.example"])
     assert [(o.kind, o.value) for o in settings.dhcp_options] == [

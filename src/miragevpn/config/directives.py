@@ -164,6 +164,7 @@ TABLE: dict[str, Spec] = {
     "route-delay": used(h.h_route_delay, 0, 2),
     "redirect-gateway": used(h.h_redirect_gateway, 0, len(h.REDIRECT_FLAGS)),
     "route-nopull": used(h.flag("route_nopull")),
+    "block-ipv6": used(h.flag("block_ipv6")),
     "pull-filter": used(h.h_pull_filter, 2, 2),
     "dhcp-option": used(h.h_dhcp_option, 1, 2),
     "persist-key": used(h.flag("persist_key")),
@@ -297,7 +298,6 @@ TABLE: dict[str, Spec] = {
     "keying-material-exporter": rejected(
         "it exports TLS keying material to scripts and plugins, which this client never runs"
     ),
-    "block-ipv6": rejected("IPv6 blocking inside the tunnel is not implemented yet"),
     "bind-dev": rejected("binding the sockets to a device (VRF) is not implemented"),
     "client-nat": rejected("address translation inside the tunnel is not implemented"),
     "lladdr": rejected("TAP devices (and their MAC addresses) are not supported; use dev tun"),

@@ -263,6 +263,8 @@ def format_config(c: Config) -> str:
         add(" ".join(["redirect-gateway", *sorted(c.redirect_gateway.flags)]))
     if c.route_nopull:
         add("route-nopull")
+    if c.block_ipv6:
+        add("block-ipv6")
     for f in c.pull_filters:
         add(f"pull-filter {f.action.value} {quote(f.text)}")
     for o in c.dhcp_options:

@@ -39,7 +39,7 @@ class Transport(enum.Enum):
 
 
 class AddressFamily(enum.Enum):
-    ANY = "any"  # "udp"/"tcp": whatever the name resolves to, IPv4 first
+    ANY = "any"  # "udp"/"tcp": whatever the name resolves to, in the resolver's order
     IPV4 = "ipv4"  # "udp4"/"tcp4"
     IPV6 = "ipv6"  # "udp6"/"tcp6"
 
@@ -346,6 +346,7 @@ class Config:
     route_delay: float | None = None
     redirect_gateway: RedirectGateway | None = None
     route_nopull: bool = False
+    block_ipv6: bool = False  # IPv6 read from the tun is answered with ICMPv6 no-route
     pull_filters: tuple[PullFilter, ...] = ()
     dhcp_options: tuple[DhcpOption, ...] = ()
 

@@ -267,7 +267,6 @@ def test_a_later_inline_block_replaces_a_file_directive_unread(read_file: Reader
         ("ifconfig-push 10.0.0.2 10.0.0.1", "not supported here: a server-side option"),
         ("show-ciphers", "a command-line action"),
         ("static-challenge 'Code' 1", "one-time codes"),
-        ("block-ipv6", "not implemented yet"),
         ("pkcs11-pin-cache 60", "PKCS#11"),
     ],
 )
