@@ -10,8 +10,9 @@ OpenVPN's manual).
 
 Where we differ, on purpose (RFC 4443 §2.4): the answer is at most 1280 bytes in all (OpenVPN
 quotes up to 1280 bytes after the headers), never larger than the tun MTU; there is no answer
-to an ICMPv6 error message (no extension headers before it), to an unspecified or multicast
-source, nor to a packet too short to be IPv6. Those are dropped silently.
+to an ICMPv6 error message (no extension headers before it), to a multicast destination (MLD
+reports, router solicitations), to an unspecified or multicast source, nor to a packet too
+short to be IPv6. Those are dropped silently.
 
 Forty lines of struct packing: a packet library (scapy, dpkt) would be a large dependency of
 the engine for one fixed layout.
@@ -54,10 +55,10 @@ def unreachable_reply(
     no answer (see the module doc)."""
     if len(packet) < IPV6_HEADER.size or not is_ipv6(packet):
         return None
-    first, _, next_header, _, their_source, _ = IPV6_HEADER.unpack_from(packet)
+    first, _, next_header, _, their_source, destination = IPV6_HEADER.unpack_from(packet)
     sender = ipaddress.IPv6Address(their_source)
-    if sender.is_unspecified or sender.is_multicast:
-        return None
+    if sender.is_unspecified or sender.is_multicast or destination[0] == 0xFF:
+        return None  # §2.4(e.3, e.6): nothing for a multicast destination or a non-unicast source
     icmp_type = packet[IPV6_HEADER.size] if len(packet) > IPV6_HEADER.size else None
     if next_header == NEXT_ICMPV6 and icmp_type is not None and icmp_type < 128:
         return None  # types 0..127 are error messages

@@ -69,6 +69,7 @@ class Scenario:
     wrong_client_cert: bool = False  # the client presents a cert from another CA
     wrong_client_static_key: bool = False  # the client's tls-auth/tls-crypt key is not the server's
     port: int = 1194
+    client_proto: str | None = None  # the client's `remote` proto (default: `transport`)
     extra_server: tuple[str, ...] = ()
     extra_client: tuple[str, ...] = ()
 
@@ -139,7 +140,7 @@ def client_config(
     lines = [
         "client",
         "dev tun",
-        f"remote {remote} {scenario.port} {scenario.transport}",
+        f"remote {remote} {scenario.port} {scenario.client_proto or scenario.transport}",
         "nobind",
         f"ca {files.ca}",
         f"cert {cert}",

@@ -74,6 +74,15 @@ def engine_ready() -> bool:
     return True
 
 
+def private_hosts(hosts_path: Path) -> list[str]:
+    """A command prefix: the program after it runs in a new mount namespace (private
+    propagation, so nothing reaches the machine's) where `hosts_path` is bind-mounted over
+    /etc/hosts. `unshare` and `sh -c exec` replace themselves: the PID stays the program's."""
+    script = 'mount --bind "$1" /etc/hosts && shift && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(hosts_path)]  # fmt: skip
+
+
 def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -87,14 +96,28 @@ class OurClient:
 
     @classmethod
     def start(
-        cls, ns: Netns, config_text: str, workdir: Path, *, args: tuple[str, ...] = ()
+        cls,
+        ns: Netns,
+        config_text: str,
+        workdir: Path,
+        *,
+        args: tuple[str, ...] = (),
+        hosts: str | None = None,
     ) -> OurClient:
+        """`hosts`: the text of an /etc/hosts that only this client sees (bind-mounted in a
+        private mount namespace of its own; the machine's /etc/hosts is not touched), so that
+        libc's getaddrinfo resolves test names for real."""
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "miragevpn-client.conf"
         config.write_text(config_text)
         log = workdir / "miragevpn-client.log"
+        argv = [MIRAGEVPN_CLIENT, str(config), *args]
+        if hosts is not None:
+            hosts_path = workdir / "hosts"
+            hosts_path.write_text(hosts)
+            argv = [*private_hosts(hosts_path), *argv]
         with log.open("ab") as out:
-            proc = ns.spawn([MIRAGEVPN_CLIENT, str(config), *args], stdout=out)
+            proc = ns.spawn(argv, stdout=out)
         return cls(ns, config, log, proc)
 
     def log_text(self) -> str:

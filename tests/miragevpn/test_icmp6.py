@@ -85,6 +85,8 @@ def test_no_answer_to_errors_unspecified_or_multicast_sources_or_non_ipv6() -> N
     assert unreachable_reply(unspecified, PEER) is None
     multicast = ipv6_packet(b"x", source=ipaddress.IPv6Address("ff02::1"))
     assert unreachable_reply(multicast, PEER) is None
+    to_group = ipv6_packet(b"x")[:24] + ipaddress.IPv6Address("ff02::16").packed + b"x"
+    assert unreachable_reply(to_group, PEER) is None  # an MLD report to a group
     ipv4 = bytes.fromhex("4500001c000000004011") + bytes(18)
     assert not is_ipv6(ipv4) and unreachable_reply(ipv4, PEER) is None
     assert unreachable_reply(b"\x60" + bytes(20), PEER) is None  # shorter than a header

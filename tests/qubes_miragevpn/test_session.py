@@ -12,15 +12,16 @@ import ipaddress
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from miragevpn.config.model import Config, Proto, Remote, Transport
 from miragevpn.events import TunnelSettings
+from miragevpn.icmp6 import IPV6_HEADER, unreachable_reply
 from qubes_miragevpn.session import Ending, Endpoint, Phase, SessionLoop, SessionOutcome
 from qubes_miragevpn.transport import SO_MARK, UdpTransport
-from tests.helpers.fake_client import FakeTun, ScriptedClient
+from tests.helpers.fake_client import SETTINGS, FakeTun, ScriptedClient
 
 TIMEOUT = 5.0
 
@@ -95,7 +96,11 @@ class UdpServer(asyncio.DatagramProtocol):
 
 
 def make_session(
-    port: int, transport: Transport, hooks: RecordingHooks, **options: object
+    port: int,
+    transport: Transport,
+    hooks: RecordingHooks,
+    settings: TunnelSettings = SETTINGS,
+    **options: object,
 ) -> tuple[SessionLoop, list[ScriptedClient]]:
     config = Config(
         client=True, remotes=(Remote(host="127.0.0.1", port=port, proto=Proto(transport)),)
@@ -103,7 +108,7 @@ def make_session(
     clients: list[ScriptedClient] = []
 
     def factory(config: Config, now: float) -> ScriptedClient:
-        clients.append(ScriptedClient(config, now))
+        clients.append(ScriptedClient(config, now, settings=settings))
         return clients[-1]
 
     session = SessionLoop(config, hooks, client_factory=factory, **options)  # type: ignore[arg-type]
@@ -464,3 +469,35 @@ def test_timer_moves_only_for_an_earlier_deadline() -> None:
         await session._teardown()
 
     asyncio.run(main())
+
+
+def test_block_ipv6_answers_ipv6_from_the_tun_and_sends_only_ipv4() -> None:
+    """settings.block_ipv6_source: an IPv6 packet read from the tun goes back as its ICMPv6
+    no-route answer (miragevpn.icmp6) and never to the server; IPv4 still goes out."""
+    hooks = RecordingHooks()
+    source = ipaddress.IPv6Address("fd00:8::1")
+    me, there = ipaddress.IPv6Address("fd00:8::2"), ipaddress.IPv6Address("2001:db8::80")
+    ipv6 = IPV6_HEADER.pack(0x6000_0000, 4, 17, 64, me.packed, there.packed) + b"data"
+    ipv4 = b"\x45" + bytes(19)
+
+    async def body(server: UdpServer, port: int) -> None:
+        settings = replace(SETTINGS, block_ipv6_source=source)
+        session, _ = make_session(port, Transport.UDP, hooks, settings)
+        run = asyncio.create_task(session.run())
+        await server.expect(b"HELLO")
+        server.send(b"WELCOME")
+        await server.expect(b"PING")
+        await asyncio.sleep(0.05)
+        tun = hooks.tun
+        assert tun is not None
+        tun.peer.send(ipv6)
+        answer = await asyncio.wait_for(asyncio.to_thread(tun.peer.recv, 2000), TIMEOUT)
+        assert answer == unreachable_reply(ipv6, source, mtu=SETTINGS.mtu)
+        tun.peer.send(ipv4)
+        await server.expect(b"D" + ipv4)  # the IPv6 packet never reached the server before it
+        assert session.ipv6_blocked == 1
+        session.close("test over")
+        await server.expect(b"EXIT")
+        await asyncio.wait_for(run, TIMEOUT)
+
+    asyncio.run(with_udp_server(body))
