@@ -16,7 +16,7 @@ The first tests share one world (module fixture) and run in order: boot (block f
 daemon ready while the server is down, connected, server restart, renegotiation, uplink flap,
 SIGKILL and restart, profile switch, /connected-ips change, stop. Each leaves the gateway
 connected for the next, except the last. Then worlds of their own: AUTH_FAILED, a hostname
-remote resolved through the uplink, a server HALT. Recovery times are printed (-s) and asserted
+remote resolved through the uplink, a server HALT, an IPv6 server endpoint. Recovery times are printed (-s) and asserted
 loosely (the strict numbers are the benchmark's).
 """
 
@@ -348,3 +348,30 @@ def test_server_halt_holds_blocked_until_a_restart(tmp_path: Path) -> None:
         world.stop_daemon()
         started = world.start_daemon()
         world.wait_through_tunnel(started, "after HALT, daemon restarted")
+
+
+def test_an_ipv6_server_endpoint(tmp_path: Path) -> None:
+    """`remote 2001:db8:100::1 1194 udp6` with an IPv6 uplink (/qubes-ip6, /qubes-gateway6):
+    from boot (blocked), the Connecting policy lets out only the session to the IPv6 endpoint,
+    the host route to the server goes via the uplink's IPv6 gateway, the AppVMs' traffic goes
+    through the tunnel, and nothing else leaves sys-vpn, whatever the AppVMs try."""
+    topo_server6 = "2001:db8:100::1"
+    udp6 = replace(UDP, client_proto="udp6", extra_server=(f"local {topo_server6}", "proto udp6"))
+    with built_world(
+        tmp_path, {"udp6.ovpn": (udp6, ())}, remote=topo_server6, uplink_ipv6=True
+    ) as world:
+        topo = world.topo
+        assert str(topo.server6) == topo_server6
+        start_server(world, "udp6", udp6)
+        topo.sysvpn.run(world.qubes_miragevpn("block", "--qubesdb-file", str(world.facts_path)))
+        with topo.capture() as cap:
+            started = world.start_daemon()
+            world.wait_through_tunnel(started, "IPv6 server endpoint")
+            probe_everything(world)
+            assert world.fetch() == b"web"
+        assert_no_leaks(world, cap, "IPv6 server endpoint")
+        session = [f for f in cap.frames_from_sysvpn() if f.dst == topo_server6]
+        assert session and all(f.src == str(topo.sysvpn6) and f.proto == 17 for f in session)
+        route = topo.sysvpn.json(["ip", "-j", "-6", "route", "get", topo_server6])[0]
+        assert (route.get("gateway"), route.get("dev")) == (str(topo.gateway6), topo.uplink)
+        assert f"connecting to {topo_server6} port 1194 over UDP" in world.daemon_log()
