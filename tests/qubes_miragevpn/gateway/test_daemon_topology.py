@@ -16,8 +16,8 @@ The first tests share one world (module fixture) and run in order: boot (block f
 daemon ready while the server is down, connected, server restart, renegotiation, uplink flap,
 SIGKILL and restart, profile switch, /connected-ips change, stop. Each leaves the gateway
 connected for the next, except the last. Then worlds of their own: AUTH_FAILED, a hostname
-remote resolved through the uplink, a server HALT, an IPv6 server endpoint. Recovery times are printed (-s) and asserted
-loosely (the strict numbers are the benchmark's).
+remote resolved through the uplink, a server HALT, an IPv6 server endpoint. Recovery times are
+printed (-s) and asserted loosely (the strict numbers are the benchmark's).
 """
 
 from __future__ import annotations
