@@ -27,7 +27,8 @@ TEST_STACKS := system newest
 # Debian packages: the libraries we run on (the versions Debian 12 ships, not newer wheels),
 # the real OpenVPN we interoperate with, and the tools the tests drive.
 APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables python3-yaml \
-	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps
+	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps \
+	gcc python3-dev libnetfilter-queue-dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--seconds 5 --proto tcp --profile"
 MICRO_ARGS ?=  # e.g. MICRO_ARGS="--seconds 3 --backend all"
@@ -69,7 +70,7 @@ $(STAMP): pyproject.toml
 	fi
 	@echo "== creating $(VENV) on the system Python, seeing the Debian-packaged libraries"
 	$(PYTHON_SYSTEM) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,blocked-report]'
 	@touch $(STAMP)
 
 # The newest stack: a virtual environment of its own (no --system-site-packages), the newest
@@ -82,7 +83,7 @@ $(STAMP_NEWEST): pyproject.toml .ci/newest-python | $(STAMP)
 	echo "== creating $(VENV_NEWEST) on $$newest ($$($$newest -V)), isolated from Debian's packages"; \
 	rm -rf $(VENV_NEWEST) && $$newest -m venv $(VENV_NEWEST)
 	$(PY_NEWEST) -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager \
-		-e '.[dev,gateway]'
+		-e '.[dev,gateway,blocked-report]'
 	@touch $(STAMP_NEWEST)
 
 # Both stacks run at once (the suite mostly waits on real servers, timeouts and namespaces, so

@@ -129,7 +129,8 @@ class World:
     def qubes_miragevpn(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "qubes_miragevpn.gateway.cli", *args]
 
-    def start_daemon(self) -> float:
+    def start_daemon(self, *extra: str) -> float:
+        """`qubes-miragevpn run` in sys-vpn; `extra`: more options of `run`."""
         self.starts += 1
         self.log_path = self.tmp / f"daemon-{self.starts}.log"
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), PYTHONUNBUFFERED="1",
@@ -137,6 +138,7 @@ class World:
         argv = self.qubes_miragevpn(
             "--log-level", "debug", "run", "--qubesdb-file", str(self.facts_path),
             "--config-dir", str(self.config_dir), "--control-dir", str(self.control_dir),
+            *extra,
         )  # fmt: skip
         started = time.monotonic()
         with self.log_path.open("wb") as log:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from . import control, nft
+from . import blocked, control, nft
 from .conntrack import ConntrackError, flush_connections
 from .daemon import (
     SOCKET_MARK,
@@ -41,7 +41,7 @@ from .facts import (
     QubesDBFacts,
 )
 from .notices import Notifier
-from .policy import QUBES_UPLINK, QUBES_VIRTUAL_DNS, Blocked, Facts, Policy
+from .policy import QUBES_UPLINK, QUBES_VIRTUAL_DNS, Blocked, Facts, Policy, Report
 
 log = logging.getLogger("qubes-miragevpn")
 
@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--qubesdb-file", metavar="FILE", type=Path, help=FACTS_FILE_HELP)
     run.add_argument(
+        "--blocked-report",
+        choices=["auto", "queue", "counters", "off"],
+        default="auto",
+        help="how the daemon learns which AppVM tried to reach what while refused (status, "
+        "log): queue = the first packet of each refused flow through an NFQUEUE (needs the "
+        "netfilterqueue module and the kernel's nftables queue), counters = nftables "
+        "counters, auto = queue when possible, else counters (default); docs/security.md",
+    )
+    run.add_argument(
         "--config-dir",
         metavar="DIR",
         type=Path,
@@ -182,7 +191,9 @@ def facts_source(path: Path | None) -> FactsSource:
     return QubesDBFacts(QubesDBAdapter(load_binding()))
 
 
-def surroundings_of(facts: NetworkFacts, *, uplink: str = QUBES_UPLINK) -> Surroundings:
+def surroundings_of(
+    facts: NetworkFacts, *, uplink: str = QUBES_UPLINK, report: Report | None = None
+) -> Surroundings:
     """What the daemon and the firewall need, from the network facts (Qubes' defaults where
     QubesDB is silent: the virtual DNS addresses every AppVM uses)."""
     down = facts.downstream
@@ -193,6 +204,7 @@ def surroundings_of(facts: NetworkFacts, *, uplink: str = QUBES_UPLINK) -> Surro
             connected_ips=frozenset([*down.connected, *down.connected6]),
             virtual_dns=down.virtual_dns or QUBES_VIRTUAL_DNS,
             uplink_dns=facts.uplink.dns or QUBES_VIRTUAL_DNS,
+            report=report,
         ),
         uplink_gateway=facts.uplink.gateway,
         uplink_gateway6=facts.uplink.gateway6,
@@ -332,6 +344,7 @@ async def run(
     *,
     log_level: str | None = None,
     control_dir: Path = control.CONTROL_DIR,
+    blocked_report: str = "auto",
 ) -> ExitCode:
     from ..rtnl import open_rtnl
     from .routing import GatewayRouting
@@ -360,15 +373,22 @@ async def run(
         return ExitCode.SETUP_FAILED
     routing = GatewayRouting(rtnl)
     notifier = Notifier(lambda: current["facts"].default_user)
+    reporter = report_of(blocked_report, backend, lambda: current["facts"])
+    if reporter is None:
+        return ExitCode.CONFIG
+    reporter.start(asyncio.get_running_loop())  # before any firewall names the queue
     daemon = GatewayDaemon(
-        read_surroundings=lambda: surroundings_of(current["facts"]),
+        read_surroundings=lambda: surroundings_of(current["facts"], report=reporter.report),
         load_profile=profile_source(config_dir, lambda: current["facts"].profile),
         firewall=NftFirewall(backend),
         routing=routing,
         flush=flush_connections,
         watchdog=watchdog_interval(os.environ),
         on_phase=notifier.phase_changed,
+        blocked_report=reporter.entries,
+        report_mode=reporter.mode,
     )
+    reporter.ledger.state = lambda: control.state_of(daemon.phase)
     follower = asyncio.ensure_future(follow(source, daemon, current))
     server = control.ControlServer(
         daemon, directory=control_dir, select_profile=profile_selector(facts_file, config_dir)
@@ -381,11 +401,29 @@ async def run(
         return await daemon.run()
     finally:
         await server.close()
+        await reporter.close()
         await notifier.drain()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         await routing.close()
+
+
+def report_of(
+    asked: str, backend: nft.NftBackend, facts: Callable[[], NetworkFacts]
+) -> blocked.Reporter | None:
+    """The blocked-traffic reporter `--blocked-report` asks for (None: it cannot be had)."""
+    problem = blocked.queue_module_missing() if asked in ("auto", "queue") else None
+    has_queue = (
+        problem is None and asked in ("auto", "queue") and nft.kernel_has_queue(backend=backend)
+    )
+    try:
+        mode = blocked.choose_mode(asked, module_problem=problem, kernel_has_queue=has_queue)
+    except RuntimeError as e:
+        log.error("%s", e)
+        return None
+    ledger = blocked.Ledger(names=lambda: dict(facts().appvm_names))
+    return blocked.Reporter(mode, ledger, backend)
 
 
 class Follower(Protocol):
@@ -458,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.config_dir,
                     log_level=args.log_level,
                     control_dir=args.control_dir,
+                    blocked_report=args.blocked_report,
                 )
                 return int(asyncio.run(coroutine))
             except KeyboardInterrupt:

@@ -66,7 +66,8 @@ class View:
     renegotiations: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
-    blocked: tuple[Mapping[str, Any], ...] = ()  # the blocked-traffic report, when there is one
+    blocked: tuple[Mapping[str, Any], ...] = ()  # the blocked-traffic report (gateway.blocked)
+    report_mode: str = "off"  # how refused flows reach the daemon: queue, counters or off
 
 
 def state_of(phase: Phase) -> str:
@@ -128,6 +129,7 @@ def snapshot(view: View, *, now: float) -> dict[str, Any]:
         "last_error": view.last_error,
         "last_error_at": _iso(view.last_error_at),
         "blocked_traffic": [dict(entry) for entry in view.blocked],
+        "blocked_report": view.report_mode,
     }
 
 
@@ -174,11 +176,17 @@ def render(status: Mapping[str, Any]) -> str:
         lines.append(f"last error: {status['last_error']} (at {status['last_error_at']})")
     blocked = status.get("blocked_traffic") or []
     if blocked:
-        lines.append("blocked traffic:")
+        lines.append(f"blocked traffic (reported by {status.get('blocked_report')}):")
         for entry in blocked:
+            source, target = entry.get("source") or {}, entry.get("destination") or {}
+            who = source.get("address")
+            if source.get("name"):
+                who = f"{source['name']} ({who})"
+            host = str(target.get("address"))
+            host = f"[{host}]" if ":" in host else host
             lines.append(
-                f"  {entry.get('source')} -> {entry.get('destination')}: "
-                f"{entry.get('packets')} packets"
+                f"  {who} -> {host}:{target.get('port')}/{target.get('proto')}: "
+                f"{entry.get('packets')} packets, last {entry.get('last_seen')}"
             )
     return "\n".join(lines)
 

@@ -33,9 +33,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from miragevpn.config.model import Config
 from miragevpn.events import TunnelSettings
@@ -183,8 +183,12 @@ class GatewayDaemon:
         tun_name: str = TUN_NAME,
         watchdog: float | None = None,
         on_phase: Callable[[Phase | None, Phase], object] | None = None,
+        blocked_report: Callable[[], tuple[Mapping[str, Any], ...]] | None = None,
+        report_mode: str = "off",
     ) -> None:
         self._on_phase = on_phase  # observer of every phase change (notifications)
+        self._blocked_report = blocked_report  # the blocked-traffic entries, for status
+        self._report_mode = report_mode
         self._resolver = resolver
         self._flush = flush
         self._read_surroundings = read_surroundings
@@ -322,7 +326,18 @@ class GatewayDaemon:
             renegotiations=count,
             last_error=self._last_error[0] if self._last_error else None,
             last_error_at=self._last_error[1] if self._last_error else None,
+            blocked=self._blocked_entries(),
+            report_mode=self._report_mode,
         )
+
+    def _blocked_entries(self) -> tuple[Mapping[str, Any], ...]:
+        if self._blocked_report is None:
+            return ()
+        try:
+            return self._blocked_report()
+        except Exception as e:  # the report never stands in the way of the status
+            log.warning("blocked-traffic report unavailable: %s", e)
+            return ()
 
     # ------------------------------------------------------------------ sessions
 

@@ -25,7 +25,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -65,6 +65,11 @@ _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 KNOBS = "/vm-config/miragevpn-"  # features vm-config.miragevpn-* set in dom0
 PROFILE = KNOBS + "profile"  # which profile file in the config folder
 LOG_LEVEL = KNOBS + "log-level"
+# Qubes gives a netvm its AppVMs' addresses (/connected-ips, /mapped-ip/<ip>/...), never their
+# names: dom0 may tell them, `qvm-features sys-vpn vm-config.miragevpn-names
+# "10.137.0.12=work-vm ..."`, for the blocked-traffic report.
+NAMES = KNOBS + "names"
+_QUBE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")  # qubes/vm/__init__.py validate_name
 
 FACT_PATHS = (
     IP,
@@ -84,7 +89,7 @@ FACT_PATHS = (
     SERVICE,
     DEFAULT_USER,
 )
-KNOB_PATHS = (PROFILE, LOG_LEVEL)
+KNOB_PATHS = (PROFILE, LOG_LEVEL, NAMES)
 # Without these the gateway can neither reach the server nor serve AppVMs.
 REQUIRED_PATHS = (IP, GATEWAY, NETVM_GATEWAY)
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -125,6 +130,7 @@ class NetworkFacts:
     log_level: str | None = None  # /vm-config/miragevpn-log-level: one of LOG_LEVELS
     unknown_knobs: tuple[str, ...] = ()  # other /vm-config/miragevpn-* keys (typos?)
     default_user: str | None = None  # /default-user: a plain login name
+    appvm_names: tuple[tuple[IPv4Address | IPv6Address, str], ...] = ()  # /vm-config/...-names
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -215,6 +221,7 @@ def parse_facts(
     if default_user is not None and not _USER_NAME.fullmatch(default_user):
         problem(DEFAULT_USER, "a login name: lower-case letters, digits, '_' and '-'")
         default_user = None
+    names = _names(values, problem)
     if problems:
         raise FactsError(tuple(problems))
     return NetworkFacts(
@@ -225,7 +232,30 @@ def parse_facts(
         log_level=log_level,
         unknown_knobs=unknown,
         default_user=default_user,
+        appvm_names=names,
     )
+
+
+def _names(
+    values: Mapping[str, str], problem: Callable[[str, str], None]
+) -> tuple[tuple[IPv4Address | IPv6Address, str], ...]:
+    """`ADDRESS=NAME ...` of /vm-config/miragevpn-names, sorted by address."""
+    found: dict[IPv4Address | IPv6Address, str] = {}
+    bad: list[str] = []
+    for word in values.get(NAMES, "").split():
+        address, _, name = word.partition("=")
+        try:
+            parsed = ip_address(address)
+        except ValueError:
+            bad.append(word)
+            continue
+        if not _QUBE_NAME.fullmatch(name):
+            bad.append(word)
+            continue
+        found[parsed] = name
+    if bad:
+        problem(NAMES, f"not ADDRESS=QUBE-NAME words: {', '.join(bad)}")
+    return tuple(sorted(found.items(), key=lambda item: (item[0].version, item[0])))
 
 
 def _address(

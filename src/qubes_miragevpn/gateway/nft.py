@@ -151,7 +151,12 @@ def _reduce(output: Any) -> Installed | None:
             chains.append((c["name"], c.get("type"), c.get("hook"), c.get("prio"), c.get("policy")))
         elif "set" in obj:
             s = obj["set"]
-            sets.append((s["name"], s["type"], tuple(sorted(map(_element, s.get("elem", ()))))))
+            kind = " . ".join(s["type"]) if isinstance(s["type"], list) else s["type"]
+            # a dynamic set's elements are what the rules put there (the blocked-traffic
+            # report), not part of the policy: only its declaration is compared
+            dynamic = "timeout" in s.get("flags", ())
+            elements = () if dynamic else tuple(sorted(map(_element, s.get("elem", ()))))
+            sets.append((s["name"], kind, elements))
         elif "rule" in obj:
             r = obj["rule"]
             last = str(next(iter(r["expr"][-1]))) if r.get("expr") else ""
@@ -282,3 +287,15 @@ def remove_all(*, backend: NftBackend | None = None) -> None:
     backend.run(ruleset.remove_document())
     if read_back(backend) is not None:
         raise FirewallError(f"table {ruleset.FAMILY} {ruleset.TABLE} is still there after delete")
+
+
+def kernel_has_queue(*, backend: NftBackend | None = None) -> bool:
+    """Whether the kernel has nftables' `queue` expression: a throw-away table with a queue
+    rule, added and deleted in one transaction (nothing remains; our table is untouched)."""
+    backend = backend or open_backend()
+    try:
+        backend.run(ruleset.queue_probe_document())
+    except FirewallError as e:
+        log.debug("no nftables queue expression: %s", e)
+        return False
+    return True

@@ -29,6 +29,9 @@ QUBES_VIRTUAL_DNS = (ipaddress.IPv4Address("10.139.1.1"), ipaddress.IPv4Address(
 
 _IFNAMSIZ = 16  # the kernel's interface name limit, including the NUL
 
+REPORT_QUEUE = 0x6D76  # the NFQUEUE number of the blocked-traffic report ("mv")
+REPORT_RATE = 20  # packets a second, at most, into that queue (nftables `limit`, burst twice)
+
 
 class PolicyError(ValueError):
     """A policy or facts value that cannot describe a real firewall (the caller's mistake)."""
@@ -65,6 +68,25 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """How refused AppVM flows are reported (docs/security.md, "The blocked-traffic report").
+
+    With `queue`, the first packet of each new refused TCP/UDP flow (once per AppVM and
+    destination in a while, at most `rate` a second) goes to that NFQUEUE, without `bypass`:
+    the daemon reads it and drops it, and with no daemon the kernel drops it. With `queue`
+    None, nftables counts such flows per AppVM and destination in a set the daemon reads."""
+
+    queue: int | None = REPORT_QUEUE
+    rate: int = REPORT_RATE
+
+    def __post_init__(self) -> None:
+        if self.queue is not None and not 0 <= self.queue <= 0xFFFF:
+            raise PolicyError(f"NFQUEUE number {self.queue} is outside 0..65535")
+        if not 1 <= self.rate <= 10_000:
+            raise PolicyError(f"report rate {self.rate} is outside 1..10000 packets a second")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Facts:
     """What the firewall needs to know about the qube; from QubesDB (or the YAML stand-in).
 
@@ -75,6 +97,8 @@ class Facts:
     - `uplink_dns`: /qubes-primary-dns, -secondary-dns: the resolvers the daemon may ask, over
       the uplink, for the address of a hostname `remote` (only while Connecting, only marked).
     - `socket_mark`: SO_MARK of the daemon's own sockets (transport and uplink DNS).
+    - `report`: how refused AppVM flows are reported to the daemon (None: not at all, as the
+      `block` command at boot installs it).
     """
 
     socket_mark: int
@@ -83,6 +107,7 @@ class Facts:
     connected_ips: frozenset[IPAddress] = field(default_factory=frozenset)
     virtual_dns: tuple[ipaddress.IPv4Address, ...] = QUBES_VIRTUAL_DNS
     uplink_dns: tuple[IPAddress, ...] = QUBES_VIRTUAL_DNS
+    report: Report | None = None
 
     def __post_init__(self) -> None:
         _check_ifname("uplink interface", self.uplink)

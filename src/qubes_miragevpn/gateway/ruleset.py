@@ -37,6 +37,7 @@ from qubes_miragevpn.gateway.policy import (
     Facts,
     IPAddress,
     Policy,
+    Report,
     Tunnel,
 )
 
@@ -53,6 +54,12 @@ PRIO_MASQUERADE = 90  # before Qubes' postrouting masquerade (srcnat, 100)
 SET_APPVM4 = "appvm-ipv4"
 SET_APPVM6 = "appvm-ipv6"
 SET_VIRTUAL_DNS = "qubes-virtual-dns"
+# The blocked-traffic report: refused flows per (AppVM, protocol, destination, port), dynamic.
+SET_BLOCKED4 = "blocked-ipv4"
+SET_BLOCKED6 = "blocked-ipv6"
+REPORT_WINDOW = 30  # seconds: with a queue, one packet per AppVM and destination in this window
+COUNTER_WINDOW = 3600  # seconds: without one, a counted destination is forgotten after an idle hour
+REPORT_SET_SIZE = 4096  # elements; when full, flows are refused without being reported
 
 # TCP MSS = MTU - IP header - TCP header (RFC 879; 20 + 20 for IPv4, 40 + 20 for IPv6).
 MSS_OVERHEAD4 = 40
@@ -240,11 +247,61 @@ def _forward_rules(policy: Policy, facts: Facts) -> Iterator[Rule]:
             ),
             "replies from the tunnel device to AppVMs are accepted",
         )
+    if facts.report is not None:
+        yield from _report_rules(facts.report, from_appvm)
     yield Rule(
         "forward",
         (from_appvm, COUNTER, REFUSE),
         "every other packet from an AppVM is refused",
     )
+
+
+def flow_key(family: str) -> Json:
+    """(source, protocol, destination, port) of a packet: the blocked sets' element."""
+    return {
+        "concat": [
+            payload(family, "saddr"),
+            meta("l4proto"),
+            payload(family, "daddr"),
+            payload("th", "dport"),
+        ]
+    }
+
+
+def _report_rules(report: Report, from_appvm: Json) -> Iterator[Rule]:
+    """Just before the last rule of `forward`: what is about to be refused is reported first.
+    Only new TCP and UDP flows (they have a port); ICMP and the rest are refused unreported."""
+    for family, nfproto, name, version in (
+        ("ip", "ipv4", SET_BLOCKED4, "IPv4"),
+        ("ip6", "ipv6", SET_BLOCKED6, "IPv6"),
+    ):
+        new_flow = (
+            from_appvm,
+            match(meta("nfproto"), nfproto),
+            match(meta("l4proto"), anonymous_set("tcp", "udp")),
+            match({"ct": {"key": "state"}}, "new", "in"),
+        )
+        key = flow_key(family)
+        if report.queue is None:
+            yield Rule(
+                "forward",
+                (*new_flow, {"set": {"op": "update", "elem": key, "set": named_set(name)}}),
+                f"new refused {version} TCP/UDP flows from an AppVM are counted per AppVM and"
+                " destination",
+            )
+            continue
+        yield Rule(
+            "forward",
+            (
+                *new_flow,
+                match(key, named_set(name), "!="),
+                {"limit": {"rate": report.rate, "per": "second", "burst": 2 * report.rate}},
+                {"set": {"op": "add", "elem": key, "set": named_set(name)}},
+                {"queue": {"num": report.queue}},
+            ),
+            f"the first packet of a new refused {version} TCP/UDP flow from an AppVM goes to"
+            f" the daemon's queue {report.queue}",
+        )
 
 
 def _mss_rules(tunnel: Tunnel) -> Iterator[Rule]:
@@ -407,19 +464,40 @@ def rules(policy: Policy, facts: Facts) -> tuple[Rule, ...]:
 
 @dataclass(frozen=True, slots=True)
 class SetSpec:
+    """A named set. Dynamic ones (`timeout` set) are filled by rules, not by the policy."""
+
     name: str
     type: str
     elements: tuple[str, ...]
+    timeout: int | None = None
+    counter: bool = False
+
+
+def _flow_type(address: str) -> str:
+    return f"{address} . inet_proto . {address} . inet_service"
 
 
 def sets(facts: Facts) -> tuple[SetSpec, ...]:
-    """The named sets: AppVM addresses (anti-spoofing) and Qubes' virtual DNS addresses."""
+    """The named sets: AppVM addresses (anti-spoofing), Qubes' virtual DNS addresses, and
+    with a report the refused flows (dynamic)."""
     v4 = sorted((a for a in facts.connected_ips if isinstance(a, ipaddress.IPv4Address)), key=int)
     v6 = sorted((a for a in facts.connected_ips if isinstance(a, ipaddress.IPv6Address)), key=int)
     return (
         SetSpec(SET_APPVM4, "ipv4_addr", tuple(map(str, v4))),
         SetSpec(SET_APPVM6, "ipv6_addr", tuple(map(str, v6))),
         SetSpec(SET_VIRTUAL_DNS, "ipv4_addr", tuple(map(str, sorted(set(facts.virtual_dns))))),
+        *_report_sets(facts.report),
+    )
+
+
+def _report_sets(report: Report | None) -> tuple[SetSpec, ...]:
+    if report is None:
+        return ()
+    counted = report.queue is None
+    timeout = COUNTER_WINDOW if counted else REPORT_WINDOW
+    return tuple(
+        SetSpec(name, _flow_type(address), (), timeout=timeout, counter=counted)
+        for name, address in ((SET_BLOCKED4, "ipv4_addr"), (SET_BLOCKED6, "ipv6_addr"))
     )
 
 
@@ -440,10 +518,14 @@ def build_document(policy: Policy, facts: Facts) -> Json:
             "family": FAMILY,
             "table": TABLE,
             "name": spec.name,
-            "type": spec.type,
+            "type": spec.type.split(" . ") if " . " in spec.type else spec.type,
         }
         if spec.elements:
             body["elem"] = list(spec.elements)
+        if spec.timeout is not None:  # nftables adds `dynamic` itself (rules update the set)
+            body.update(flags=["timeout"], timeout=spec.timeout, size=REPORT_SET_SIZE)
+        if spec.counter:
+            body["stmt"] = [COUNTER]
         commands.append({"add": {"set": body}})
     for chain in CHAINS:
         commands.append({"add": {"chain": chain_json(chain)}})
@@ -485,6 +567,30 @@ def remove_document() -> Json:
 def list_document() -> Json:
     """The document asking libnftables for our table (the read-back)."""
     return {"nftables": [{"list": _table()}]}
+
+
+def list_set_document(name: str) -> Json:
+    """The document asking for one set of our table, elements and counters included."""
+    return {"nftables": [{"list": {"set": {"family": FAMILY, "table": TABLE, "name": name}}}]}
+
+
+def queue_probe_document() -> Json:
+    """A transaction that adds a throw-away table with a `queue` rule and deletes it again:
+    the kernel accepts it only if it has nftables' queue expression (CONFIG_NFT_QUEUE).
+    Nothing of it remains either way; our own table is not touched."""
+    probe = {"family": FAMILY, "name": TABLE + "-probe"}
+    chain = {"family": FAMILY, "table": probe["name"], "name": "probe"}
+    rule = {**chain, "chain": "probe", "expr": [{"queue": {"num": 0}}]}
+    del rule["name"]
+    return {
+        "nftables": [
+            {"metainfo": {"json_schema_version": 1}},
+            {"add": {"table": probe}},
+            {"add": {"chain": chain}},
+            {"add": {"rule": rule}},
+            {"delete": {"table": probe}},
+        ]
+    }
 
 
 def policy_name(policy: Policy) -> str:

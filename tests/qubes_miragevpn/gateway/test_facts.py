@@ -14,6 +14,7 @@ import pytest
 from qubes_miragevpn.gateway.facts import (
     CONNECTED_IPS,
     LOG_LEVEL,
+    NAMES,
     PROFILE,
     Downstream,
     FactsChanged,
@@ -145,6 +146,23 @@ def test_service_flag_knobs_and_netmask() -> None:
     assert facts.downstream.network == IPv4Network("10.137.0.0/24")
     assert facts.log_level == "warning"
     assert facts.unknown_knobs == ("/vm-config/miragevpn-profle",)
+
+
+def test_appvm_names_from_dom0() -> None:
+    """Qubes tells a netvm its AppVMs' addresses only; vm-config.miragevpn-names names them."""
+    facts = parse_facts({NAMES: "fd09::a89:c=work-vm  10.137.0.13=personal 10.137.0.12=work-vm"})
+    assert facts.appvm_names == (
+        (IPv4Address("10.137.0.12"), "work-vm"),
+        (IPv4Address("10.137.0.13"), "personal"),
+        (IPv6Address("fd09::a89:c"), "work-vm"),
+    )
+    assert facts.unknown_knobs == ()
+    assert parse_facts({}).appvm_names == ()
+    with pytest.raises(FactsError) as raised:
+        parse_facts({NAMES: "10.137.0.12=work-vm 10.137.0.300=x 10.137.0.14=-bad 10.137.0.15"})
+    (problem,) = raised.value.problems
+    assert problem.path == NAMES
+    assert "10.137.0.300=x, 10.137.0.14=-bad, 10.137.0.15" in problem.message
 
 
 # ------------------------------------------------------------------ the YAML file

@@ -20,6 +20,7 @@ from qubes_miragevpn.gateway.policy import (
     Endpoint,
     Facts,
     Policy,
+    Report,
     Tunnel,
 )
 
@@ -33,7 +34,11 @@ FACTS = Facts(
     connected_ips=frozenset({ip("10.137.0.21"), ip("10.137.0.22"), ip("fd09:24ef:4179::a89:15")}),
 )
 FACTS4 = Facts(socket_mark=0x6D76, connected_ips=frozenset({ip("10.137.0.21")}))
-BOOT_FACTS = Facts(socket_mark=0x6D76)  # `qubes-miragevpn block` before QubesDB lists AppVMs
+BOOT_FACTS = Facts(socket_mark=0x6D76)
+QUEUE_FACTS = Facts(socket_mark=0x6D76, connected_ips=FACTS.connected_ips, report=Report())
+COUNTER_FACTS = Facts(
+    socket_mark=0x6D76, connected_ips=FACTS.connected_ips, report=Report(queue=None)
+)  # `qubes-miragevpn block` before QubesDB lists AppVMs
 UDP = Endpoint(address=ip("198.51.100.1"), port=1194, proto="udp")
 TCP6 = Endpoint(address=ip("2001:db8:100::1"), port=443, proto="tcp")
 
@@ -61,6 +66,9 @@ CASES: dict[str, tuple[Policy, Facts]] = {
     ),
     "connected-no-dns": (Connected(tunnel=tunnel(dns=(ip("fd08::1"),))), FACTS),
     "connected-ipv6-without-connected-ips6": (Connected(tunnel=tunnel(ipv6=True)), FACTS4),
+    "blocked-report-queue": (Blocked(), QUEUE_FACTS),
+    "connected-report-queue": (Connected(tunnel=tunnel()), QUEUE_FACTS),
+    "connecting-report-counters": (Connecting(endpoints=(UDP,)), COUNTER_FACTS),
 }
 
 
@@ -177,7 +185,8 @@ def test_document_touches_our_table_only_and_replaces_it_atomically(case: str) -
         ((_kind, body),) = obj.items()
         assert body["family"] == "inet"
         assert body.get("table", body.get("name")) == "qubes-miragevpn"
-        assert "flags" not in body, "no owner (or any) table flag: the table must outlive us"
+        if _kind == "table":
+            assert "flags" not in body, "no owner (or any) table flag: the table must outlive us"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -258,3 +267,43 @@ def test_antispoofing_per_family_follows_the_known_addresses() -> None:
     assert antispoof(BOOT_FACTS) == []
     assert antispoof(FACTS4) == ["IPv4", "IPv4"]
     assert antispoof(FACTS) == ["IPv4", "IPv6", "IPv4", "IPv6"]
+
+
+# --- the blocked-traffic report ---------------------------------------------------------------
+
+
+def forward(case: str) -> list[ruleset.Rule]:
+    return [r for r in ruleset.rules(*CASES[case]) if r.chain == "forward"]
+
+
+@pytest.mark.parametrize("case", ["blocked-report-queue", "connected-report-queue"])
+def test_the_queue_sits_just_before_the_refusal_and_after_every_accept(case: str) -> None:
+    rules = forward(case)
+    queues = [i for i, r in enumerate(rules) if r.verdict == "queue"]
+    assert queues == [len(rules) - 3, len(rules) - 2]  # IPv4, IPv6, then "every other ... refused"
+    assert rules[-1].verdict == "goto"
+    assert all(r.verdict != "accept" for r in rules[queues[0] :])
+    for index in queues:
+        statements = rules[index].expr
+        (queue,) = [s["queue"] for s in statements if "queue" in s]
+        assert queue == {"num": 0x6D76}, "no flags: never `bypass`, never `fanout`"
+        kinds = [next(iter(s)) for s in statements]
+        # rate-limited, and only once per flow key, before the queue
+        assert kinds[-3:] == ["limit", "set", "queue"]
+        assert statements[-3]["limit"] == {"rate": 20, "per": "second", "burst": 40}
+        assert statements[-2]["set"]["op"] == "add"
+
+
+def test_counters_mode_has_no_queue_and_no_verdict_of_its_own() -> None:
+    rules = forward("connecting-report-counters")
+    counted = [r for r in rules if "counted" in r.comment]
+    assert len(counted) == 2 and all(r.verdict == "set" for r in counted)
+    assert not [r for r in rules if r.verdict == "queue"]
+    sets = {s.name: s for s in ruleset.sets(COUNTER_FACTS)}
+    assert sets[ruleset.SET_BLOCKED4].counter and sets[ruleset.SET_BLOCKED6].timeout == 3600
+
+
+def test_without_a_report_nothing_reaches_userspace() -> None:
+    for case in ("blocked", "connected", "connecting"):
+        assert not [r for r in forward(case) if r.verdict in ("queue", "set")]
+        assert not [s for s in ruleset.sets(CASES[case][1]) if s.timeout is not None]
