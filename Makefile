@@ -25,10 +25,12 @@ STACK_SETUP = $(if $(filter newest,$(STACK)),setup-newest,setup)
 # the stacks `make test` (and so CI) runs
 TEST_STACKS := system newest
 # Debian packages: the libraries we run on (the versions Debian 12 ships, not newer wheels),
-# the real OpenVPN we interoperate with, and the tools the tests drive.
+# the real OpenVPN we interoperate with, and the tools the tests drive. gcc, python3-dev and
+# libnetfilter-queue-dev build NetfilterQueue (PyPI has its source only; extra blocked-report);
+# iptables puts in the stand-in queue rule of test_blocked_queue_topology.py.
 APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables python3-yaml \
 	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps \
-	gcc python3-dev libnetfilter-queue-dev
+	gcc python3-dev libnetfilter-queue-dev iptables
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--seconds 5 --proto tcp --profile"
 MICRO_ARGS ?=  # e.g. MICRO_ARGS="--seconds 3 --backend all"

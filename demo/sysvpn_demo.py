@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.gateway import UDP, World, built_world, start_server  # noqa: E402
+from tests.helpers.netns import wait_until  # noqa: E402
 
 STEP = 0
 
@@ -71,6 +72,18 @@ def firewall_lines(world: World, since: int) -> str:
     return "\n".join(line.split(" ", 2)[-1] for line in lines if any(w in line for w in wanted))
 
 
+def show_status(world: World) -> None:
+    """`qubes-miragevpn status`, as root in sys-vpn would type it."""
+    done = world.control("status")
+    show("# qubes-miragevpn status")
+    show(done.stdout if done.returncode == 0 else done.stderr)
+
+
+def report_lines(world: World, since: int) -> str:
+    lines = world.daemon_log().splitlines()[since:]
+    return "\n".join(line.split(" ", 2)[-1] for line in lines if " tried to reach " in line)
+
+
 def story(tmp: Path) -> int:
     step(
         "Build a simulated Qubes network",
@@ -101,19 +114,34 @@ def story(tmp: Path) -> int:
         )
         show("AppVM: " + appvm_fetch(world))
 
+        with world.facts_path.open("a") as facts:  # dom0: qvm-features sys-vpn vm-config...
+            facts.write(f"/vm-config/miragevpn-names: '{topo.appvms[0].ip4}=work-vm'\n")
+
         step(
-            "Start the VPN server and the gateway daemon",
-            "A real OpenVPN 2.6 server runs in sys-net. `qubes-miragevpn run` in sys-vpn reads "
-            "the network facts (here from a file standing in for QubesDB), tells systemd it is "
-            "ready once the blocking policy is verified, opens the firewall only for its own "
-            "socket to the server while connecting, and only towards the tunnel once it is up.",
+            "Start the gateway daemon, while the VPN server is still down",
+            "`qubes-miragevpn run` in sys-vpn reads the network facts (here from a file standing "
+            "in for QubesDB; dom0 has named the AppVM 'work-vm' for the report), tells systemd "
+            "it is ready once the blocking policy is verified, and opens the firewall only for "
+            "its own socket to the server while connecting. `qubes-miragevpn status` asks it "
+            "over its root-only control socket what it is doing.",
+        )
+        started = world.start_daemon()
+        wait_until(lambda: (world.control_dir / "control.sock").exists(), 15, interval=0.05,
+                   what="the control socket")  # fmt: skip
+        time.sleep(1.0)
+        show_status(world)
+
+        step(
+            "Start the VPN server: connected",
+            "A real OpenVPN 2.6 server starts in sys-net. The daemon, still trying, connects; "
+            "the firewall then forwards the AppVM's packets into the tunnel, and nowhere else.",
         )
         server = start_server(world, "vpn", UDP)
-        started = world.start_daemon()
         seconds = world.wait_through_tunnel(started, "first connect", report=False)
         show(f"connected {seconds:.2f} s after the daemon started; what it did:")
         show(firewall_lines(world, 0))
         show("systemd status line: " + world.notify.status())
+        show_status(world)
 
         step(
             "The AppVM fetches a page through the tunnel",
@@ -131,19 +159,28 @@ def story(tmp: Path) -> int:
              "not the encrypted session")  # fmt: skip
 
         step(
-            "Stop the VPN server: the AppVM is blocked",
+            "Stop the VPN server: the AppVM is blocked, and the gateway says what it tried",
             "Without the tunnel the gateway goes back to its blocking policy: the AppVM's "
-            "connections are refused at once instead of leaking out through sys-net.",
+            "connections are refused instead of leaking out through sys-net. The refused "
+            "attempts are reported per AppVM and destination in `status`, and once each in the "
+            "journal (rate-limited).",
         )
         lines_before = len(world.daemon_log().splitlines())
         with topo.capture() as cap:
             server.stop()
-            time.sleep(2.0)
+            wait_until(lambda: world.fetch() is None, 15, interval=0.2,
+                       what="the gateway to block")  # fmt: skip
             show("AppVM: " + appvm_fetch(world))
-            show("AppVM to another address: " + str(topo.probe(topo.appvms[0].ns, topo.leak4, 443,
-                                                                timeout=1.0).outcome))  # fmt: skip
+            for _ in range(2):
+                outcome = topo.probe(topo.appvms[0].ns, topo.leak4, 443, timeout=1.0).outcome
+            show(f"AppVM to {topo.leak4}:443, twice: {outcome}")
+            show_status(world)
         show(f"on the uplink meanwhile: {len(world.leaks(cap))} frames not the encrypted session")
         show(firewall_lines(world, lines_before))
+        wait_until(lambda: report_lines(world, lines_before), 10, interval=0.2,
+                   what="the report's log line")  # fmt: skip
+        show("the journal:")
+        show(report_lines(world, lines_before))
         show("systemd status line: " + world.notify.status())
 
         step(

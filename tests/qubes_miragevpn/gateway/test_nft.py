@@ -8,6 +8,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,15 @@ from qubes_miragevpn.gateway.nft import (
     verify_policy,
     verify_unchanged,
 )
-from qubes_miragevpn.gateway.policy import Blocked, Connected, Connecting, Endpoint, Facts, Tunnel
+from qubes_miragevpn.gateway.policy import (
+    Blocked,
+    Connected,
+    Connecting,
+    Endpoint,
+    Facts,
+    Report,
+    Tunnel,
+)
 from tests.helpers.netns import Netns
 
 pytestmark = pytest.mark.netns
@@ -242,3 +251,36 @@ def test_verify_unchanged_notices_an_edited_rule_that_kept_its_comment(
     remove_all(backend=backend)
     with pytest.raises(FirewallError, match="disappeared"):
         verify_unchanged(installed, backend=backend)
+
+
+REPORTS = [Report(queue=None), Report()]
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=["counters", "queue"])
+def test_report_rulesets_load_and_their_sets_may_fill(netns: Netns, report: Report) -> None:
+    """The blocked-traffic report's rules and dynamic sets are valid nftables for real; the
+    elements that traffic adds to the sets are not a change of the policy. A kernel without
+    nftables' queue expression refuses the queue rule (and only it): the daemon then counts."""
+    backend = InNamespace(netns, "nft -j")
+    facts = replace(FACTS, report=report)
+    if report.queue is not None and not nft.kernel_has_queue(backend=backend):
+        apply_policy(Blocked(), FACTS, backend=backend)
+        with pytest.raises(FirewallError) as raised:
+            apply_policy(Connected(tunnel=TUNNEL), facts, backend=backend)
+        assert not raised.value.blocked  # Blocked with the queue fails the same way ...
+        verify_policy(Blocked(), FACTS, backend=backend)  # ... and the old table stays
+        document = ruleset.build_document(Blocked(), facts)
+        for command in document["nftables"]:
+            rule = command.get("add", {}).get("rule")
+            if rule and "queue" in rule["expr"][-1]:
+                rule["expr"][-1] = {"drop": None}  # the rest of the rule is valid
+        backend.run(document)
+        pytest.skip("this kernel has no nftables queue expression (CONFIG_NFT_QUEUE)")
+    for policy in POLICIES:
+        installed = apply_policy(policy, facts, backend=backend)
+        netns.run(["nft", "add", "element", "inet", "qubes-miragevpn", "blocked-ipv4",
+                   "{ 10.137.0.21 . tcp . 203.0.113.7 . 443 }"])  # fmt: skip
+        listed = netns.run(["nft", "list", "set", "inet", "qubes-miragevpn", "blocked-ipv4"])
+        assert "203.0.113.7 . 443" in listed.stdout
+        verify_unchanged(installed, backend=backend)
+        verify_policy(policy, facts, backend=backend)
