@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import handlers as h
+from . import proxies as px
 from .context import Handler, Outcome
 
 MANY = 255  # OpenVPN's MAX_PARMS is 16; we do not limit ignored options further
@@ -103,6 +104,11 @@ TABLE: dict[str, Spec] = {
     "connect-retry": used(h.h_connect_retry, 1, 2, conn=True),
     "resolv-retry": used(h.h_resolv_retry, 1, 1),
     "explicit-exit-notify": used(h.h_explicit_exit_notify, 0, 1, conn=True),
+    # proxies (proxies.py): TCP only
+    "http-proxy": used(px.h_http_proxy, 1, 4, conn=True),
+    "http-proxy-option": used(px.h_http_proxy_option, 1, 3, conn=True),
+    "http-proxy-user-pass": used(px.h_http_proxy_user_pass, 0, 1, inline=True),
+    "socks-proxy": used(px.h_socks_proxy, 1, 3, inline=True, conn=True),
     # device and addresses
     "dev": used(h.h_dev, 1, 1),
     "dev-type": used(h.h_dev_type, 1, 1),
@@ -333,10 +339,6 @@ TABLE: dict[str, Spec] = {
     "pkcs11-protected-authentication": rejected(PKCS11),
     "management-external-key": rejected("external keys (management interface) are not supported"),
     "management-external-cert": rejected("external keys (management interface) are not supported"),
-    "http-proxy": rejected("HTTP proxies are not implemented yet", conn=True),
-    "http-proxy-option": rejected("HTTP proxies are not implemented yet", conn=True),
-    "http-proxy-user-pass": rejected("HTTP proxies are not implemented yet", inline=True),
-    "socks-proxy": rejected("SOCKS proxies are not implemented yet", conn=True),
     "proto-force": rejected("not supported; keep only the remotes with the protocol you want"),
     "redirect-private": rejected("not supported; use route or redirect-gateway"),
     "dns": rejected("the --dns option is not supported yet; use dhcp-option DNS"),

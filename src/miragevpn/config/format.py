@@ -20,9 +20,11 @@ from .model import (
     AuthRetry,
     Compression,
     Config,
+    Proxy,
     Route,
     RouteGatewayDhcp,
     RouteGatewayKeyword,
+    SocksProxy,
     StaticKey,
     TlsAuth,
     TlsCrypt,
@@ -97,6 +99,31 @@ def _connect_retry(base: float, max_delay: float) -> list[str]:
     return [f"connect-retry 0 {_n(max_delay)}", f"connect-retry {_n(base)}"]
 
 
+def _proxy(p: Proxy | None) -> list[str]:
+    if p is None:
+        return []
+    lines: list[str] = []
+    if isinstance(p, SocksProxy):
+        if p.credentials is None:
+            return [f"socks-proxy {quote(p.host)} {p.port}"]
+        creds = f"{p.credentials.username}\n{p.credentials.password.value.decode()}"
+        return [f"socks-proxy {quote(p.host)} {p.port} [inline]", *_block("socks-proxy", creds)]
+    if p.credentials is None:
+        lines.append(f"http-proxy {quote(p.host)} {p.port}")
+    else:
+        creds = f"{p.credentials.username}\n{p.credentials.password.value.decode()}"
+        lines += [f'http-proxy {quote(p.host)} {p.port} "" basic']
+        lines += _block("http-proxy-user-pass", creds)
+    if p.version != "1.0":
+        lines.append(f"http-proxy-option VERSION {p.version}")
+    if p.agent is not None:
+        lines.append(f"http-proxy-option AGENT {quote(p.agent)}")
+    for name, content in p.custom_headers:
+        value = f" {quote(content)}" if content is not None else ""
+        lines.append(f"http-proxy-option CUSTOM-HEADER {quote(name)}{value}")
+    return lines
+
+
 def format_config(c: Config) -> str:
     out: list[str] = ["# written by miragevpn format_config: self-contained, holds secrets"]
     add = out.append
@@ -121,6 +148,7 @@ def format_config(c: Config) -> str:
         add(f"lport {c.lport}")
     if c.float_:
         add("float")
+    out += _proxy(c.proxy)
     add(f"dev {quote(c.dev)}")
     if c.dev != "null" and not c.dev.startswith("tun"):
         add("dev-type tun")

@@ -59,6 +59,43 @@ class Remote:
     proto: Proto = Proto()
 
 
+# --------------------------------------------------------------------------- proxies
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyCredentials:
+    """A proxy's user name and password (HTTP basic auth, SOCKS5 RFC 1929)."""
+
+    username: str
+    password: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class HttpProxy:
+    """`http-proxy HOST PORT [authfile [basic]]` with its `http-proxy-option`s (proxy.c)."""
+
+    host: str
+    port: int
+    credentials: ProxyCredentials | None = None  # None: no Proxy-Authorization header
+    version: str = "1.0"  # `http-proxy-option VERSION`: the CONNECT line's HTTP version
+    agent: str | None = None  # `http-proxy-option AGENT`
+    # `http-proxy-option CUSTOM-HEADER name [content]` (also EXT1/EXT2); content None: the
+    # whole header line is in the name
+    custom_headers: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SocksProxy:
+    """`socks-proxy HOST [PORT [authfile]]`: SOCKS5 (RFC 1928), user/password (RFC 1929)."""
+
+    host: str
+    port: int = 1080
+    credentials: ProxyCredentials | None = None
+
+
+Proxy = HttpProxy | SocksProxy
+
+
 # --------------------------------------------------------------------------- control channel
 
 
@@ -271,6 +308,7 @@ class Config:
     local: str | None = None
     lport: int | None = None
     float_: bool = False  # `float`
+    proxy: Proxy | None = None  # every remote is reached through it (TCP only)
 
     # device
     dev: str = "tun"  # as written: "tun", "tun0", "null"

@@ -18,6 +18,10 @@ from .resolve import resolve
 
 IGNORE_UNKNOWN = "ignore-unknown-option"
 NOT_FILES = frozenset({"peer-fingerprint"})  # inline-capable, but its argument is the value
+# directives whose file (a proxy's credentials) is a later argument, and the words there
+# that are not file names (proxies.py)
+FILE_AT_ARG = {"http-proxy": 2, "socks-proxy": 2}
+NOT_A_FILE_NAME = frozenset({INLINE_MARKER, "", "auto", "auto-nct", "stdin"})
 
 
 def parse_config(text: str | bytes, *, read_file: ReadFile) -> Config:
@@ -32,7 +36,7 @@ def parse_config(text: str | bytes, *, read_file: ReadFile) -> Config:
     marked = {
         d.name
         for d in directives
-        if d.inline is None and d.args and d.args[0].text == INLINE_MARKER
+        if d.inline is None and any(arg.text == INLINE_MARKER for arg in d.args)
     }
     for d in directives:
         if d.inline is not None and d.name in marked:
@@ -61,6 +65,8 @@ def _names_a_file(d: Directive) -> bool:
     spec = TABLE.get(d.name)
     if spec is None or not spec.inline or d.inline is not None or d.name in NOT_FILES:
         return False
+    if d.name in FILE_AT_ARG:
+        return False  # `socks-proxy H P [inline]` is the only way its block is used
     return not d.args or d.args[0].text != INLINE_MARKER
 
 
@@ -194,6 +200,11 @@ def file_references(text: str | bytes) -> tuple[FileReference, ...]:
             name = inner[2:] if inner.startswith("--") and len(inner) >= 3 else inner
             args = args[2:]
         spec = TABLE.get(name)
+        if name in FILE_AT_ARG and d.inline is None:
+            at = FILE_AT_ARG[name]
+            if len(args) > at and args[at].text not in NOT_A_FILE_NAME:
+                refs.append(FileReference(name, args[at].text, d.line))
+            continue
         if spec is None or not spec.inline or d.inline is not None or not args:
             continue
         if name in NOT_FILES:

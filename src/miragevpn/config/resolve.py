@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..errors import ConfigError
-from . import keys
+from . import keys, proxies
 from .context import Context, Setting
 from .handlers import RawRemote, TlsVersionMin
 from .model import (
@@ -95,9 +95,11 @@ def conflict(later: Setting, earlier: Setting, what: str) -> ConfigError:
 def resolve(ctx: Context) -> Config:
     glob: dict[str, list[Setting]] = defaultdict(list)
     for s in ctx.settings:
+        if s.key in proxies.KEYS:
+            continue  # proxies.build: per-block rules of its own
         if s.connection is None or s.key not in _CONNECTION_LOCAL:
             glob[s.key].append(s)
-    _check_connection_settings(ctx.settings)
+    _check_connection_settings([s for s in ctx.settings if s.key not in proxies.KEYS])
 
     fields: dict[str, object] = {}
     for key, items in glob.items():
@@ -123,7 +125,8 @@ def resolve(ctx: Context) -> Config:
         items = glob.get(key)
         return items[-1] if items else None
 
-    fields["remotes"] = _remotes(ctx.settings)
+    fields["remotes"] = remotes = _remotes(ctx.settings)
+    fields["proxy"] = proxies.build(ctx, remotes)
     _protection(glob, fields, last("key_direction"))
     if (lport := _last_of(glob, "port", "lport")) is not None:
         fields["lport"] = lport.value

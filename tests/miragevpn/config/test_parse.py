@@ -198,8 +198,6 @@ def test_every_connection_option_of_openvpn_is_accepted_in_a_block(
     # the options we refuse keep their own reason inside a block
     for refused, reason in [
         ("fragment 1300", "fragmentation"),
-        ("http-proxy p 8080", "HTTP proxies"),
-        ("socks-proxy p", "SOCKS"),
         ("max-packet-size 1400", "control channel"),
         ("mtu-dynamic", "replaced by fragment"),
     ]:
