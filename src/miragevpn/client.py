@@ -63,7 +63,6 @@ from .errors import (
     TlsAlertReceived,
 )
 from .events import (
-    ConnectionRequested,
     ControlMessageReceived,
     DisconnectionRequested,
     Event,
@@ -568,11 +567,8 @@ class Client:
             self._connect(target.address, now)
 
     def _connect(self, address: IPAddress, now: float) -> None:
-        remote = self._remotes.remote
         self._move(Connecting(address, now + self._config.connect_timeout))
-        self._events.append(
-            ConnectionRequested(address=address, port=remote.port, transport=remote.proto.transport)
-        )
+        self._events.append(self._remotes.connection_request(address))
 
     def _fail(
         self, reason: str, now: float, advance: Advance = Advance.ADDRESS, *, backoff: float = 0.0

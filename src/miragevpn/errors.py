@@ -12,6 +12,10 @@ Every error says whose fault it was and what happens next:
         TlsAlertReceived        the server refused our TLS session (e.g. our certificate)
     ServerCertificateRejected   WE refused the server's certificate (our CA, EKU, name checks)
     AuthFailed                  the server refused our credentials (AUTH_FAILED[,TEMP], reason)
+    ProxyError                  the proxy between us and the server (http-proxy, socks-proxy):
+      ProxyRefused              it answered but will not connect us (HTTP status, SOCKS reply)
+      ProxyAuthFailed           it wants credentials, or refused ours (HTTP 407, RFC 1929)
+      ProxyProtocolError        its answer is not HTTP / SOCKS5 as the RFCs say
 
 A peer's malformed packet never escapes as a stray `struct.error` or `IndexError`. A dropped
 packet is counted in the client's statistics under a `DropReason`.
@@ -147,3 +151,19 @@ class DropReason(enum.Enum):
         if isinstance(error, ReplayError):
             return cls.REPLAYED
         return cls.MALFORMED
+
+
+class ProxyError(MirageVPNError):
+    """The proxy on the way to the server failed the handshake; the message says how."""
+
+
+class ProxyRefused(ProxyError):
+    """The proxy answered but will not connect us to the server."""
+
+
+class ProxyAuthFailed(ProxyError):
+    """The proxy asks for credentials we did not give, or refused the ones we gave."""
+
+
+class ProxyProtocolError(ProxyError):
+    """The proxy's answer does not follow HTTP / SOCKS5: not a proxy of that kind, or broken."""

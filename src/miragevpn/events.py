@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .config.model import AddressFamily, DhcpOption, Transport
+from .config.model import AddressFamily, DhcpOption, Proxy, Transport
 from .errors import MirageVPNError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -25,14 +25,26 @@ class ResolutionRequested:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyRoute:
+    """Through `proxy` to the server `host` (its name as written: the proxy resolves it)."""
+
+    proxy: Proxy
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionRequested:
     """Open a transport to the remote; answer with `handle_connected` / `handle_connection_failed`.
 
-    For UDP, "connected" means the socket exists (call `handle_connected` at once)."""
+    For UDP, "connected" means the socket exists (call `handle_connected` at once). With a
+    proxy (`via`), `address`/`port` are the proxy's, the transport is TCP, and "connected"
+    means the proxy's handshake (httpconnect.py, socks5.py) has opened the way to the server."""
 
     address: IPAddress
     port: int
     transport: Transport
+    via: ProxyRoute | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,8 +24,9 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .config.model import AddressFamily, Config, Remote
+from .config.model import AddressFamily, Config, Remote, Transport
 from .errors import ConfigError, LocalProtocolError, MirageVPNError
+from .events import ConnectionRequested, ProxyRoute
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -129,11 +130,18 @@ class RemoteSelector:
     def remote(self) -> Remote:
         return self.remotes[self._index]
 
+    @property
+    def host_to_resolve(self) -> str:
+        """The name the socket goes to: the proxy's if there is one (the proxy resolves the
+        remote's name itself), else the remote's."""
+        proxy = self._config.proxy
+        return proxy.host if proxy is not None else self.remote.host
+
     def target(self) -> Target:
         """What to do next: connect to `address`, or resolve first if it is None."""
         if self._addresses:
             return Target(self.remote, self._addresses[self._address_index])
-        literal = literal_address(self.remote.host)
+        literal = literal_address(self.host_to_resolve)
         if literal is not None and usable_addresses([literal], self.remote.proto.family):
             return Target(self.remote, literal)
         return Target(self.remote, None)
@@ -141,10 +149,22 @@ class RemoteSelector:
     def lookup_name(self) -> str:
         """The name to look up for the current remote: with `remote-random-hostname`, a fresh
         random label before it at each lookup (defeats DNS caching, as OpenVPN does)."""
-        host = self.remote.host
-        if self._config.remote_random_hostname:
+        host = self.host_to_resolve
+        if self._config.remote_random_hostname and self._config.proxy is None:
             return randomized_hostname(host, self._rng)
         return host
+
+    def connection_request(self, address: IPAddress) -> ConnectionRequested:
+        """Open a transport to `address` (the remote's, or the proxy's on the way to it)."""
+        remote, proxy = self.remote, self._config.proxy
+        if proxy is None:
+            return ConnectionRequested(
+                address=address, port=remote.port, transport=remote.proto.transport
+            )
+        via = ProxyRoute(proxy=proxy, host=remote.host, port=remote.port)
+        return ConnectionRequested(
+            address=address, port=proxy.port, transport=Transport.TCP, via=via
+        )
 
     def resolved(self, addresses: Iterable[IPAddress]) -> IPAddress | None:
         """Record the addresses the runtime resolved; the first usable one, or None if none
@@ -170,7 +190,7 @@ class RemoteSelector:
         limit = self._config.resolv_retry
         if limit is not None and now - self._resolve_failing_since >= limit:
             raise RetriesExhausted(
-                f"could not resolve {self.remote.host!r} for {limit:g} s (resolv-retry)"
+                f"could not resolve {self.host_to_resolve!r} for {limit:g} s (resolv-retry)"
             )
         return self.failed(Advance.REMOTE)
 

@@ -36,7 +36,6 @@ from .config.model import ReplayWindow as ReplayWindowSettings
 from .datachannel import FRAMING, MAX_REPLAY_ID, OCC_EXIT_MESSAGE, OCC_MAGIC, PING_MAGIC
 from .errors import ConfigError, DecodeError, DropReason, MirageVPNError
 from .events import (
-    ConnectionRequested,
     DisconnectionRequested,
     Event,
     IPAddress,
@@ -374,17 +373,16 @@ class StaticKeyClient:
         if target.address is None:
             self._state = _Idle("resolving")
             self._events.append(
-                ResolutionRequested(host=target.remote.host, family=target.remote.proto.family)
+                ResolutionRequested(
+                    host=self._remotes.host_to_resolve, family=target.remote.proto.family
+                )
             )
         else:
             self._connect(target.address, now)
 
     def _connect(self, address: IPAddress, now: float) -> None:
-        remote = self._remotes.remote
         self._state = _Idle("connecting", until=now + self._config.connect_timeout, address=address)
-        self._events.append(
-            ConnectionRequested(address=address, port=remote.port, transport=remote.proto.transport)
-        )
+        self._events.append(self._remotes.connection_request(address))
 
     def _fail(self, reason: str, now: float) -> None:
         try:

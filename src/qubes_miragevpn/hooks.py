@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from miragevpn.config.model import Transport
-from miragevpn.events import TunnelSettings
+from miragevpn.events import ProxyRoute, TunnelSettings
 
 from .tun import TunDevice
 
@@ -22,11 +22,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoint:
-    """Where the next connection attempt goes."""
+    """Where the next connection attempt goes: the socket's peer. With a proxy (`via`), that is
+    the proxy (what a firewall must let through), and `via` names the server behind it."""
 
     address: IPAddress
     port: int
     transport: Transport
+    via: ProxyRoute | None = None
 
 
 class Ending(enum.Enum):

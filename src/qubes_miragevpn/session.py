@@ -50,13 +50,15 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from miragevpn import icmp6
 from miragevpn.client import Client
-from miragevpn.config.model import AddressFamily, AuthUserPass, Config, Transport
+from miragevpn.config.model import AddressFamily, AuthUserPass, Config, HttpProxy, Transport
+from miragevpn.errors import ProxyError
 from miragevpn.events import (
     ConnectionRequested,
     ControlMessageReceived,
     DisconnectionRequested,
     Event,
     ProgressReported,
+    ProxyRoute,
     ResolutionRequested,
     SessionEnded,
     SessionRestarting,
@@ -321,9 +323,9 @@ class SessionLoop:
                 log.info("resolving %s", host)
                 self._enter(Phase.RESOLVING, detail=host)
                 self._spawn(self._resolve(host, family))
-            case ConnectionRequested(address=address, port=port, transport=kind):
+            case ConnectionRequested(address=address, port=port, transport=kind, via=via):
                 self._close_transport()
-                endpoint = Endpoint(address=address, port=port, transport=kind)
+                endpoint = Endpoint(address=address, port=port, transport=kind, via=via)
                 self._spawn(self._connect(endpoint, self._generation))
             case DisconnectionRequested(reason=reason):
                 log.info("disconnecting: %s", reason)
@@ -422,8 +424,8 @@ class SessionLoop:
         )
         if not ok or generation != self._generation or self._finished:
             return
-        address, port, kind = endpoint.address, endpoint.port, endpoint.transport
-        log.info("connecting to %s port %d over %s", address, port, kind.value.upper())
+        address, port, kind, via = endpoint.address, endpoint.port, endpoint.transport, endpoint.via
+        log.info("connecting to %s port %d over %s%s", address, port, kind.value.upper(), _via(via))
         self._enter(Phase.CONNECTING, endpoint=endpoint, detail="")
 
         def on_data(batch: list[bytes]) -> None:
@@ -444,10 +446,12 @@ class SessionLoop:
             else:
                 timeout = min(self._config.connect_timeout, 120.0)
                 opened = await transports.open_tcp(
-                    address, port, on_data, on_lost, timeout=timeout, mark=mark
+                    address, port, on_data, on_lost, timeout=timeout, mark=mark, via=via
                 )
-        except (OSError, TimeoutError) as e:
-            log.warning("cannot connect to %s port %d: %s", address, port, e or "timed out")
+        except (OSError, TimeoutError, ProxyError) as e:
+            log.warning(
+                "cannot connect to %s port %d%s: %s", address, port, _via(via), e or "timed out"
+            )
             if generation == self._generation:
                 self._call(lambda c, now: c.handle_connection_failed(now=now))
             return
@@ -457,7 +461,7 @@ class SessionLoop:
         self._transport = opened
         if isinstance(opened, transports.UdpTransport):
             self._udp_stats = opened.stats
-        log.info("connected to %s port %d", address, port)
+        log.info("connected to %s port %d%s", address, port, _via(via))
         self._enter(Phase.NEGOTIATING, detail="")
         self._call(lambda c, now: c.handle_connected(now=now))
 
@@ -560,3 +564,11 @@ class SessionLoop:
         if self._tun is not None:
             assert self._loop is not None
             self._loop.remove_reader(self._tun.fileno())
+
+
+def _via(via: ProxyRoute | None) -> str:
+    """ " (the proxy) to SERVER port N": never the proxy's credentials."""
+    if via is None:
+        return ""
+    kind = "HTTP proxy" if isinstance(via.proxy, HttpProxy) else "SOCKS5 proxy"
+    return f" ({kind}) to {via.host} port {via.port}"

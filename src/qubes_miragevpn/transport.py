@@ -16,6 +16,12 @@ once per batch instead of once per datagram:
   than growing.
 - TCP (`TcpTransport`): an asyncio stream (reads up to asyncio's chunk size per wake-up; the
   engine deframes) with TCP_NODELAY; a batch is joined and written once.
+- Through a proxy (`open_tcp(..., via=ProxyRoute)`): the socket goes to the proxy, the proxy's
+  handshake runs on it (HTTP CONNECT: `miragevpn.httpconnect`; SOCKS5: `miragevpn.socks5`;
+  both sans-IO, driven here with sock_sendall/sock_recv), then OpenVPN's TCP framing flows as
+  without a proxy. The handshake is bounded by the same timeout as the connect; what the proxy
+  sent after its answer is handed to `on_data` first. A refusal raises `ProxyError` saying
+  whose fault it is (refused, 407/authentication, not a proxy of that kind).
 
 Both report the end of the connection to `on_lost` (with the error, or None for an orderly close
 by the server); for UDP only a socket that became unusable is an end (ICMP errors such as
@@ -41,12 +47,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from miragevpn.config.model import HttpProxy
+from miragevpn.errors import ProxyRefused
+from miragevpn.events import ProxyRoute
+from miragevpn.httpconnect import HttpConnect
+from miragevpn.socks5 import Socks5Connect
+
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 OnData = Callable[[list[bytes]], None]
 OnLost = Callable[[Exception | None], None]
 
+PROXY_READ = 4096  # bytes read per proxy-handshake step
+PROXY_MAX_READS = 64  # bounded: a handshake is a few small answers
 RECV_BATCH = 64  # datagrams read per wake-up: the tun side and the timers are never starved
 RECV_BUFFER = 65536  # > the largest UDP payload (65507): a datagram is never truncated
 SEND_QUEUE = 1024  # datagrams waiting for a writable socket; beyond that new ones are dropped
@@ -356,6 +370,37 @@ def _family(address: IPAddress) -> int:
     return socket.AF_INET if address.version == 4 else socket.AF_INET6
 
 
+async def proxy_handshake(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, via: ProxyRoute
+) -> bytes:
+    """Open the way to `via.host:via.port` through the proxy `sock` is connected to; the
+    bytes the proxy sent after its answer (the server's, normally none)."""
+    proxy = via.proxy
+    if isinstance(proxy, HttpProxy):
+        http = HttpConnect(proxy, via.host, via.port)
+        await loop.sock_sendall(sock, http.request())
+        for _ in range(PROXY_MAX_READS):
+            if http.receive(await _proxy_read(loop, sock)):
+                return http.leftover
+    else:
+        socks = Socks5Connect(proxy, via.host, via.port)
+        await loop.sock_sendall(sock, socks.start())
+        for _ in range(PROXY_MAX_READS):
+            reply = socks.receive(await _proxy_read(loop, sock))
+            if reply:
+                await loop.sock_sendall(sock, reply)
+            if socks.done:
+                return socks.leftover
+    raise ProxyRefused(f"the proxy's answer did not end after {PROXY_MAX_READS} reads")
+
+
+async def _proxy_read(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    data = await loop.sock_recv(sock, PROXY_READ)
+    if not data:
+        raise ProxyRefused("the proxy closed the connection during its handshake")
+    return data
+
+
 async def open_tcp(
     address: IPAddress,
     port: int,
@@ -364,16 +409,27 @@ async def open_tcp(
     *,
     timeout: float,
     mark: int | None = None,
+    via: ProxyRoute | None = None,
 ) -> TcpTransport:
+    """A TCP connection to `address:port`; with `via`, that is the proxy, and the proxy's
+    handshake to the server runs before this returns (both within `timeout`)."""
     loop = asyncio.get_running_loop()
     sock = _new_socket(address, socket.SOCK_STREAM, mark)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        deadline = loop.time() + timeout
         await asyncio.wait_for(loop.sock_connect(sock, (str(address), port)), timeout)
-        transport, _ = await loop.create_connection(
-            lambda: _TcpProtocol(on_data, on_lost), sock=sock
-        )
+        leftover = b""
+        if via is not None:
+            remaining = max(deadline - loop.time(), 0.001)
+            leftover = await asyncio.wait_for(proxy_handshake(loop, sock, via), remaining)
+        protocol = _TcpProtocol(on_data, on_lost)
+        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
     except BaseException:
         sock.close()
         raise
+    if leftover:
+        # after the caller has taken the transport (it does so without awaiting), before
+        # anything the socket reads next: call_soon callbacks run in order
+        loop.call_soon(protocol.data_received, leftover)
     return TcpTransport(transport)

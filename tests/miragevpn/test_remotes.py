@@ -163,3 +163,29 @@ def test_remote_random_hostname_puts_a_fresh_label_before_each_lookup() -> None:
     assert RemoteSelector(Config(remotes=(A,)), counter_rng()).lookup_name() == "a.example"  # type: ignore[arg-type]
     selector.failed(Advance.REMOTE)
     assert selector.target().address is not None  # a literal address is never looked up
+
+
+def test_a_proxy_is_resolved_and_dialled_the_server_name_goes_to_it() -> None:
+    from miragevpn.config.model import SocksProxy
+    from miragevpn.events import ProxyRoute
+
+    tcp = Proto(Transport.TCP)
+    proxy = SocksProxy("tor-gateway", 9050)
+    config = Config(
+        remotes=(Remote("vpn.example", 443, tcp),), proxy=proxy, remote_random_hostname=True
+    )
+    selector = RemoteSelector(config, counter_rng())
+    assert selector.target().address is None
+    assert selector.lookup_name() == "tor-gateway"  # no random label: the proxy's own name
+    address = selector.resolved([ipaddress.ip_address("10.152.152.10")])
+    assert address is not None
+    request = selector.connection_request(address)
+    assert (request.address, request.port, request.transport) == (address, 9050, Transport.TCP)
+    assert request.via == ProxyRoute(proxy=proxy, host="vpn.example", port=443)
+    literal = Config(remotes=(Remote("vpn.example", 443, tcp),), proxy=SocksProxy("10.0.0.9"))
+    assert RemoteSelector(literal, counter_rng()).target().address == ipaddress.ip_address(
+        "10.0.0.9"
+    )
+    plain = RemoteSelector(Config(remotes=(Remote("10.0.0.1", 1194),)), counter_rng())
+    request = plain.connection_request(ipaddress.ip_address("10.0.0.1"))
+    assert request.via is None and request.port == 1194 and request.transport is Transport.UDP

@@ -268,14 +268,19 @@ def _build_one(ctx: Context, settings: list[Setting]) -> Proxy | None:
     for o in others:
         if o.key != "http_proxy_option":
             continue
-        kind, value = o.value  # type: ignore[misc]
+        option = o.value
+        assert isinstance(option, tuple) and len(option) == 2
+        kind, value = option
         if kind == "VERSION":
+            assert isinstance(value, str)
             proxy = replace(proxy, version=value)
         elif kind == "AGENT":
+            assert isinstance(value, str)
             proxy = replace(proxy, agent=value)
         else:
             if len(headers) >= MAX_CUSTOM_HTTP_HEADER:
                 raise _fail(o, f"at most {MAX_CUSTOM_HTTP_HEADER} CUSTOM-HEADER options")
+            assert isinstance(value, tuple)
             headers.append(value)
     return replace(proxy, custom_headers=tuple(headers))
 
