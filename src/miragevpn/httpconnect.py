@@ -14,7 +14,8 @@ literal is written in brackets (`[2001:db8::1]:443`, RFC 9112 authority-form); O
 it bare, which proxies cannot parse.
 
 The response: a 2xx status ends the handshake (OpenVPN insists on 200; tinyproxy, squid and
-others send 200). 407 is `ProxyAuthFailed` (credentials missing, or refused); another status is
+others send 200). 407 (and 401, which tinyproxy 1.11 sends) is `ProxyAuthFailed` (credentials
+missing, or refused); another status is
 `ProxyRefused` with the status and reason phrase; something that is not an HTTP status line,
 or a header section over MAX_HEADER_BYTES, is `ProxyProtocolError`. The password never
 appears in messages or reprs.
@@ -129,17 +130,18 @@ class HttpConnect:
         if 200 <= status < 300:
             self.done, self.leftover = True, rest
             return True
-        if status == 407:
-            scheme = headers.get("proxy-authenticate", "").split(" ", 1)[0]
+        if status in (401, 407):  # tinyproxy 1.11 answers a CONNECT with 401, not 407
+            challenge = headers.get("proxy-authenticate") or headers.get("www-authenticate", "")
+            scheme = challenge.split(" ", 1)[0]
             asks = f" (it asks for {_printable(scheme)})" if scheme else ""
             if self._proxy.credentials is None:
                 raise ProxyAuthFailed(
-                    f"the HTTP proxy requires authentication (407 {reason}){asks}: add "
+                    f"the HTTP proxy requires authentication ({status} {reason}){asks}: add "
                     "credentials to http-proxy"
                 )
             raise ProxyAuthFailed(
                 f"the HTTP proxy refused our credentials for user "
-                f"{self._proxy.credentials.username!r} (407 {reason}){asks}"
+                f"{self._proxy.credentials.username!r} ({status} {reason}){asks}"
             )
         raise ProxyRefused(
             f"the HTTP proxy refused to connect to {self._target}: {status} {reason}".rstrip()

@@ -28,13 +28,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from miragevpn.config.model import Config
+from miragevpn.config.model import Config, Transport
 from miragevpn.errors import RemoteProtocolError
 from miragevpn.events import (
     ConnectionRequested,
     DisconnectionRequested,
     Event,
     ProgressReported,
+    ProxyRoute,
     ResolutionRequested,
     SessionEnded,
     SessionRestarting,
@@ -168,13 +169,18 @@ class ScriptedClient:
 
     def handle_resolved(self, addresses: Sequence[IPAddress], now: float) -> None:
         self.calls.append("resolved")
-        remote = self.config.remotes[0]
+        remote, proxy = self.config.remotes[0], self.config.proxy
         self.state = "connecting"
-        self.events.append(
-            ConnectionRequested(
+        if proxy is not None:  # as the engine: the socket goes to the proxy (remotes.py)
+            via = ProxyRoute(proxy=proxy, host=remote.host, port=remote.port)
+            request = ConnectionRequested(
+                address=addresses[0], port=proxy.port, transport=Transport.TCP, via=via
+            )
+        else:
+            request = ConnectionRequested(
                 address=addresses[0], port=remote.port, transport=remote.proto.transport
             )
-        )
+        self.events.append(request)
 
     def handle_resolve_failed(self, now: float) -> None:
         self.state = "ended"
@@ -210,8 +216,9 @@ class ScriptedClient:
 
     def _request_resolution(self) -> None:
         self.state = "resolving"
-        remote = self.config.remotes[0]
-        self.events.append(ResolutionRequested(host=remote.host, family=remote.proto.family))
+        remote, proxy = self.config.remotes[0], self.config.proxy
+        host = proxy.host if proxy is not None else remote.host
+        self.events.append(ResolutionRequested(host=host, family=remote.proto.family))
 
 
 class FakeTun:

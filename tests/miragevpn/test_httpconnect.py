@@ -72,6 +72,9 @@ def test_407_without_and_with_credentials() -> None:
     with pytest.raises(ProxyAuthFailed, match="refused our credentials for user 'Aladdin'") as e:
         HttpConnect(HttpProxy("p", 1, ALADDIN), "vpn", 443).receive(answer)
     assert "sesame" not in str(e.value)
+    tinyproxy = b'HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm="tinyproxy"\r\n\r\n'
+    with pytest.raises(ProxyAuthFailed, match=r"refused our credentials .*401 Unauthorized.*Basic"):
+        HttpConnect(HttpProxy("p", 1, ALADDIN), "vpn", 443).receive(tinyproxy)
 
 
 @pytest.mark.parametrize(

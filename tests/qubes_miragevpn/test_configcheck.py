@@ -219,3 +219,21 @@ def test_broken_key_material_is_one_plain_line(
     path.write_text(HEAD + "cert c.crt\nkey c.key\n")
     _out, err, _ = _check(capsys, str(path))
     assert err == f"{path}:5: cert: the public key of the client certificate does not decode\n"
+
+
+def test_proxy_credentials_outside_the_folder_are_never_shown(
+    config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`http-proxy p 3128 /etc/shadow`: the proxy's file is an outside file like any other."""
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(SHADOW)
+    for line in (f"http-proxy p 3128 {shadow}", f"socks-proxy p 1080 {shadow}"):
+        path = config_dir / "proxy.ovpn"
+        path.write_text(HEAD + "proto tcp-client\nauth-user-pass creds\n" + line + "\n")
+        _out, err, _ = _check(capsys, str(path))
+        assert "it is outside the profile's folder" in err and "toor" not in err
+        out, err, _ = _check(capsys, "--allow-outside", str(path), status=0)
+        assert "toor" not in out + err and "credentials from a file outside" in out
+        out, err, _ = _check(capsys, "--allow-outside", "--json", str(path), status=0)
+        assert "toor" not in out + err
+        assert json.loads(out)["config"]["proxy"].startswith("<not shown")

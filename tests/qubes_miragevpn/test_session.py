@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from miragevpn.config.model import Config, Proto, Remote, Transport
+from miragevpn.config.model import Config, Proto, Remote, SocksProxy, Transport
 from miragevpn.events import TunnelSettings
 from miragevpn.icmp6 import IPV6_HEADER, unreachable_reply
 from qubes_miragevpn.session import Ending, Endpoint, Phase, SessionLoop, SessionOutcome
@@ -501,3 +501,48 @@ def test_block_ipv6_answers_ipv6_from_the_tun_and_sends_only_ipv4() -> None:
         await asyncio.wait_for(run, TIMEOUT)
 
     asyncio.run(with_udp_server(body))
+
+
+def test_through_a_socks5_proxy_the_endpoint_is_the_proxy_and_early_bytes_wait() -> None:
+    """A loopback SOCKS5 double answers the CONNECT and sends the "server's" first bytes in
+    the same write: they reach the engine only after handle_connected (else the double
+    engine would drop WELCOME and never come up)."""
+    hooks = RecordingHooks()
+    seen: list[bytes] = []
+
+    async def main() -> None:
+        async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            seen.append(await r.readexactly(3))  # VER, NMETHODS, METHODS
+            w.write(b"\x05\x00")
+            head = await r.readexactly(5)
+            seen.append(head + await r.readexactly(head[4] + 2))
+            w.write(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x00" + b"WELCOME")
+            seen.append(await r.readexactly(5))  # HELLO, after the handshake
+            await r.read()  # until the session closes
+            w.close()
+
+        server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        config = Config(
+            client=True,
+            remotes=(Remote(host="vpn.behind.example", port=443, proto=Proto(Transport.TCP)),),
+            proxy=SocksProxy("127.0.0.1", port),
+        )
+        session = SessionLoop(config, hooks, client_factory=lambda c, now: ScriptedClient(c, now))
+        run = asyncio.create_task(session.run())
+        for _ in range(200):
+            if "tunnel_up" in hooks.calls:
+                break
+            await asyncio.sleep(0.025)
+        session.close()
+        await asyncio.wait_for(run, TIMEOUT)
+        server.close()
+
+    asyncio.run(main())
+    assert "tunnel_up" in hooks.calls, hooks.calls
+    assert seen[0] == b"\x05\x01\x00"
+    assert seen[1] == b"\x05\x01\x00\x03\x12vpn.behind.example\x01\xbb"
+    assert seen[2] == b"HELLO"
+    (endpoint,) = hooks.endpoints
+    assert (str(endpoint.address), endpoint.transport) == ("127.0.0.1", Transport.TCP)
+    assert endpoint.via is not None and endpoint.via.host == "vpn.behind.example"

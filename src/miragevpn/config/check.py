@@ -17,7 +17,7 @@ import re
 from collections.abc import Collection
 
 from ..errors import ConfigError
-from .model import Config, Secret, TlsAuth, TlsCrypt, TlsCryptV2
+from .model import Config, HttpProxy, Secret, TlsAuth, TlsCrypt, TlsCryptV2
 from .values import proto_name
 
 HIDDEN = "<not shown: read from a file outside the profile's folder>"
@@ -33,6 +33,9 @@ FILE_FIELDS = {
     "tls-crypt-v2": "tls_protection",
     "secret": "secret",
     "auth-user-pass": "auth_user_pass",
+    "http-proxy": "proxy",
+    "http-proxy-user-pass": "proxy",
+    "socks-proxy": "proxy",
 }
 # C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide text.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
@@ -118,6 +121,12 @@ def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
     lines = []
     for r in c.remotes:
         lines.append(f"  remote {r.host} port {r.port} {proto_name(r.proto)}")
+    if c.proxy is not None:
+        kind = "http-proxy" if isinstance(c.proxy, HttpProxy) else "socks-proxy (SOCKS5)"
+        creds = f", user {c.proxy.credentials.username}" if c.proxy.credentials else ", no auth"
+        if c.proxy.credentials and "proxy" in hidden:
+            creds = ", credentials from a file outside the profile's folder, not shown"
+        lines.append(f"  through {kind} {c.proxy.host} port {c.proxy.port}{creds}")
     p = c.tls_protection
     protection = {
         TlsAuth: "tls-auth",

@@ -4,7 +4,8 @@ In a VPN qube nothing but the daemon may use the uplink, and the firewall knows 
 packets by their socket mark. libc's resolver (getaddrinfo) cannot mark its sockets, so the
 daemon asks the uplink's DNS servers (/qubes-primary-dns, /qubes-secondary-dns) itself, over
 UDP from a socket with SO_MARK, while the policy is Connecting with `resolve_via_uplink_dns`.
-Then the session gets the profile with every hostname `remote` replaced by its addresses.
+Then the session gets the profile with every hostname `remote` replaced by its addresses (with
+a proxy: the proxy's name replaced by its address; the server's name goes to the proxy).
 
     encode_query(name, qtype, query_id)       pure: one RFC 1035 query (RD set)
     decode_answers(data, query_id, qtype)     pure: the A/AAAA addresses of a response
@@ -154,13 +155,26 @@ async def resolve(
 
 
 def hostnames(config: Config) -> list[str]:
-    """The remotes' hostnames (not address literals), in order, once each."""
+    """The names the daemon's socket needs addresses for, in order, once each: the remotes'
+    hostnames, or with a proxy only the proxy's (the remotes' names go to the proxy
+    unresolved: over Tor, the exit resolves them and our uplink never sees them)."""
+    if config.proxy is not None:
+        return [] if is_address(config.proxy.host) else [config.proxy.host]
     return list(dict.fromkeys(r.host for r in config.remotes if not is_address(r.host)))
 
 
 def with_addresses(config: Config, resolved: dict[str, list[IPAddress]]) -> Config:
     """`config` with each hostname remote replaced by one remote per resolved address (in
-    order); a hostname without addresses is dropped."""
+    order); a hostname without addresses is dropped. With a proxy, the proxy's hostname is
+    replaced by its first address and the remotes are left alone; an unresolved proxy
+    leaves no remote to connect to."""
+    if config.proxy is not None:
+        if is_address(config.proxy.host):
+            return config
+        found = resolved.get(config.proxy.host, [])
+        if not found:
+            return replace(config, remotes=())
+        return replace(config, proxy=replace(config.proxy, host=str(found[0])))
     remotes: list[Remote] = []
     for remote in config.remotes:
         if is_address(remote.host):

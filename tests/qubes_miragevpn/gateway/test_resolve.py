@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from miragevpn.config.model import Config, Proto, Remote, Transport
+from miragevpn.config.model import Config, Proto, Remote, SocksProxy, Transport
 from qubes_miragevpn.gateway.resolve import (
     QTYPE_A,
     QTYPE_AAAA,
@@ -92,6 +92,20 @@ def test_hostname_remotes_are_replaced_by_their_addresses_in_order() -> None:
         ("2001:db8::1", 1194),
         ("192.0.2.9", 443),
     ]
+
+
+def test_with_a_proxy_only_the_proxy_is_resolved_and_the_server_name_is_kept() -> None:
+    tcp = Proto(transport=Transport.TCP)
+    remotes = (Remote(host="vpn.example.test", port=443, proto=tcp),)
+    config = Config(remotes=remotes, proxy=SocksProxy("tor.gateway.test", 9050))
+    assert hostnames(config) == ["tor.gateway.test"]  # never the server's name: the proxy's job
+    a = ipaddress.ip_address("10.152.152.10")
+    resolved = with_addresses(config, {"tor.gateway.test": [a]})
+    assert resolved.proxy == SocksProxy("10.152.152.10", 9050)
+    assert resolved.remotes == remotes
+    assert with_addresses(config, {}).remotes == ()  # the daemon says it cannot resolve
+    literal = Config(remotes=remotes, proxy=SocksProxy("10.152.152.10", 9050))
+    assert hostnames(literal) == [] and with_addresses(literal, {}) == literal
 
 
 @pytest.mark.netns
