@@ -30,7 +30,10 @@ TEST_STACKS := system newest
 # iptables puts in the stand-in queue rule of test_blocked_queue_topology.py.
 APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables python3-yaml \
 	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps \
-	gcc python3-dev libnetfilter-queue-dev iptables
+	gcc python3-dev libnetfilter-queue-dev iptables tinyproxy dante-server
+# Packages whose install starts a system service the tests do not want (the tests start their own
+# proxies with their own config and PID files): disabled and stopped right after we install them.
+APT_SERVICES := tinyproxy:tinyproxy.service dante-server:danted.service
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--seconds 5 --proto tcp --profile"
 MICRO_ARGS ?=  # e.g. MICRO_ARGS="--seconds 3 --backend all"
@@ -69,6 +72,11 @@ $(STAMP): pyproject.toml
 	if [ -n "$$missing" ]; then \
 		echo "== installing Debian packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		for pair in $(APT_SERVICES); do \
+			case " $$(echo $$missing) " in *" $${pair%%:*} "*) \
+				if [ -d /run/systemd/system ]; then systemctl disable --now $${pair#*:} || true; fi;; \
+			esac; \
+		done; \
 	fi
 	@echo "== creating $(VENV) on the system Python, seeing the Debian-packaged libraries"
 	$(PYTHON_SYSTEM) -m venv --system-site-packages $(VENV)
