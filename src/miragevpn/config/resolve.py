@@ -15,6 +15,7 @@ that is safe):
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 
 from ..errors import ConfigError
@@ -22,6 +23,7 @@ from . import keys, proxies
 from .context import Context, Setting
 from .handlers import RawRemote, TlsVersionMin
 from .model import (
+    AddressFamily,
     AllowCompression,
     Compression,
     Config,
@@ -241,8 +243,31 @@ def _remotes(settings: list[Setting]) -> tuple[Remote, ...]:
         proto = found["proto"].value if "proto" in found else Proto()
         port = found["port"].value if "port" in found else 1194
         assert isinstance(proto, Proto) and isinstance(port, int)
-        remotes.append(Remote(raw.host, raw.port or port, raw.proto or proto))
+        remote = Remote(raw.host, raw.port or port, raw.proto or proto)
+        _check_literal_family(s, remote)
+        remotes.append(remote)
     return tuple(remotes)
+
+
+_FAMILY_VERSION = {AddressFamily.IPV4: 4, AddressFamily.IPV6: 6}
+
+
+def _check_literal_family(s: Setting, remote: Remote) -> None:
+    """An IP literal of the other family than a `udp4`/`tcp6`-style proto can never be
+    reached (OpenVPN's getaddrinfo fails on it for ever): say so at the remote's line."""
+    wanted = _FAMILY_VERSION.get(remote.proto.family)
+    try:
+        literal = ipaddress.ip_address(remote.host)
+    except ValueError:
+        return
+    if wanted is not None and literal.version != wanted:
+        raise ConfigError(
+            f"{remote.host} is an IPv{literal.version} address but the protocol is "
+            f"{remote.proto.transport.value}{wanted} (IPv{wanted} only)",
+            line=s.line,
+            column=s.column,
+            directive=s.directive,
+        )
 
 
 def _protection(

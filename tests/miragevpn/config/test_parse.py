@@ -54,6 +54,52 @@ def test_port_proto_defaults(read_file: Reader) -> None:
     assert c.lport == 443
 
 
+@pytest.mark.parametrize(
+    ("proto", "transport", "family"),
+    [
+        ("udp", Transport.UDP, AddressFamily.ANY),
+        ("udp4", Transport.UDP, AddressFamily.IPV4),
+        ("udp6", Transport.UDP, AddressFamily.IPV6),
+        ("tcp", Transport.TCP, AddressFamily.ANY),
+        ("tcp4", Transport.TCP, AddressFamily.IPV4),
+        ("tcp6", Transport.TCP, AddressFamily.IPV6),
+        ("tcp-client", Transport.TCP, AddressFamily.ANY),
+        ("tcp4-client", Transport.TCP, AddressFamily.IPV4),
+        ("tcp6-client", Transport.TCP, AddressFamily.IPV6),
+    ],
+)
+def test_every_client_proto_spelling(
+    read_file: Reader, proto: str, transport: Transport, family: AddressFamily
+) -> None:
+    address = "192.0.2.1" if family is AddressFamily.IPV4 else "2001:db8::1"
+    c = parse(BASE + f"remote {address} 443 {proto}\n", read_file)
+    remote = c.remotes[-1]
+    assert (remote.host, remote.port) == (address, 443)
+    assert (remote.proto.transport, remote.proto.family) == (transport, family)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("remote 2001:db8::1 1194 udp4", "2001:db8::1 is an IPv6 address but the protocol is udp4"),
+        (
+            "remote 192.0.2.1 443 tcp6-client",
+            "192.0.2.1 is an IPv4 address but the protocol is tcp6",
+        ),
+    ],
+)
+def test_a_literal_of_the_other_family_is_refused_at_its_line(
+    read_file: Reader, line: str, fragment: str
+) -> None:
+    fails(BASE + line + "\n", read_file, fragment, 7)
+
+
+def test_block_ipv6_is_a_flag(read_file: Reader) -> None:
+    assert parse(BASE + "block-ipv6\n", read_file).block_ipv6
+    assert not parse(BASE, read_file).block_ipv6
+    fails(BASE + "block-ipv6 yes\n", read_file, "expects 0 arguments", 7)
+
+
 def test_connection_blocks(read_file: Reader) -> None:
     text = BASE.replace("remote vpn.example.org\n", "") + (
         "proto tcp\n<connection>\nremote a 1\n</connection>\n<connection>\nremote b\nproto udp\n"
