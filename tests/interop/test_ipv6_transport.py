@@ -28,6 +28,8 @@ import pytest
 
 from tests.helpers.netns import Link6, Netns, connect, connect6, link_local, no_dad, wait_until
 from tests.helpers.openvpn import (
+    OPENVPN,
+    READY_LINE,
     SERVER_TUN_ADDRESS,
     SERVER_TUN_ADDRESS_IPV6,
     TUNNEL_NETWORK,
@@ -37,7 +39,7 @@ from tests.helpers.openvpn import (
     Scenario,
     client_config,
 )
-from tests.helpers.ourclient import OurClient, engine_ready
+from tests.helpers.ourclient import OurClient, engine_ready, private_hosts
 from tests.helpers.pki import PkiFiles
 from tests.helpers.traffic import assert_through_tunnel, ping, tcp_transfer
 
@@ -159,6 +161,34 @@ def test_dual_stack_name_falls_back_from_a_dead_preferred_address(
             transfer = tcp_transfer(server, client, SERVER_TUN_ADDRESS)
             assert_through_tunnel(transfer, str(TUNNEL_NETWORK))
             assert c.stop() == 0
+
+
+def test_the_real_openvpn_client_walks_the_same_order(pki_files: PkiFiles, workdir: Path) -> None:
+    """The control case for the test above: OpenVPN 2.6's own client, same name, same hosts
+    file, `proto udp`: it too tries the dead IPv6 address first and then the IPv4 one of the
+    same remote (getaddrinfo's order, `ai_next` after server-poll-timeout)."""
+    s = scenario("udp", extra_client=("server-poll-timeout 5",))
+    with Netns.create("server") as server, Netns.create("client") as client:
+        no_dad(server, client)
+        link4 = connect(server, client)
+        server.run(["ip", "-6", "addr", "add", "fd00:250::1/64", "dev", link4.a_if, "nodad"])
+        client.run(["ip", "-6", "addr", "add", "fd00:250::2/64", "dev", link4.b_if, "nodad"])
+        hosts = workdir / "hosts"
+        hosts.write_text(f"{DEAD6} vpn.test\n{link4.a_address.ip} vpn.test\n")
+        config = workdir / "openvpn-client.conf"
+        config.write_text(client_config(s, pki_files, "vpn.test", real=True))
+        log = workdir / "openvpn-client.log"
+        with OpenVpnServer.start(server, s, pki_files, workdir, link4.a_address.ip):
+            with log.open("ab") as out:
+                proc = client.spawn([*private_hosts(hosts), OPENVPN, "--config", str(config)],
+                                    stdout=out)  # fmt: skip
+            wait_until(lambda: READY_LINE in log.read_text() or proc.poll() is not None, 60.0,
+                       what="the real client's tunnel")  # fmt: skip
+            text = log.read_text()
+            assert READY_LINE in text, text[-3000:]
+            tried = [line for line in text.splitlines() if "link remote:" in line]
+            assert DEAD6 in tried[0] and str(link4.a_address.ip) in tried[-1], tried
+            ping(client, SERVER_TUN_ADDRESS)
 
 
 def test_dual_stack_name_on_an_ipv6_only_network(pki_files: PkiFiles, workdir: Path) -> None:
