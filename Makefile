@@ -29,6 +29,7 @@ TEST_STACKS := system newest
 # libnetfilter-queue-dev build NetfilterQueue (PyPI has its source only; extra blocked-report);
 # iptables puts in the stand-in queue rule of test_blocked_queue_topology.py.
 APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables python3-yaml \
+	python3-lz4 python3-lzo liblzo2-dev \
 	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps \
 	gcc python3-dev libnetfilter-queue-dev iptables tinyproxy dante-server
 # Packages whose install starts a system service the tests do not want (the tests start their own
@@ -84,8 +85,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The newest stack: a virtual environment of its own (no --system-site-packages), the newest
-# release of every dependency (pip's eager upgrade), the gateway extra (pip-nftables). Made
-# again when pyproject.toml changes; `rm -r .venv-newest` picks up releases made since.
+# release of every dependency (pip's eager upgrade), the gateway extra (pip-nftables), the
+# blocked-report extra, the compression extra (lz4, python-lzo: built against liblzo2-dev from
+# APT_PACKAGES). Made again when pyproject.toml changes; `rm -r .venv-newest` picks up releases
+# made since.
 setup-newest: $(STAMP_NEWEST)
 
 $(STAMP_NEWEST): pyproject.toml .ci/newest-python | $(STAMP)
@@ -93,7 +96,7 @@ $(STAMP_NEWEST): pyproject.toml .ci/newest-python | $(STAMP)
 	echo "== creating $(VENV_NEWEST) on $$newest ($$($$newest -V)), isolated from Debian's packages"; \
 	rm -rf $(VENV_NEWEST) && $$newest -m venv $(VENV_NEWEST)
 	$(PY_NEWEST) -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager \
-		-e '.[dev,gateway,blocked-report]'
+		-e '.[dev,gateway,blocked-report,compression]'
 	@touch $(STAMP_NEWEST)
 
 # Both stacks run at once (the suite mostly waits on real servers, timeouts and namespaces, so

@@ -70,6 +70,19 @@ def test_the_firewall_uses_the_binding_not_its_nft_fallback() -> None:
     assert isinstance(open_backend(), LibNftables)
 
 
+def test_the_decompression_bindings_load() -> None:
+    """Both stacks have them (APT_PACKAGES / the `compression` extra): without them the
+    compression tests would only see the dropping path."""
+    from miragevpn import compression
+
+    assert compression.HAVE_LZ4 and compression.HAVE_LZO
+    line = next(x for x in describe() if x.startswith("compression: "))
+    assert "not installed" not in line
+    if STACK:
+        origin = "(debian)" if STACK == "system" else "(venv)"
+        assert line.count(origin) == 2, line
+
+
 @pytest.mark.skipif(STACK != "system", reason="only on the Debian 12 stack (make test-system)")
 def test_system_stack_is_debian_12_at_pyprojects_floors() -> None:
     assert sys.version_info[:2] == (3, 11)

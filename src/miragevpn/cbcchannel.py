@@ -18,9 +18,10 @@ import struct
 from collections.abc import Callable
 
 from .cbc import CBC_KEY_SIZES, DIGEST_SIZES, IV_LENGTH, make_cbc_hmac
+from .compression import Decompression, framing
 from .config.model import Compression
 from .config.model import ReplayWindow as ReplayWindowSettings
-from .datachannel import FRAMING, MAX_PEER_ID, MAX_REPLAY_ID, RENEGOTIATE_AT_REPLAY_ID
+from .datachannel import MAX_PEER_ID, MAX_REPLAY_ID, RENEGOTIATE_AT_REPLAY_ID
 from .errors import DecodeError, LocalProtocolError
 from .kdf import CbcKeys
 from .packet import KEY_ID_MASK, OPCODE_SHIFT, Opcode
@@ -77,6 +78,7 @@ class CbcDataChannelKey:
         compression: Compression,
         replay_window: ReplayWindowSettings,
         rng: Callable[[int], bytes],
+        decompression: Decompression | None = None,
     ) -> None:
         cipher, auth = cipher.upper(), auth.upper()
         if cipher not in CBC_KEY_SIZES:
@@ -100,7 +102,7 @@ class CbcDataChannelKey:
             self._my_header = bytes((self._v1_byte,))
         else:
             self._my_header = bytes((self._v2_byte,)) + peer_id.to_bytes(3, "big")
-        self._frame, self._deframe = FRAMING[compression]
+        self._frame, self._deframe = framing(compression, decompression)
         self._replay = ReplayWindow(replay_window.packets, replay_window.seconds)
         self._next_replay_id = 1
         self.packets_sent = 0

@@ -3,10 +3,11 @@
 The states, their data and the legal moves are in clientstate.py; this module is the behaviour.
 
 Receive pipeline (`receive`): [TCP: deframe] → opcode byte → data packet: key by key id →
-decrypt (AEAD + replay) → ping? drop : tunnel packet; control packet: unwrap (tls-auth /
-tls-crypt: authenticate, replay) → session ids → key state (reliable → TLS → text) → control
-messages (what each one does: control.py). Send pipeline: key states' reliable packets → wrap
-→ [TCP: frame] (`data_to_send`); `encrypt_tunnel_packet` → send key → encrypt → [TCP: frame].
+decrypt (AEAD + replay, then unframe/decompress: compression.py) → ping? drop : tunnel packet;
+control packet: unwrap (tls-auth / tls-crypt: authenticate, replay) → session ids → key state
+(reliable → TLS → text) → control messages (what each one does: control.py). Send pipeline:
+key states' reliable packets → wrap → [TCP: frame] (`data_to_send`); `encrypt_tunnel_packet` →
+send key → encrypt → [TCP: frame].
 Every wire packet is counted both ways in `stats` (packets/bytes sent and received).
 
 Renegotiation (reference §8): the server's P_CONTROL_SOFT_RESET_V1 for a new key id, or our
@@ -368,7 +369,7 @@ class Client:
 
     def _bad_packet(self, session: Session, exc: DecodeError, now: float) -> None:
         self.stats.drop(DropReason.of(exc))
-        if session.decoder is not None:
+        if session.decoder is not None and exc.fatal_on_tcp:
             self._fail(f"bad packet on TCP: {exc}", now)
 
     def _receive_control(self, session: Session, packet: ControlPacket, now: float) -> None:
@@ -472,10 +473,9 @@ class Client:
             self._fail(f"unusable PUSH_REPLY: {exc}", now)
             return
         if lines is not None:
-            session, tls_ekm = state.session, self._keying.tls_ekm
-            self._apply(
-                control.push_reply(lines, session, config=self._config, tls_ekm=tls_ekm), now
-            )
+            ekm, counts = self._keying.tls_ekm, self.stats.decompression
+            out = control.push_reply(lines, state.session, counts, config=self._config, tls_ekm=ekm)
+            self._apply(out, now)
 
     def _tunnel_up(self, tunnel: control.Tunnel, now: float) -> None:
         state = self._state

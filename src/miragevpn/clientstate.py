@@ -21,6 +21,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .compression import DecompressionStats
 from .config.model import Config, Transport
 from .datakeys import DataKeys
 from .errors import DropReason
@@ -49,6 +50,7 @@ class Stats:
     restarts: int = 0
     renegotiations: int = 0  # key states negotiated after the first (key id > 0)
     dropped: collections.Counter[DropReason] = field(default_factory=collections.Counter)
+    decompression: DecompressionStats = field(default_factory=DecompressionStats)
 
     def drop(self, reason: DropReason) -> None:
         self.dropped[reason] += 1

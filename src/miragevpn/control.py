@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from .cipherchoice import choose_data_cipher
 from .clientstate import Established, Handshaking, Pulling, Session, State
+from .compression import DecompressionStats, session_decompression
 from .config.model import AuthRetry, Config, Secret
 from .datakeys import DataChannelParams
 from .errors import (
@@ -212,9 +213,15 @@ def react(
 
 
 def push_reply(
-    lines: tuple[str, ...] | list[str], session: Session, *, config: Config, tls_ekm: bool
+    lines: tuple[str, ...] | list[str],
+    session: Session,
+    decompression_stats: DecompressionStats | None = None,
+    *,
+    config: Config,
+    tls_ekm: bool,
 ) -> list[Reaction]:
-    """The reactions to a complete PUSH_REPLY (its option lines, continuation joined)."""
+    """The reactions to a complete PUSH_REPLY (its option lines, continuation joined).
+    Decompressed packets are counted in `decompression_stats` (the client's `Stats`)."""
     try:
         pushed = parse_pushed_options(lines, config)
     except (DecodeError, RemoteProtocolError) as exc:
@@ -232,14 +239,22 @@ def push_reply(
         ]
     cipher = choice.cipher
     use_ekm = pushed.uses_ekm and tls_ekm
+    compression = pushed.compression or config.compression
+    decompression, warning = session_decompression(
+        compression,
+        config.allow_compression,
+        tun_mtu=pushed.tun_mtu or config.tun_mtu,
+        stats=decompression_stats or DecompressionStats(),
+    )
     try:
         params = DataChannelParams.create(
             cipher=cipher,
-            compression=pushed.compression or config.compression,
+            compression=compression,
             peer_id=pushed.peer_id,
             replay_window=config.replay_window,
             ekm=use_ekm,
             auth=choice.auth or config.auth,
+            decompression=decompression,
         )
     except MirageVPNError as exc:
         return [StopSession(reason=f"cannot set up the data channel: {exc}", error=exc)]
@@ -251,6 +266,8 @@ def push_reply(
         key_derivation="tls-ekm" if use_ekm else "tls1-prf",
     )
     reactions: list[Reaction] = [ProgressReported(message=note) for note in choice.notes]
+    if warning is not None:
+        reactions.append(ProgressReported(message=warning))
     reactions += [ProgressReported(message=note) for note in notes]
     reactions += [
         ProgressReported(message=f"pushed option ignored: {ignored.text} ({ignored.reason})")

@@ -1,4 +1,4 @@
-"""AEAD data packets (reference §6.2), compression framing (§6.6), ping (§6.7) and OCC (§6.8).
+"""AEAD data packets (reference §6.2), ping (§6.7) and OCC (§6.8); framing: compression.py.
 
 Wire layout (OpenVPN 2.6, tag first; crypto.c: openvpn_encrypt_aead / openvpn_decrypt_aead):
 
@@ -18,9 +18,9 @@ packet costs one AEAD call, one replay check and a few byte joins.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
 from .aead import Aead, make_aead
+from .compression import Decompression, framing
 from .config.model import Compression
 from .config.model import ReplayWindow as ReplayWindowSettings
 from .errors import DecodeError, LocalProtocolError
@@ -29,10 +29,7 @@ from .packet import KEY_ID_MASK, OPCODE_SHIFT, Opcode
 from .replay import ReplayWindow
 
 __all__ = [
-    "FRAMING",
     "MAX_PEER_ID",
-    "NO_COMPRESS_BYTE",
-    "NO_COMPRESS_BYTE_SWAP",
     "OCC_EXIT",
     "OCC_EXIT_MESSAGE",
     "OCC_MAGIC",
@@ -50,15 +47,6 @@ AEAD_TAG_LENGTH = 16  # crypto.h: OPENVPN_AEAD_TAG_LENGTH
 MAX_PEER_ID = 0xFFFFFF  # ssl_common.h: MAX_PEER_ID ("peer-id disabled")
 MAX_REPLAY_ID = 0xFFFFFFFF  # packet_id.h: PACKET_ID_MAX (short form refuses to wrap)
 RENEGOTIATE_AT_REPLAY_ID = 0xFF000000  # ssl.c: PACKET_ID_WRAP_TRIGGER
-
-# Compression framing bytes (comp.h, lzo.h, compstub.c)
-NO_COMPRESS_BYTE = 0xFA  # "comp-lzo no" and uncompressed comp-lzo packets
-LZO_COMPRESS_BYTE = 0x66  # LZO1X-compressed (we never decompress)
-NO_COMPRESS_BYTE_SWAP = 0xFB  # "compress" (swap mode): byte0 moved to the end
-LZ4_COMPRESS_BYTE = 0x69  # LZ4 in swap mode (we never decompress)
-COMP_ALGV2_INDICATOR_BYTE = 0x50  # "compress stub-v2"/"lz4-v2" escape
-COMP_ALGV2_UNCOMPRESSED_BYTE = 0x00  # comp.h: what the v2 reader strips
-COMP_ALGV2_UNCOMPRESSED = 0x0A  # comp.h: what 2.6's v2 escape writer emits (accepted too)
 
 # ping.c: ping_string
 PING_MAGIC = bytes.fromhex("2a187bf3641eb4cb07ed2d0a981fc748")
@@ -98,70 +86,6 @@ def _make_aead(cipher: str, key: bytes) -> Aead:
     return make_aead(cipher, key)  # aead.py: OpenSSL contexts kept across packets
 
 
-# --------------------------------------------------------------------------- framing
-
-
-def _frame_none(payload: bytes) -> bytes:
-    return payload
-
-
-def _frame_lzo(payload: bytes) -> bytes:
-    return b"\xfa" + payload
-
-
-def _frame_swap(payload: bytes) -> bytes:
-    return b"\xfb" + payload[1:] + payload[:1]
-
-
-def _frame_v2(payload: bytes) -> bytes:
-    if payload[:1] == b"\x50":
-        return b"\x50\x00" + payload
-    return payload
-
-
-def _deframe_none(data: bytes) -> bytes:
-    return data
-
-
-def _deframe_lzo(data: bytes) -> bytes:
-    head = data[0]
-    if head == NO_COMPRESS_BYTE:
-        return data[1:]
-    if head == LZO_COMPRESS_BYTE:
-        raise DecodeError("LZO-compressed data packet: we do not decompress")
-    raise DecodeError(f"bad comp-lzo framing byte {head:#04x}")
-
-
-def _deframe_swap(data: bytes) -> bytes:
-    head = data[0]
-    if head == NO_COMPRESS_BYTE_SWAP:
-        if len(data) == 1:
-            return b""
-        return data[-1:] + data[1:-1]
-    if head in (LZ4_COMPRESS_BYTE, LZO_COMPRESS_BYTE):
-        raise DecodeError("compressed data packet: we do not decompress")
-    raise DecodeError(f"bad compress (swap) framing byte {head:#04x}")
-
-
-def _deframe_v2(data: bytes) -> bytes:
-    if data[0] != COMP_ALGV2_INDICATOR_BYTE:
-        return data
-    if len(data) >= 2 and data[1] in (COMP_ALGV2_UNCOMPRESSED_BYTE, COMP_ALGV2_UNCOMPRESSED):
-        return data[2:]
-    raise DecodeError("compressed (v2) data packet: we do not decompress")
-
-
-FRAMING: dict[Compression, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
-    Compression.NONE: (_frame_none, _deframe_none),
-    Compression.LZO_NO: (_frame_lzo, _deframe_lzo),
-    Compression.LZO: (_frame_lzo, _deframe_lzo),
-    Compression.STUB: (_frame_swap, _deframe_swap),
-    Compression.LZ4: (_frame_swap, _deframe_swap),
-    Compression.STUB_V2: (_frame_v2, _deframe_v2),
-    Compression.LZ4_V2: (_frame_v2, _deframe_v2),
-}
-
-
 # --------------------------------------------------------------------------- the key
 
 
@@ -169,7 +93,9 @@ class DataChannelKey:
     """One key state's data channel: one AEAD cipher, both directions, its replay window.
 
     `encrypt(payload) -> wire packet`; `decrypt(packet, now) -> payload` (an IP packet, the
-    ping magic or an OCC message), raising AuthenticationError / ReplayError / DecodeError.
+    ping magic or an OCC message), raising AuthenticationError / ReplayError / DecodeError
+    (CompressionError for compressed packets: see compression.py; `decompression` None
+    refuses them all).
     Counters (`packets_sent`, `bytes_sent`, `packets_received`, `bytes_received`) count
     payloads (before framing) for reneg-bytes / reneg-pkts and statistics.
     """
@@ -204,6 +130,7 @@ class DataChannelKey:
         peer_id: int | None,
         compression: Compression,
         replay_window: ReplayWindowSettings,
+        decompression: Decompression | None = None,
     ) -> None:
         cipher = cipher.upper()
         if cipher not in AEAD_KEY_SIZES:
@@ -230,7 +157,7 @@ class DataChannelKey:
             self._my_header = bytes((self._v1_byte,))
         else:
             self._my_header = bytes((self._v2_byte,)) + peer_id.to_bytes(3, "big")
-        self._frame, self._deframe = FRAMING[compression]
+        self._frame, self._deframe = framing(compression, decompression)
         self._replay = ReplayWindow(replay_window.packets, replay_window.seconds)
         self._next_replay_id = 1
         self.packets_sent = 0

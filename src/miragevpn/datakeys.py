@@ -31,6 +31,7 @@ from typing import Protocol
 
 from .cbc import CBC_KEY_SIZES, DIGEST_SIZES
 from .cbcchannel import SUPPORTED_CBC_CIPHERS, SUPPORTED_DIGESTS, CbcDataChannelKey
+from .compression import Decompression
 from .config.model import Compression
 from .config.model import ReplayWindow as ReplayWindowSettings
 from .datachannel import (
@@ -81,7 +82,8 @@ def derive_key2(
 @dataclass(frozen=True, slots=True)
 class DataChannelParams:
     """What every key of a session shares, fixed by the PUSH_REPLY. `auth` is the HMAC digest
-    of a CBC cipher (None for AEAD ciphers, which have no separate HMAC)."""
+    of a CBC cipher (None for AEAD ciphers, which have no separate HMAC). `decompression`:
+    what compressed packets the keys undo (compression.py; None refuses them)."""
 
     cipher: str
     compression: Compression
@@ -89,6 +91,7 @@ class DataChannelParams:
     replay_window: ReplayWindowSettings
     ekm: bool
     auth: str | None = None
+    decompression: Decompression | None = None
 
     @property
     def is_aead(self) -> bool:
@@ -104,6 +107,7 @@ class DataChannelParams:
         replay_window: ReplayWindowSettings,
         ekm: bool,
         auth: str = "SHA1",
+        decompression: Decompression | None = None,
     ) -> DataChannelParams:
         """LocalProtocolError for a cipher or digest we do not implement, RemoteProtocolError
         for a peer-id the server should not have pushed. `auth` counts for CBC ciphers only
@@ -112,7 +116,7 @@ class DataChannelParams:
         if peer_id is not None and not 0 <= peer_id <= MAX_PEER_ID:
             raise RemoteProtocolError(f"the server pushed peer-id {peer_id}, beyond {MAX_PEER_ID}")
         if name in SUPPORTED_AEAD_CIPHERS:
-            return cls(name, compression, peer_id, replay_window, ekm)
+            return cls(name, compression, peer_id, replay_window, ekm, None, decompression)
         if name == BLOWFISH:
             raise LocalProtocolError(
                 "data cipher BF-CBC (Blowfish, 64-bit blocks) is not supported: ask for a "
@@ -125,7 +129,7 @@ class DataChannelParams:
         digest = auth.upper()
         if digest not in SUPPORTED_DIGESTS:
             raise LocalProtocolError(f"HMAC digest {auth} (auth) is not supported")
-        return cls(name, compression, peer_id, replay_window, ekm, digest)
+        return cls(name, compression, peer_id, replay_window, ekm, digest, decompression)
 
     def key(self, key_id: int, key2: bytes, rng: Callable[[int], bytes] | None = None) -> DataKey:
         """One key state's data key; CBC needs `rng` for its per-packet IVs."""
@@ -137,6 +141,7 @@ class DataChannelParams:
                 peer_id=self.peer_id,
                 compression=self.compression,
                 replay_window=self.replay_window,
+                decompression=self.decompression,
             )
         if rng is None:
             raise LocalProtocolError("a CBC data channel needs a random source for its IVs")
@@ -151,6 +156,7 @@ class DataChannelParams:
             compression=self.compression,
             replay_window=self.replay_window,
             rng=rng,
+            decompression=self.decompression,
         )
 
 

@@ -66,7 +66,11 @@ class ConfigError(MirageVPNError):
 
 
 class DecodeError(MirageVPNError):
-    """Bytes from the network that do not parse (truncated, bad length, unknown opcode...)."""
+    """Bytes from the network that do not parse (truncated, bad length, unknown opcode...).
+    On TCP such a packet ends the session (the stream may be out of step) unless
+    `fatal_on_tcp` is false."""
+
+    fatal_on_tcp = True
 
 
 class AuthenticationError(DecodeError):
@@ -77,6 +81,22 @@ class AuthenticationError(DecodeError):
 
 class ReplayError(DecodeError):
     """A packet whose replay id was already seen, is too old, or is zero."""
+
+
+class CompressionError(DecodeError):
+    """An authenticated data packet whose compression we do not undo. Dropped and counted;
+    the packet was whole, so a TCP session goes on (unlike other DecodeErrors there)."""
+
+    fatal_on_tcp = False
+
+
+class CompressionRefused(CompressionError):
+    """Compressed although the negotiated framing or allow-compression does not let us
+    decompress it, or the library for its algorithm is not installed."""
+
+
+class DecompressionFailed(CompressionError):
+    """Compressed data that is corrupt or decompresses beyond the payload limit (a bomb)."""
 
 
 class ProtocolError(MirageVPNError):
@@ -142,6 +162,8 @@ class DropReason(enum.Enum):
     DUPLICATE_CONTROL = "duplicate control packet"  # received before: acked again
     BEYOND_RECEIVE_WINDOW = "control packet beyond the receive window"  # not acked
     OCC_MESSAGE = "occ message"  # an OCC message a pull client does not use
+    COMPRESSION_REFUSED = "compressed, not decompressed"  # CompressionRefused
+    DECOMPRESSION_FAILED = "corrupt or oversized compressed data"  # DecompressionFailed
 
     @classmethod
     def of(cls, error: DecodeError) -> DropReason:
@@ -150,6 +172,10 @@ class DropReason(enum.Enum):
             return cls.FAILED_AUTHENTICATION
         if isinstance(error, ReplayError):
             return cls.REPLAYED
+        if isinstance(error, CompressionRefused):
+            return cls.COMPRESSION_REFUSED
+        if isinstance(error, DecompressionFailed):
+            return cls.DECOMPRESSION_FAILED
         return cls.MALFORMED
 
 

@@ -239,12 +239,15 @@ def build_peer_info(
     mtu: int | None,
     tcpnl: bool = True,
     compression_stubs: bool = True,
+    compression_algorithms: Sequence[str] = (),
     extra: Mapping[str, str] | None = None,
 ) -> str:
     """The peer-info block of a pull client, in 2.6's order (ssl.c: push_peer_info).
 
     `extra` adds lines such as IV_GUI_VER, IV_SSO or UV_* (names `[A-Za-z0-9_]+`).
-    IV_NCP=2 is sent when `ciphers` contains both AES-128-GCM and AES-256-GCM (legacy)."""
+    IV_NCP=2 is sent when `ciphers` contains both AES-128-GCM and AES-256-GCM (legacy).
+    `compression_algorithms` (IV_LZ4, IV_LZ4v2, IV_LZO: what we decompress) go before the
+    stubs, and IV_LZO replaces IV_LZO_STUB (comp.c: comp_generate_peer_info_string)."""
     if iv_proto & 1:
         raise ValueError("IV_PROTO bit 0 is reserved")
     if iv_proto and not iv_proto & IV_PROTO_DATA_V2:
@@ -263,8 +266,11 @@ def build_peer_info(
             raise ValueError("IV_CIPHERS over 127 characters")
         lines.append(("IV_CIPHERS", joined))
     lines.append(("IV_PROTO", str(iv_proto)))
+    lines += [(name, "1") for name in compression_algorithms]
     if compression_stubs:
-        lines += [("IV_LZO_STUB", "1"), ("IV_COMP_STUB", "1"), ("IV_COMP_STUBv2", "1")]
+        if "IV_LZO" not in compression_algorithms:
+            lines.append(("IV_LZO_STUB", "1"))
+        lines += [("IV_COMP_STUB", "1"), ("IV_COMP_STUBv2", "1")]
     lines += list((extra or {}).items())
     out = []
     for name, value in lines:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config.model import Compression, Config, TlsAuth, Transport
+from .compression import advertised_algorithms
+from .config.model import AllowCompression, Compression, Config, TlsAuth, Transport
 from .errors import DecodeError, RemoteProtocolError
 from .keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
@@ -55,6 +56,17 @@ IV_VER = "2.6.0"  # informational for the server; we speak 2.6's protocol
 IV_MTU = 1600  # the largest tun MTU we accept; what a 2.6 client sends (reference §4.4)
 
 
+def _decompressed_algorithms(config: Config) -> tuple[str, ...]:
+    """What we tell the server we decompress: nothing with allow-compression no or a stub
+    configured (2.6's COMP_F_ADVERTISE_STUBS_ONLY), else what the installed libraries do."""
+    if config.allow_compression is AllowCompression.NO or config.compression in (
+        Compression.STUB,
+        Compression.STUB_V2,
+    ):
+        return ()
+    return advertised_algorithms()
+
+
 def client_key_method_2(
     config: Config,
     rng: Callable[[int], bytes],
@@ -86,6 +98,7 @@ def client_key_method_2(
         ciphers=[c.upper() for c in config.data_ciphers],
         iv_proto=IV_PROTO if tls_ekm else IV_PROTO_PRF_ONLY,
         mtu=IV_MTU,
+        compression_algorithms=_decompressed_algorithms(config),
     )
     source = ClientKeySource.from_rng(rng)
     message = encode_client_key_method_2(

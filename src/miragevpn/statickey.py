@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 from .cbc import CBC_KEY_SIZES, DIGEST_SIZES, IV_LENGTH, make_cbc_hmac
 from .clientstate import Stats
+from .compression import Decompression, framing, session_decompression
 from .config.model import AuthUserPass, Compression, Config, KeyDirection, StaticKey, Transport
 from .config.model import ReplayWindow as ReplayWindowSettings
-from .datachannel import FRAMING, MAX_REPLAY_ID, OCC_EXIT_MESSAGE, OCC_MAGIC, PING_MAGIC
+from .datachannel import MAX_REPLAY_ID, OCC_EXIT_MESSAGE, OCC_MAGIC, PING_MAGIC
 from .errors import ConfigError, DecodeError, DropReason, MirageVPNError
 from .events import (
     DisconnectionRequested,
@@ -98,6 +99,7 @@ class StaticKeyChannel:
         replay_window: ReplayWindowSettings,
         rng: Callable[[int], bytes],
         time: int,
+        decompression: Decompression | None = None,
     ) -> None:
         cipher, auth = cipher.upper(), auth.upper()
         if cipher not in CBC_KEY_SIZES:
@@ -118,7 +120,7 @@ class StaticKeyChannel:
         self.cipher, self.auth = cipher, auth
         self._seal = make_cbc_hmac(cipher, auth, keys.my_cipher_key, keys.my_hmac_key).seal
         self._open = make_cbc_hmac(cipher, auth, keys.their_cipher_key, keys.their_hmac_key).open
-        self._frame, self._deframe = FRAMING[compression]
+        self._frame, self._deframe = framing(compression, decompression)
         self._replay = LongReplayWindow(replay_window.packets, replay_window.seconds)
         self._rng = rng
         self._time = time & 0xFFFFFFFF
@@ -229,6 +231,14 @@ class StaticKeyClient:
         config = self._config
         assert config.secret is not None
         transport = self._remotes.remote.proto.transport
+        decompression, warning = session_decompression(
+            config.compression,
+            config.allow_compression,
+            tun_mtu=config.tun_mtu,
+            stats=self.stats.decompression,
+        )
+        if warning is not None:
+            self._events.append(ProgressReported(message=warning))
         try:
             channel = StaticKeyChannel(
                 cipher=config.cipher or "BF-CBC",
@@ -239,6 +249,7 @@ class StaticKeyClient:
                 replay_window=config.replay_window,
                 rng=self._rng,
                 time=int(self._wall_clock()),
+                decompression=decompression,
             )
         except MirageVPNError as exc:
             self._end(f"cannot set up static-key mode: {exc}", exc)
@@ -354,7 +365,7 @@ class StaticKeyClient:
             payload = state.channel.decrypt(packet, now)
         except DecodeError as exc:
             self.stats.drop(DropReason.of(exc))
-            if state.decoder is not None:
+            if state.decoder is not None and exc.fatal_on_tcp:
                 self._fail(f"bad packet on TCP: {exc}", now)
             return
         state.last_received = now

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from miragevpn.compression import config_notes
 from miragevpn.config import format_config, parse_config
 from miragevpn.config.check import (
     FILE_FIELDS,
@@ -139,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"{path}: usable")
             for line in summary(checked.config, checked.hidden):
                 _say(line)
+            for line in config_notes(checked.config):
+                _say(f"  {line}")
         if args.inline and not _inline(path, checked, args.inline):
             status = 1
     if args.json:

@@ -108,6 +108,11 @@ def describe_stats(stats: object) -> str:
     tunnel_in, tunnel_out = count("tunnel_packets_in"), count("tunnel_packets_out")
     if tunnel_in is not None and tunnel_out is not None:
         parts.append(f"tunnel packets in {tunnel_in} out {tunnel_out}")
+    inflated = getattr(stats, "decompression", None)
+    decompressed = getattr(inflated, "packets", 0)
+    if isinstance(decompressed, int) and decompressed:
+        before, after = getattr(inflated, "bytes_in", "?"), getattr(inflated, "bytes_out", "?")
+        parts.append(f"decompressed {decompressed} packets ({before} -> {after} bytes)")
     dropped = getattr(stats, "dropped", None)
     if isinstance(dropped, Mapping):
         totals: dict[str, int] = {}

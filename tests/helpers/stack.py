@@ -62,6 +62,22 @@ def _openssl() -> str:
     return f"OpenSSL: {linked} (cryptography), {system} (system libcrypto.so.3)"
 
 
+def _compression() -> str:
+    """The decompression bindings (the `compression` extra; Debian's python3-lz4/-lzo)."""
+    parts = []
+    for module, distribution in (("lz4.block", "lz4"), ("lzo", "python-lzo")):
+        try:
+            loaded = __import__(module, fromlist=["_"])
+        except ImportError:
+            parts.append(f"{distribution} not installed")
+            continue
+        version = _version(distribution)
+        if version == "not installed":  # Debian's python3-lzo has no dist-info
+            version = str(getattr(loaded, "__version__", "?"))
+        parts.append(f"{distribution} {version} ({_origin(loaded.__file__)})")
+    return "compression: " + ", ".join(parts)
+
+
 def describe() -> list[str]:
     """One line per fact, no trailing newlines."""
     from miragevpn import aead, openssl_compat
@@ -77,6 +93,7 @@ def describe() -> list[str]:
         f"libraries: {libs}",
         _nftables(),
         _openssl(),
+        _compression(),
         f"aead backend: {', '.join(sorted(backends))}; pyOpenSSL: ciphersuites via "
         f"{openssl_compat.CIPHERSUITES_ROUTE} API, "
         f"{'cryptography' if openssl_compat.TAKES_CRYPTOGRAPHY_OBJECTS else 'pyOpenSSL'} "

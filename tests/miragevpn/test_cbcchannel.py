@@ -7,6 +7,7 @@ import hmac
 import itertools
 import struct
 
+import lzo
 import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from miragevpn.cbcchannel import SUPPORTED_CBC_CIPHERS, CbcDataChannelKey, cbc_overhead
+from miragevpn.compression import Decompression
 from miragevpn.config.model import Compression, ReplayWindow
 from miragevpn.datachannel import PING_MAGIC
 from miragevpn.errors import AuthenticationError, DecodeError, ReplayError
@@ -34,6 +36,7 @@ def pair(
     *,
     peer_id: int | None = 5,
     compression: Compression = Compression.NONE,
+    decompression: Decompression | None = None,
 ) -> tuple[CbcDataChannelKey, CbcDataChannelKey]:
     sizes = {"AES-128-CBC": 16, "AES-192-CBC": 24, "AES-256-CBC": 32}
     digest = {"SHA1": 20, "SHA256": 32, "SHA384": 48, "SHA512": 64}[auth]
@@ -52,6 +55,7 @@ def pair(
             compression=compression,
             replay_window=ReplayWindow(),
             rng=counting_rng(),  # type: ignore[arg-type]
+            decompression=decompression,
         )
 
     return make(mine, peer_id), make(theirs, peer_id)
@@ -97,6 +101,19 @@ def test_a_hand_built_server_packet_is_accepted_v1() -> None:
     with pytest.raises(ReplayError):
         client.decrypt(packet, NOW)
     assert client.encrypt(b"x")[0] == 0x30 | 2  # no peer-id: P_DATA_V1
+
+
+def test_an_lzo_compressed_packet_is_decompressed() -> None:
+    """comp-lzo: 0x66 || LZO1X, inside the CBC envelope like any framed payload."""
+
+    decompression = Decompression(1632)
+    sender, _ = pair(compression=Compression.NONE)  # frames nothing: the test writes the byte
+    _, receiver = pair(compression=Compression.LZO, decompression=decompression)
+    payload = b"\x45" + b"z" * 1200
+    wire = sender.encrypt(b"\x66" + lzo.compress(payload, 1, False))
+    assert len(wire) < 200
+    assert receiver.decrypt(wire, NOW) == payload
+    assert decompression.stats.packets == 1
 
 
 def test_receiving_checks_hmac_then_replay_then_framing() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 
+import lz4.block
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
+from miragevpn.compression import Decompression
 from miragevpn.config.model import Compression, ReplayWindow
 from miragevpn.datachannel import (
     OCC_EXIT,
@@ -20,7 +22,13 @@ from miragevpn.datachannel import (
     is_ping,
     overhead,
 )
-from miragevpn.errors import AuthenticationError, DecodeError, LocalProtocolError, ReplayError
+from miragevpn.errors import (
+    AuthenticationError,
+    CompressionRefused,
+    DecodeError,
+    LocalProtocolError,
+    ReplayError,
+)
 from miragevpn.kdf import DataChannelKeys, client_data_keys
 
 # master tests/unit_tests/openvpn/test_ssl.c: create_key() and
@@ -277,3 +285,46 @@ def test_framing_round_trip(payload: bytes, compression: Compression) -> None:
     client = make(keys, "AES-128-GCM", compression=compression)
     server = make(mirror(keys), "AES-128-GCM", compression=compression)
     assert server.decrypt(client.encrypt(payload), NOW) == payload
+
+
+@pytest.mark.parametrize("decompress", [True, False])
+def test_an_authenticated_lz4_v2_packet_is_decompressed_only_when_allowed(decompress: bool) -> None:
+    keys = client_data_keys(bytes(range(256)), "AES-256-GCM")
+    decompression = Decompression(1632) if decompress else None
+    client = DataChannelKey(
+        cipher="AES-256-GCM",
+        keys=keys,
+        key_id=1,
+        peer_id=7,
+        compression=Compression.LZ4_V2,
+        replay_window=ReplayWindow(),
+        decompression=decompression,
+    )
+    payload = b"\x45" + bytes(1000)
+    wire = _seal_raw(keys, 1, b"\x50\x01" + lz4.block.compress(payload, store_size=False))
+    if decompression is None:
+        with pytest.raises(CompressionRefused):
+            client.decrypt(wire, NOW)
+        return
+    assert client.decrypt(wire, NOW) == payload
+    assert client.bytes_received == len(payload)  # counters count payloads, decompressed
+    assert decompression.stats.packets == 1
+
+
+@given(st.binary(min_size=1, max_size=60), st.sampled_from(list(Compression)))
+def test_authenticated_hostile_framing_with_decompression(
+    plain: bytes, compression: Compression
+) -> None:
+    """As above, with decompression allowed: the libraries' errors never escape."""
+    keys = client_data_keys(bytes(range(256)), "AES-256-GCM")
+    key = DataChannelKey(
+        cipher="AES-256-GCM",
+        keys=keys,
+        key_id=1,
+        peer_id=7,
+        compression=compression,
+        replay_window=ReplayWindow(),
+        decompression=Decompression(64),
+    )
+    with contextlib.suppress(DecodeError):
+        assert len(key.decrypt(_seal_raw(keys, 1, plain), NOW)) <= 64 + 60

@@ -183,6 +183,20 @@ def test_peer_info_like_openvpn_2_6() -> None:
     )
 
 
+def test_peer_info_announces_what_we_decompress() -> None:
+    """comp.c (comp_generate_peer_info_string): IV_LZ4, IV_LZ4v2, IV_LZO, and IV_LZO
+    replaces IV_LZO_STUB."""
+    info = build_peer_info(
+        version="1",
+        platform="linux",
+        ciphers=[],
+        iv_proto=0,
+        mtu=None,
+        compression_algorithms=("IV_LZ4", "IV_LZ4v2", "IV_LZO"),
+    )
+    assert info.endswith("IV_LZ4=1\nIV_LZ4v2=1\nIV_LZO=1\nIV_COMP_STUB=1\nIV_COMP_STUBv2=1\n")
+
+
 def test_peer_info_without_ncp_and_checks() -> None:
     info = build_peer_info(
         version="1",

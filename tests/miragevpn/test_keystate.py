@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from miragevpn.config.model import Transport
+from miragevpn.config.model import AllowCompression, Compression, Transport
 from miragevpn.errors import DecodeError, RemoteProtocolError
 from miragevpn.keymethod import MAX_KEY_METHOD_2_MESSAGE
 from miragevpn.keystate import (
@@ -130,3 +132,19 @@ def test_an_endless_server_key_method_2_is_refused(pki: Pki) -> None:
     key_state, server = new_key_state(pki), MiniServer(pki, key_method_2=endless)
     with pytest.raises(DecodeError, match="too long"):
         shuttle(key_state, server)
+
+
+def test_client_key_method_2_announces_decompression_only_when_allowed(pki: Pki) -> None:
+    def peer_info(**changes: object) -> str:
+        config = replace(make_config(pki), **changes)  # type: ignore[arg-type]
+        message, _ = client_key_method_2(
+            config, counter_rng(), Transport.UDP, username=None, password=None, tls_ekm=True
+        )
+        return message.decode("latin-1")
+
+    assert "IV_LZ4" not in peer_info() and "IV_LZO_STUB=1" in peer_info()
+    asym = peer_info(compression=Compression.LZ4_V2, allow_compression=AllowCompression.ASYM)
+    assert "IV_LZ4=1\nIV_LZ4v2=1\nIV_LZO=1\nIV_COMP_STUB=1" in asym
+    assert "IV_LZO_STUB" not in asym
+    stub = peer_info(compression=Compression.STUB_V2, allow_compression=AllowCompression.YES)
+    assert "IV_LZ4" not in stub  # a configured stub: 2.6 advertises stubs only

@@ -9,12 +9,14 @@ import itertools
 import struct
 from collections.abc import Callable
 
+import lzo
 import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from miragevpn.config import parse_config
 from miragevpn.config.model import (
+    AllowCompression,
     Compression,
     Config,
     IfConfig,
@@ -27,7 +29,7 @@ from miragevpn.config.model import (
     Transport,
 )
 from miragevpn.datachannel import OCC_EXIT_MESSAGE, PING_MAGIC
-from miragevpn.errors import AuthenticationError, ConfigError, ReplayError
+from miragevpn.errors import AuthenticationError, ConfigError, DropReason, ReplayError
 from miragevpn.events import (
     ConnectionRequested,
     DisconnectionRequested,
@@ -205,6 +207,25 @@ def test_tcp_is_length_framed() -> None:
     assert client.tunnel_packets() == [b"\x45y"]
     client.receive(encode_frame(b"\x00" * 64), now=NOW)  # a bad packet on TCP restarts
     assert any(isinstance(e, SessionRestarting) for e in drain(client))
+
+
+def test_static_mode_decompresses_lzo_from_its_config() -> None:
+    """MirageVPN's static scenario: `comp-lzo` on both ends (OpenVPN 2.6: asym without
+    allow-compression), over TCP; a corrupt LZO packet is dropped, the stream goes on."""
+    client = up(Transport.TCP, compression=Compression.LZO, allow_compression=AllowCompression.ASYM)
+    peer = channel(KeyDirection.NORMAL)  # frames nothing: the test writes the comp-lzo byte
+    payload = b"\x45" + b"\x00" * 1300
+    client.receive(encode_frame(peer.encrypt(b"\x66" + lzo.compress(payload, 1, False))), now=NOW)
+    client.receive(encode_frame(peer.encrypt(b"\x66\xff\xff")), now=NOW)
+    client.receive(encode_frame(peer.encrypt(b"\xfa\x45plain")), now=NOW)
+    assert client.tunnel_packets() == [payload, b"\x45plain"]
+    assert client.stats.decompression.packets == 1
+    assert client.stats.dropped[DropReason.DECOMPRESSION_FAILED] == 1
+    assert not any(isinstance(e, SessionRestarting) for e in drain(client))
+    wire = client.encrypt_tunnel_packet(b"\x45x", now=NOW)
+    assert wire is not None
+    [inner] = StreamDecoder().feed(wire)
+    assert peer.decrypt(inner, NOW) == b"\xfa\x45x"  # never compressed
 
 
 # --------------------------------------------------------------------------- config

@@ -42,6 +42,28 @@ def test_usable_summary(
     assert "remote vpn.example.org port 443 tcp" in out and "user bob" in out
 
 
+def test_compression_is_described_and_a_missing_library_said(
+    config_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from miragevpn import compression
+
+    (config_dir / "c.ovpn").write_text(BASE + "compress lz4-v2\n")
+    assert main([str(config_dir / "c.ovpn")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "  compression: compress lz4-v2, received packets decompressed (allow-compression asym); "
+        "what we send is never compressed\n"
+    ) in out
+    assert "dropped" not in out
+    monkeypatch.setattr(compression, "HAVE_LZ4", False)
+    assert main([str(config_dir / "c.ovpn")]) == 0  # usable: the packets are dropped, said so
+    out = capsys.readouterr().out
+    assert (
+        "  warning: compressed packets will be dropped: the Python module 'lz4.block' is not "
+        "installed (Debian: python3-lz4; PyPI: lz4)\n"
+    ) in out
+
+
 def test_error_lines(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = config_dir / "bad.ovpn"
     bad.write_bytes(b"client\ndev tap\n")

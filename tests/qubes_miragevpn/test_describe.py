@@ -47,6 +47,22 @@ def test_describe_stats_in_words_and_defensive() -> None:
     assert describe_stats(None) == "statistics: not available"
 
 
+def test_decompressed_packets_are_counted_when_there_are_some() -> None:
+    from miragevpn.clientstate import Stats as EngineStats
+    from miragevpn.errors import DropReason as EngineDropReason
+
+    stats = EngineStats()
+    assert "decompressed" not in describe_stats(stats)
+    stats.decompression.packets, stats.decompression.bytes_in = 3, 120
+    stats.decompression.bytes_out = 4200
+    stats.drop(EngineDropReason.DECOMPRESSION_FAILED)
+    assert describe_stats(stats) == (
+        "statistics: in 0 packets (0 bytes), out 0 packets (0 bytes), tunnel packets in 0 out 0, "
+        "decompressed 3 packets (120 -> 4200 bytes), "
+        "dropped 1 (corrupt or oversized compressed data 1)"
+    )
+
+
 def test_drop_reasons_from_an_enum_are_their_values() -> None:
     class Stats:
         dropped = {DropReason.AUTHENTICATION: 2, DropReason.REPLAYED: 0, "replayed": 1}  # noqa: RUF012

@@ -377,7 +377,7 @@ def h_auth(ctx: Context, d: Directive) -> None:
 
 def h_comp_lzo(ctx: Context, d: Directive) -> None:
     mode = values.choice(d, 0, ("yes", "no", "adaptive")) if d.args else "adaptive"
-    ctx.warn(d, "compression is deprecated; this client frames packets but never compresses")
+    ctx.warn(d, "compression is deprecated; we decompress what we receive, never compress")
     ctx.put(d, "compression", Compression.LZO_NO if mode == "no" else Compression.LZO)
 
 
@@ -396,7 +396,7 @@ def h_compress(ctx: Context, d: Directive) -> None:
         raise error(d, "'compress migrate' is a server-side option", 0)
     if alg not in _COMPRESS:
         raise bad_arg(d, 0, f"unknown compression ({', '.join(_COMPRESS)})")
-    ctx.warn(d, "compression is deprecated; this client frames packets but never compresses")
+    ctx.warn(d, "compression is deprecated; we decompress what we receive, never compress")
     ctx.put(d, "compression", _COMPRESS[alg])
 
 
