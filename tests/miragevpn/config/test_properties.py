@@ -13,13 +13,16 @@ from miragevpn.config.model import (
     AddressFamily,
     AuthUserPass,
     DhcpOption,
+    HttpProxy,
     Proto,
+    ProxyCredentials,
     PullFilter,
     PullFilterAction,
     RedirectGateway,
     Remote,
     Route,
     Secret,
+    SocksProxy,
     Topology,
     Transport,
     VerifyX509Name,
@@ -69,6 +72,22 @@ routes = st.builds(
 )
 
 
+PROXY_CREDENTIALS = st.none() | st.builds(
+    ProxyCredentials,
+    NAME.filter(lambda s: not s.startswith("<")),
+    NAME.map(lambda s: Secret(s.encode())),
+)
+proxies = st.builds(SocksProxy, NAME, st.integers(1, 65535), PROXY_CREDENTIALS) | st.builds(
+    HttpProxy,
+    NAME,
+    st.integers(1, 65535),
+    PROXY_CREDENTIALS,
+    version=st.sampled_from(["1.0", "1.1"]),
+    agent=st.none() | TEXT,
+    custom_headers=st.lists(st.tuples(TEXT, st.none() | TEXT), max_size=3).map(tuple),
+)
+
+
 @st.composite
 def configs(draw: st.DrawFn) -> Config:
     creds = draw(
@@ -80,11 +99,18 @@ def configs(draw: st.DrawFn) -> Config:
             password=st.none() | NAME.map(lambda s: Secret(s.encode())),
         )
     )
+    proxy = draw(st.none() | proxies)
+    chosen = tuple(draw(st.lists(remotes, min_size=1, max_size=3)))
+    if proxy is not None:  # a proxy carries TCP remotes only
+        chosen = tuple(
+            dataclasses.replace(r, proto=Proto(Transport.TCP, r.proto.family)) for r in chosen
+        )
     return Config(
         client=True,
         pull=True,
         tls_client=True,
-        remotes=tuple(draw(st.lists(remotes, min_size=1, max_size=3))),
+        remotes=chosen,
+        proxy=proxy,
         remote_random=draw(st.booleans()),
         nobind=draw(st.booleans()),
         ca=PKI.ca.cert_pem,
