@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -122,7 +123,7 @@ class World:
     profile: str = "udp.ovpn"
     timings: dict[str, float] = field(default_factory=dict)
     uplink_ipv6: bool = False  # the facts give the uplink /qubes-ip6 and /qubes-gateway6
-    server_address: Address | None = None  # the profiles' server endpoint (default: server4)
+    server_addresses: tuple[Address, ...] = ()  # the profiles' server endpoints (default: server4)
 
     # --- the daemon
 
@@ -207,8 +208,10 @@ class World:
 
     def session_endpoints(self) -> set[tuple[str, int, int]]:
         """(address, IP protocol, port) of every profile's server."""
-        server = str(self.server_address or self.topo.server4)
-        return {(server, 17, UDP.port), (server, 6, TCP.port)}
+        servers = [str(a) for a in self.server_addresses or (self.topo.server4,)]
+        return {
+            (s, proto, port) for s in servers for proto, port in ((17, UDP.port), (6, TCP.port))
+        }
 
     def leaks(self, cap: Capture, *, uplink_dns: bool = False) -> list[Frame]:
         """Frames sys-vpn sent to sys-net that are not the encrypted session (nor, with
@@ -296,9 +299,10 @@ def assert_no_leaks(world: World, cap: Capture, what: str) -> None:
 
 @dataclass
 class DnsResponder:
-    """The uplink's DNS server (Qubes' 10.139.1.1/.2 as sys-net serves them): answers A
-    queries for `names` (AAAA: no records), records (source, name, type) of every query and
-    (source, None, 0) for anything that is not a DNS query."""
+    """The uplink's DNS server (Qubes' 10.139.1.1/.2 as sys-net serves them): answers A and
+    AAAA queries for `names` (each name: its addresses, comma-separated, of either family),
+    records (source, name, type) of every query and (source, None, 0) for anything that is not
+    a DNS query."""
 
     sockets: list[socket.socket]
     names: dict[str, str]
@@ -334,15 +338,19 @@ class DnsResponder:
         name, qtype = ".".join(labels), int.from_bytes(data[offset + 1 : offset + 3], "big")
         self.queries.append((source, name, qtype))
         question = data[12 : offset + 5]
-        address = self.names.get(name)
-        answer = b""
-        if address is not None and qtype == 1:
-            answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04"
-            answer += socket.inet_aton(address)
-        rcode = 0 if address is not None else 3
+        known = self.names.get(name)
+        records = []
+        for text in known.split(",") if known is not None else []:
+            packed = ipaddress.ip_address(text).packed
+            if (qtype, len(packed)) in ((1, 4), (28, 16)):  # A, AAAA
+                # a pointer to the question's name, type, class IN, TTL 60, the address
+                records.append(
+                    b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, 60, len(packed)) + packed
+                )
+        rcode = 0 if known is not None else 3
         header = data[:2] + bytes([0x81, 0x80 | rcode]) + b"\x00\x01"
-        header += (1 if answer else 0).to_bytes(2, "big") + b"\x00\x00\x00\x00"
-        return header + question + answer
+        header += len(records).to_bytes(2, "big") + b"\x00\x00\x00\x00"
+        return header + question + b"".join(records)
 
     def close(self) -> None:
         self._stop.set()
@@ -377,6 +385,7 @@ def built_world(
     remote: str | None = None,
     uplink_names: dict[str, str] | None = None,
     uplink_ipv6: bool = False,
+    server_addresses: tuple[Address, ...] = (),
 ) -> Iterator[World]:
     """Topology, PKI, the profiles (name: scenario, extra client lines) in the config folder,
     the facts file selecting the first profile, the responders; everything stopped at the end.
@@ -384,7 +393,9 @@ def built_world(
     `remote`: the profiles' `remote` (default: the server's address). `uplink_names`: the
     uplink's DNS servers are a real resolver for these names (`world.uplink_resolver`) instead
     of tag responders that only a leak would reach. `uplink_ipv6`: the facts carry the uplink's
-    IPv6 address and gateway (/qubes-ip6, /qubes-gateway6), as with an IPv6-enabled sys-net."""
+    IPv6 address and gateway (/qubes-ip6, /qubes-gateway6), as with an IPv6-enabled sys-net.
+    `server_addresses`: every endpoint the session may legitimately dial (default: an address
+    `remote`, else the server's IPv4 address)."""
     with qubes_topology() as topo:
         config_dir = tmp / "config"
         config_dir.mkdir(mode=0o700)
@@ -412,7 +423,8 @@ def built_world(
             uplink_resolver=serve_dns(topo, uplink_names) if uplink_names is not None else None,
             profile=first,
             uplink_ipv6=uplink_ipv6,
-            server_address=ipaddress.ip_address(remote) if _is_address(remote) else None,
+            server_addresses=server_addresses
+            or ((ipaddress.ip_address(remote or ""),) if _is_address(remote) else ()),
         )
         try:
             yield world

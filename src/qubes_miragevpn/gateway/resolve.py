@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from miragevpn.config.model import Config, Remote
+from miragevpn.remotes import usable_addresses
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,9 @@ def hostnames(config: Config) -> list[str]:
 
 
 def with_addresses(config: Config, resolved: dict[str, list[IPAddress]]) -> Config:
-    """`config` with each hostname remote replaced by one remote per resolved address (in
-    order); a hostname without addresses is dropped. With a proxy, the proxy's hostname is
+    """`config` with each hostname remote replaced by one remote per resolved address of its
+    family (in order; `udp6`/`tcp4`-style protos keep only theirs); a hostname without such
+    addresses is dropped. With a proxy, the proxy's hostname is
     replaced by its first address and the remotes are left alone; an unresolved proxy
     leaves no remote to connect to."""
     if config.proxy is not None:
@@ -180,5 +182,6 @@ def with_addresses(config: Config, resolved: dict[str, list[IPAddress]]) -> Conf
         if is_address(remote.host):
             remotes.append(remote)
             continue
-        remotes += [replace(remote, host=str(a)) for a in resolved.get(remote.host, [])]
+        addresses = usable_addresses(resolved.get(remote.host, []), remote.proto.family)
+        remotes += [replace(remote, host=str(a)) for a in addresses]
     return replace(config, remotes=tuple(remotes))

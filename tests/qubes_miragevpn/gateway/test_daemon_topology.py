@@ -44,7 +44,7 @@ from tests.helpers.gateway import (
     start_server,
 )
 from tests.helpers.netns import wait_until
-from tests.helpers.qubes_topology import A4, Capture
+from tests.helpers.qubes_topology import A4, A6, Capture
 
 pytestmark = [pytest.mark.qubes, pytest.mark.netns, pytest.mark.timeout(900)]
 
@@ -375,3 +375,35 @@ def test_an_ipv6_server_endpoint(tmp_path: Path) -> None:
         route = topo.sysvpn.json(["ip", "-j", "-6", "route", "get", topo_server6])[0]
         assert (route.get("gateway"), route.get("dev")) == (str(topo.gateway6), topo.uplink)
         assert f"connecting to {topo_server6} port 1194 over UDP" in world.daemon_log()
+
+
+def test_a_dual_stack_hostname_falls_back_from_a_dead_ipv4_to_ipv6(tmp_path: Path) -> None:
+    """`remote vpn.example.test 1194 udp`, A 203.0.113.9 (nothing answers there) and AAAA
+    2001:db8:100::1 (the server) through the uplink's resolver: the daemon dials the IPv4
+    address first (A before AAAA), gives up after server-poll-timeout, then dials the IPv6
+    one; Connecting lets out only the endpoint being dialled, nothing else leaves."""
+    name, dead4, server6 = "vpn.example.test", "203.0.113.9", "2001:db8:100::1"
+    udp = replace(UDP, extra_server=(f"local {server6}", "proto udp6"))
+    with built_world(
+        tmp_path,
+        {"dual.ovpn": (udp, ("server-poll-timeout 4",))},
+        remote=name,
+        uplink_names={name: f"{dead4},{server6}"},
+        uplink_ipv6=True,
+        server_addresses=(A4(dead4), A6(server6)),
+    ) as world:
+        topo = world.topo
+        start_server(world, "udp6", udp)
+        topo.sysvpn.run(world.qubes_miragevpn("block", "--qubesdb-file", str(world.facts_path)))
+        with topo.capture() as cap:
+            started = world.start_daemon()
+            world.wait_through_tunnel(started, "dual-stack name, IPv4 dead")
+            probe_everything(world)
+        assert_no_leaks_with_dns(world, cap)
+        log = world.daemon_log()
+        assert f"{name} is {dead4}, {server6}" in log, log[-3000:]
+        assert log.index(f"connecting to {dead4} port 1194") < log.index(
+            f"connecting to {server6} port 1194"
+        )
+        tried = {f.dst for f in cap.frames_from_sysvpn() if f.proto == 17 and f.dport == 1194}
+        assert tried == {dead4, server6}, tried

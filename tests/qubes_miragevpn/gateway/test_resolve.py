@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from miragevpn.config.model import Config, Proto, Remote, SocksProxy, Transport
+from miragevpn.config.model import AddressFamily, Config, Proto, Remote, SocksProxy, Transport
 from qubes_miragevpn.gateway.resolve import (
     QTYPE_A,
     QTYPE_AAAA,
@@ -91,6 +91,24 @@ def test_hostname_remotes_are_replaced_by_their_addresses_in_order() -> None:
         ("198.51.100.1", 1194),
         ("2001:db8::1", 1194),
         ("192.0.2.9", 443),
+    ]
+
+
+def test_a_family_bound_proto_keeps_only_its_addresses() -> None:
+    udp6 = Proto(transport=Transport.UDP, family=AddressFamily.IPV6)
+    tcp4 = Proto(transport=Transport.TCP, family=AddressFamily.IPV4)
+    config = Config(
+        remotes=(
+            Remote(host="vpn.example.test", port=1194, proto=udp6),
+            Remote(host="vpn.example.test", port=443, proto=tcp4),
+            Remote(host="v4only.example.test", port=1195, proto=udp6),
+        )
+    )
+    a, b = ipaddress.ip_address("198.51.100.1"), ipaddress.ip_address("2001:db8::1")
+    resolved = with_addresses(config, {"vpn.example.test": [a, b], "v4only.example.test": [a]})
+    assert [(r.host, r.port) for r in resolved.remotes] == [
+        ("2001:db8::1", 1194),
+        ("198.51.100.1", 443),
     ]
 
 
