@@ -27,11 +27,12 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 
-from .config.model import Config, TlsVersion, VerifyX509Name, X509NameKind
+from .config.keys import KeyMaterialError
+from .config.model import Config, Secret, TlsVersion, VerifyX509Name, X509NameKind
+from .config.unlock import load_pkcs12, load_private_key
 from .errors import (
     ConfigError,
     LocalProtocolError,
@@ -129,8 +130,9 @@ class TlsSettings:
 
     ca_pem: str | None = None
     cert_pem: str | None = None
-    key_pem: bytes | None = None
-    pkcs12_der: bytes | None = None
+    key_pem: bytes | None = None  # maybe encrypted
+    pkcs12_der: bytes | None = None  # maybe protected by a password
+    key_passphrase: Secret | None = None  # unlocks either (config/unlock.py)
     extra_certs_pem: str | None = None
     peer_fingerprints: tuple[bytes, ...] = ()
     remote_cert_tls_server: bool = False
@@ -150,6 +152,7 @@ class TlsSettings:
             cert_pem=config.cert,
             key_pem=config.key.value if config.key is not None else None,
             pkcs12_der=config.pkcs12.value if config.pkcs12 is not None else None,
+            key_passphrase=config.key_passphrase,
             extra_certs_pem=config.extra_certs,
             peer_fingerprints=config.peer_fingerprints,
             remote_cert_tls_server=config.remote_cert_tls_server,
@@ -175,7 +178,7 @@ def load_pem_certificates(text: str) -> list[x509.Certificate]:
 
 def build_context(settings: TlsSettings) -> SSL.Context:
     """A client `SSL.Context` from the settings; `ConfigError` if something cannot be used."""
-    if settings.ca_pem is None and not settings.peer_fingerprints:
+    if settings.ca_pem is None and not settings.peer_fingerprints and not settings.pkcs12_der:
         raise ConfigError("no way to authenticate the server: give `ca` or `peer-fingerprint`")
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     # OpenVPN disables session tickets and the session cache: every handshake is a full one.
@@ -195,42 +198,59 @@ def build_context(settings: TlsSettings) -> SSL.Context:
     if settings.ciphersuites:
         set_tls13_ciphersuites(ctx, settings.ciphersuites)
 
+    trusted = 0
     if settings.ca_pem is not None:
         certificates = load_pem_certificates(settings.ca_pem)
         if not certificates:
             raise ConfigError("`ca` contains no certificate")
         for certificate in certificates:
             trust_certificate(ctx, certificate)
+        trusted = len(certificates)
 
-    _load_client_identity(ctx, settings)
+    trusted += _load_client_identity(ctx, settings)
+    if not trusted and not settings.peer_fingerprints:
+        raise ConfigError(
+            "no way to authenticate the server (the PKCS#12 bundle carries no CA certificate): "
+            "give `ca` or `peer-fingerprint`"
+        )
     return ctx
 
 
-def _load_client_identity(ctx: SSL.Context, settings: TlsSettings) -> None:
+def _load_client_identity(ctx: SSL.Context, settings: TlsSettings) -> int:
+    """Our certificate and key, unlocked with the passphrase when they need one. Returns how
+    many of the bundle's certificates became trust anchors: without `ca` they all do, with it
+    they are only sent as the chain (ssl_openssl.c tls_ctx_load_pkcs12)."""
+    trusted = 0
     try:
         if settings.pkcs12_der is not None:
-            key, cert, extra = pkcs12.load_key_and_certificates(settings.pkcs12_der, None)
-            if key is None or cert is None:
-                raise ConfigError("pkcs12 bundle lacks a certificate or a private key")
-            ctx.use_certificate(ssl_certificate(cert))
-            ctx.use_privatekey(ssl_private_key(key))
-            for chain_cert in extra:
-                ctx.add_extra_chain_cert(ssl_certificate(chain_cert))
+            bundle = load_pkcs12(settings.pkcs12_der, settings.key_passphrase)
+            ctx.use_certificate(ssl_certificate(bundle.cert))
+            ctx.use_privatekey(ssl_private_key(bundle.key))
+            ctx.check_privatekey()
+            for chain_cert in bundle.extra:
+                if settings.ca_pem is None:
+                    trust_certificate(ctx, chain_cert)
+                    trusted += 1
+                else:
+                    ctx.add_extra_chain_cert(ssl_certificate(chain_cert))
         elif settings.cert_pem is not None or settings.key_pem is not None:
             if settings.cert_pem is None or settings.key_pem is None:
                 raise ConfigError("`cert` and `key` must be given together")
-            # parsed by pyOpenSSL (its errors, its key types), then handed over in the form
-            # this pyOpenSSL release wants
+            # the certificate is parsed by pyOpenSSL (its errors), the key by cryptography
+            # (unlocked with the passphrase); both handed over in the form this pyOpenSSL wants
             parsed_cert = crypto.load_certificate(crypto.FILETYPE_PEM, settings.cert_pem.encode())
-            parsed_key = crypto.load_privatekey(crypto.FILETYPE_PEM, settings.key_pem)
+            key = load_private_key(settings.key_pem, settings.key_passphrase)
             ctx.use_certificate(ssl_certificate(parsed_cert.to_cryptography()))
-            ctx.use_privatekey(ssl_private_key(parsed_key.to_cryptography_key()))
+            ctx.use_privatekey(ssl_private_key(key))
             ctx.check_privatekey()
         if settings.extra_certs_pem is not None:
             for chain_cert in load_pem_certificates(settings.extra_certs_pem):
                 ctx.add_extra_chain_cert(ssl_certificate(chain_cert))
+    except KeyMaterialError as exc:  # our own words: a missing or wrong passphrase, ...
+        raise ConfigError(str(exc)) from None
     except (SSL.Error, crypto.Error, ValueError) as exc:
         raise ConfigError(f"client certificate or key unusable: {exc}") from exc
+    return trusted
 
 
 def common_name(certificate: x509.Certificate) -> str | None:

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from miragevpn.config.keys import KeyMaterialError
 from miragevpn.config.model import AuthUserPass, Config, Secret
+from miragevpn.config.unlock import locked, with_passphrase
 from miragevpn.errors import ConfigError
 
 from .session import engine_client_factory
@@ -28,6 +30,10 @@ to the config file's directory), creates a tun device, performs the TLS handshak
 the server pushes (addresses, routes, redirect-gateway), and carries IP packets until it is
 stopped. Every change to the system (device, address, route) is logged before it is made and
 undone when the client exits. It needs root (or CAP_NET_ADMIN) for the tun device and routes.
+
+An encrypted private key (PEM or PKCS#8) or a password-protected PKCS#12 bundle is unlocked with
+the first line of the config's `askpass FILE`, else with a passphrase asked on the terminal
+("Enter Private Key Password:", as OpenVPN); without a terminal that is an error naming the fix.
 
 Stop it with Ctrl-C or SIGTERM: it tells the server it is leaving (explicit-exit-notify),
 removes its routes and addresses, and exits 0.
@@ -106,6 +112,36 @@ def load_config(path: Path) -> Config:
     return config
 
 
+PASSPHRASE_PROMPT = "Enter Private Key Password: "  # OpenVPN's words (UP_TYPE_PRIVATE_KEY)
+ASKPASS_FIX = (
+    "put the passphrase on the first line of a file (chmod 600) and add 'askpass FILE' to "
+    "the config"
+)
+
+
+def passphrase_for(config: Config) -> Config:
+    """`config` with the passphrase of its encrypted key or PKCS#12 bundle: from `askpass
+    FILE` (already checked by the parser), else asked on the terminal as OpenVPN does, and
+    checked at once (a wrong one ends here, before any network change)."""
+    try:
+        what = locked(config)
+    except KeyMaterialError as exc:
+        raise ConfigError(str(exc)) from None
+    if what is None or config.key_passphrase is not None:
+        return config
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"{what}, the config has no 'askpass FILE', and standard input is not a terminal "
+            f"to ask on: {ASKPASS_FIX}",
+            directive="askpass",
+        )
+    passphrase = Secret(getpass.getpass(PASSPHRASE_PROMPT).encode())
+    try:
+        return with_passphrase(config, passphrase)
+    except KeyMaterialError as exc:
+        raise ConfigError(str(exc), directive="askpass") from None
+
+
 def credentials_for(config: Config) -> AuthUserPass | None:
     """Username/password for `auth-user-pass`, asking on the terminal for what is missing."""
     auth = config.auth_user_pass
@@ -133,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     try:
-        config = load_config(args.config)
+        config = passphrase_for(load_config(args.config))
         credentials = credentials_for(config)
     except ConfigError as e:
         print(str(e if e.file else e.with_file(str(args.config))), file=sys.stderr)

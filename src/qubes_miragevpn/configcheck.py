@@ -100,6 +100,12 @@ def _inline(path: str, checked: Checked, out: str) -> bool:
     except OSError as exc:
         _say(f"{out}: cannot write: {exc.strerror or exc}", err=True)
         return False
+    if checked.config.key_passphrase is not None:
+        _say(
+            f"{out}: note: the key's passphrase is not written (OpenVPN reads it only from a "
+            "file): add 'askpass FILE' to use it without a prompt",
+            err=True,
+        )
     return True
 
 

@@ -1,11 +1,13 @@
 """Materialise corpus configs with generated key material, and run the real OpenVPN on them.
 
 Corpus files keep their original shape but hold placeholders instead of key material
-(`{{CA}}`, `{{CERT}}`, `{{KEY}}`, `{{ENCRYPTED_KEY}}`, `{{STATIC_KEY}}`,
-`{{TLS_CRYPT_V2_CLIENT}}`, `{{PKCS12_B64}}`, `{{SERVER_FINGERPRINT}}`); files they reference are
-written next to them, with content chosen by the directive that names them (a PKCS#12 bundle
-carries the CA, as real exports do; `askpass` names the encrypted key's passphrase). Corpus
-files are bytes: one may hold a byte that is not UTF-8 in a comment.
+(`{{CA}}`, `{{CERT}}`, `{{KEY}}`, `{{ENCRYPTED_KEY}}`, `{{ENCRYPTED_KEY_TRADITIONAL}}`,
+`{{STATIC_KEY}}`, `{{TLS_CRYPT_V2_CLIENT}}`, `{{PKCS12_B64}}`, `{{PKCS12_PROTECTED_B64}}`,
+`{{SERVER_FINGERPRINT}}`); files they reference are written next to them, with content chosen
+by the directive that names them (a PKCS#12 bundle carries the CA, as real exports do, and is
+protected by the passphrase when its name says "password"; `askpass` names the encrypted key's
+passphrase, or a wrong one when its name says "wrong"). Corpus files are bytes: one may hold a
+byte that is not UTF-8 in a comment.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.hazmat.primitives import hashes
 
 from miragevpn.config.lexer import decode_config, lex
 from tests.helpers.pki import ENCRYPTED_KEY_PASSPHRASE, Pki
@@ -42,28 +43,32 @@ FILE_DIRECTIVES = [
 ]
 
 
-def pkcs12_der(pki: Pki) -> bytes:
-    return pkcs12.serialize_key_and_certificates(
-        b"client", pki.client.key, pki.client.cert, [pki.ca.cert], serialization.NoEncryption()
-    )
-
-
 def placeholders(pki: Pki) -> dict[str, str]:
     fingerprint = pki.server.cert.fingerprint(hashes.SHA256())
-    b64 = base64.b64encode(pkcs12_der(pki)).decode()
+
+    def b64(data: bytes) -> str:
+        text = base64.b64encode(data).decode()
+        return "\n".join(text[i : i + 64] for i in range(0, len(text), 64))
+
     return {
         "{{CA}}": pki.ca.cert_pem.strip(),
         "{{CERT}}": pki.client.cert_pem.strip(),
         "{{KEY}}": pki.client.key_pem.strip(),
         "{{ENCRYPTED_KEY}}": pki.client_key_encrypted_pem.strip(),
+        "{{ENCRYPTED_KEY_TRADITIONAL}}": pki.client_key_encrypted_traditional_pem.strip(),
         "{{STATIC_KEY}}": pki.ta_key.strip(),
         "{{TLS_CRYPT_V2_CLIENT}}": pki.tls_crypt_v2_client.strip(),
-        "{{PKCS12_B64}}": "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64)),
+        "{{PKCS12_B64}}": b64(pki.client_p12),
+        "{{PKCS12_PROTECTED_B64}}": b64(pki.client_p12_protected),
         "{{SERVER_FINGERPRINT}}": ":".join(f"{b:02X}" for b in fingerprint),
     }
 
 
-def file_content(directive: str, pki: Pki) -> bytes:
+def file_content(directive: str, pki: Pki, name: str = "") -> bytes:
+    if directive == "pkcs12" and "password" in name:
+        return pki.client_p12_protected
+    if directive == "askpass" and "wrong" in name:
+        return b"not the passphrase\n"
     return {
         "ca": pki.ca.cert_pem.encode(),
         "extra-certs": pki.ca.cert_pem.encode(),
@@ -73,7 +78,7 @@ def file_content(directive: str, pki: Pki) -> bytes:
         "tls-crypt": pki.ta_key.encode(),
         "secret": pki.ta_key.encode(),
         "tls-crypt-v2": pki.tls_crypt_v2_client.encode(),
-        "pkcs12": pkcs12_der(pki),
+        "pkcs12": pki.client_p12,
         "auth-user-pass": b"someuser\nsomepassword\n",
         "askpass": ENCRYPTED_KEY_PASSPHRASE.encode() + b"\n",
     }[directive]
@@ -92,7 +97,7 @@ def materialise(name: str, pki: Pki, directory: Path) -> Path:
             if ref and ref != "[inline]" and not os.path.isabs(ref):
                 path = directory / ref
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(file_content(d.name, pki))
+                path.write_bytes(file_content(d.name, pki, ref))
                 path.chmod(0o600)
     return config
 

@@ -152,13 +152,32 @@ CASES: dict[str, Case] = {
     "pivpn-password": Case(
         "shape of pivpn's client profile for a password-protected key (ENCRYPTED PRIVATE KEY "
         "inline, tls-crypt, auth-nocache), with 'askpass pass.txt' added",
-        "rejected",
         "usable",
-        44,
-        "encrypted and needs a passphrase",
-        policy="An encrypted private key or PKCS#12 bundle is an error",
-        note="openvpn decrypts the key with askpass, then (auth-nocache) forgets the "
-        "passphrase and wants a prompt at its first restart",
+        "usable",
+        note="openvpn 2.6.14 reads the askpass file, but with auth-nocache it forgets the "
+        "passphrase after its first use and OpenSSL 3 asks again while decoding the key, so it "
+        "wants a prompt at once (here it stops at it, no config error); we keep the passphrase "
+        "in memory for the session",
+    ),
+    "pivpn-password-prompt": Case(
+        "pivpn-password without askpass: the passphrase is asked for when connecting",
+        "usable",
+        "usable",
+        note="a warning says miragevpn-client asks on its terminal and the gateway cannot ask",
+    ),
+    "pivpn-wrong-passphrase": Case(
+        "pivpn-password whose askpass file holds a wrong passphrase",
+        "rejected",
+        "rejected",
+        14,
+        "the passphrase is wrong: it does not unlock the private key",
+        note="openvpn: 'Error: private key password verification failed'",
+    ),
+    "traditional-encrypted-key": Case(
+        "pivpn-password with the key in the traditional encrypted PEM form (Proc-Type: "
+        "4,ENCRYPTED, DEK-Info: AES-256-CBC) and no auth-nocache",
+        "usable",
+        "usable",
     ),
     "pfsense-pkcs12-export": Case(
         "shape of a pfSense OpenVPN client export (archive type: PKCS#12 file with the CA "
@@ -166,6 +185,24 @@ CASES: dict[str, Case] = {
         "usable",
         "usable",
         note="openvpn stops at the credential prompt, which is no config error",
+    ),
+    "pfsense-pkcs12-password": Case(
+        "pfsense-pkcs12-export with a password-protected PKCS#12 file (pfSense's 'Use a "
+        "password to protect the pkcs12 file contents'), its passphrase in an askpass file, "
+        "no auth-user-pass",
+        "usable",
+        "usable",
+    ),
+    "pkcs12-inline-no-ca": Case(
+        "shape of a pfSense 'inline configuration' export: <pkcs12> (base64) in the profile, "
+        "no <ca>, tls-crypt",
+        "usable",
+        "usable",
+    ),
+    "pkcs12-inline-password": Case(
+        "pkcs12-inline-no-ca with a password-protected bundle and 'askpass user-pass.txt'",
+        "usable",
+        "usable",
     ),
     "smartvpn-connection-options": Case(
         "shape of a provider profile with per-protocol <connection> blocks carrying "

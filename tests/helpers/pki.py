@@ -1,9 +1,11 @@
-"""A throwaway PKI for tests: CA, server and client certificates, static keys, tls-crypt-v2 keys.
+"""A throwaway PKI for tests: CA, server and client certificates, static keys, tls-crypt-v2 keys,
+the client key encrypted (PKCS#8 and traditional PEM) and the client's PKCS#12 bundles.
 
 Everything is generated once per test session (`make_pki()` is cached) with EC P-256 keys, which
 take milliseconds; OpenVPN 2.6 accepts them with `dh none`. Only `cryptography` 38 (Debian 12)
-APIs are used. The tls-crypt-v2 keys come from the real `openvpn --genkey`, so their format is
-OpenVPN's own, not our reading of it.
+APIs are used (each also works on the newest release: encrypted traditional PEM and PKCS#12
+with `BestAvailableEncryption`, AES-256 on both). The tls-crypt-v2 keys come from the real
+`openvpn --genkey`, so their format is OpenVPN's own, not our reading of it.
 
 Usage:
     pki = make_pki()
@@ -25,6 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 STATIC_KEY_BYTES = 256  # OpenVPN `struct key2`: two (cipher[64], hmac[64]) halves
@@ -70,6 +73,10 @@ class Pki:
     server: Identity  # CN "server", EKU serverAuth, KU digitalSignature+keyEncipherment
     client: Identity  # CN "client", EKU clientAuth, signed by `ca`
     client_key_encrypted_pem: str  # the client key, PKCS#8 encrypted with ENCRYPTED_KEY_PASSPHRASE
+    # the same, traditional form (Proc-Type: 4,ENCRYPTED, DEK-Info: AES-256-CBC)
+    client_key_encrypted_traditional_pem: str
+    client_p12: bytes  # client key + certificate + the CA, no password (DER)
+    client_p12_protected: bytes  # the same, protected by ENCRYPTED_KEY_PASSPHRASE
     wrong_ca: Identity  # an unrelated CA
     wrong_client: Identity  # a client certificate signed by `wrong_ca`: the server rejects it
     ta_key: str  # "OpenVPN Static key V1" text, for tls-auth and tls-crypt
@@ -88,6 +95,10 @@ class PkiFiles:
     client_cert: Path
     client_key: Path
     client_key_encrypted: Path
+    client_key_encrypted_traditional: Path
+    client_p12: Path
+    client_p12_protected: Path
+    askpass: Path  # ENCRYPTED_KEY_PASSPHRASE on its first line
     wrong_ca: Path
     wrong_client_cert: Path
     wrong_client_key: Path
@@ -197,6 +208,25 @@ def make_leaf(ca: Identity, common_name: str, *, server: bool) -> Identity:
     return Identity(*_pem(cert, key), cert=cert, key=key)
 
 
+def pkcs12_bundle(
+    client: Identity, cas: list[x509.Certificate], passphrase: str | None = None
+) -> bytes:
+    """`client`'s key and certificate with `cas`, as a PKCS#12 bundle (DER), protected by
+    `passphrase` if given (AES-256 with cryptography 38 and with the newest release)."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase.encode())
+        if passphrase is not None
+        else serialization.NoEncryption()
+    )
+    return pkcs12.serialize_key_and_certificates(
+        b"client",
+        client.key,
+        client.cert,
+        cas,  # type: ignore[arg-type]  # the parameter's type differs between releases
+        encryption,
+    )
+
+
 def _tls_crypt_v2_keys() -> tuple[str, str]:
     """A tls-crypt-v2 server key and a client key wrapped by it, made by the real openvpn."""
     openvpn = shutil.which("openvpn") or "/usr/sbin/openvpn"
@@ -231,10 +261,12 @@ def make_pki() -> Pki:
     ca = make_ca("qubes-miragevpn test CA")
     wrong_ca = make_ca("some other CA")
     client = make_leaf(ca, "client", server=False)
+    locked = serialization.BestAvailableEncryption(ENCRYPTED_KEY_PASSPHRASE.encode())
     encrypted = client.key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(ENCRYPTED_KEY_PASSPHRASE.encode()),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, locked
+    ).decode()
+    traditional = client.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, locked
     ).decode()
     v2_server, v2_client = _tls_crypt_v2_keys()
     return Pki(
@@ -242,6 +274,9 @@ def make_pki() -> Pki:
         server=make_leaf(ca, "server", server=True),
         client=client,
         client_key_encrypted_pem=encrypted,
+        client_key_encrypted_traditional_pem=traditional,
+        client_p12=pkcs12_bundle(client, [ca.cert]),
+        client_p12_protected=pkcs12_bundle(client, [ca.cert], ENCRYPTED_KEY_PASSPHRASE),
         wrong_ca=wrong_ca,
         wrong_client=make_leaf(wrong_ca, "client", server=False),
         ta_key=static_key_text(os.urandom(STATIC_KEY_BYTES)),
@@ -255,13 +290,20 @@ def write_pki(pki: Pki, directory: Path | str) -> PkiFiles:
     """Write every file of `pki` into `directory` (created if needed), each with mode 0600."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    contents = {
+    contents: dict[str, tuple[str, str | bytes]] = {
         "ca": ("ca.crt", pki.ca.cert_pem),
         "server_cert": ("server.crt", pki.server.cert_pem),
         "server_key": ("server.key", pki.server.key_pem),
         "client_cert": ("client.crt", pki.client.cert_pem),
         "client_key": ("client.key", pki.client.key_pem),
         "client_key_encrypted": ("client-encrypted.key", pki.client_key_encrypted_pem),
+        "client_key_encrypted_traditional": (
+            "client-encrypted-traditional.key",
+            pki.client_key_encrypted_traditional_pem,
+        ),
+        "client_p12": ("client.p12", pki.client_p12),
+        "client_p12_protected": ("client-protected.p12", pki.client_p12_protected),
+        "askpass": ("askpass.txt", ENCRYPTED_KEY_PASSPHRASE + "\n"),
         "wrong_ca": ("wrong-ca.crt", pki.wrong_ca.cert_pem),
         "wrong_client_cert": ("wrong-client.crt", pki.wrong_client.cert_pem),
         "wrong_client_key": ("wrong-client.key", pki.wrong_client.key_pem),
@@ -275,8 +317,8 @@ def write_pki(pki: Pki, directory: Path | str) -> PkiFiles:
     for attr, (filename, text) in contents.items():
         path = directory / filename
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
         os.chmod(path, 0o600)  # also when the file existed with other bits
         paths[attr] = path
     return PkiFiles(**paths)

@@ -5,21 +5,23 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-from miragevpn.config.model import TlsVersion, VerifyX509Name, X509NameKind
+from miragevpn.config.model import Secret, TlsVersion, VerifyX509Name, X509NameKind
 from miragevpn.errors import ConfigError, LocalProtocolError, ServerCertificateRejected
 from miragevpn.openssl_compat import ssl_certificate, ssl_private_key, trust_certificate
 from miragevpn.tls import (
     TlsSession,
     TlsSettings,
+    build_context,
     check_leaf,
     common_name,
     describe_alert,
@@ -370,3 +372,67 @@ def test_pem_bundle_and_openvpn_subject(pki: dict[str, Identity]) -> None:
 def test_server_alerts_in_plain_words(openssl: str, words: str | None) -> None:
     described = describe_alert(openssl)
     assert (described[0] if described else None) == words
+
+
+# ---------------------------------------------------------------- locked key material
+
+PASSPHRASE = Secret(b"locked up")
+
+
+def _bundle(client: Identity, cas: list[Identity]) -> bytes:
+    return pkcs12.serialize_key_and_certificates(
+        b"client",
+        client.key,
+        client.cert,
+        [ca.cert for ca in cas],  # type: ignore[misc]
+        serialization.BestAvailableEncryption(PASSPHRASE.value),
+    )
+
+
+def _presented(settings: TlsSettings, pki: dict[str, Identity]) -> str | None:
+    """Handshake with a server that wants a client certificate; the CN it got."""
+    client = TlsSession(settings)
+    server = server_connection(pki["server"], ca=pki["ca"])
+    pump(client, server)
+    client.write_application_data(b"x")
+    server.bio_write(client.outgoing_records())
+    assert server.recv(10) == b"x"
+    peer = server.get_peer_certificate()
+    return None if peer is None else common_name(peer.to_cryptography())
+
+
+def test_an_encrypted_key_is_unlocked_with_the_passphrase(pki: dict[str, Identity]) -> None:
+    client_id = pki["client"]
+    for form in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
+        locked = client_id.key.private_bytes(
+            serialization.Encoding.PEM,
+            form,
+            serialization.BestAvailableEncryption(PASSPHRASE.value),
+        )
+        settings = TlsSettings(
+            ca_pem=pki["ca"].cert_pem, cert_pem=client_id.cert_pem, key_pem=locked
+        )
+        assert _presented(replace(settings, key_passphrase=PASSPHRASE), pki) == "client"
+        for passphrase, words in (
+            (Secret(b"wrong"), "the passphrase is wrong: it does not unlock the private key"),
+            (None, "the private key is encrypted and no passphrase was given"),
+        ):
+            with pytest.raises(ConfigError) as info:
+                build_context(replace(settings, key_passphrase=passphrase))
+            assert info.value.message == words
+
+
+def test_a_protected_bundle_without_ca_trusts_its_own_ca(pki: dict[str, Identity]) -> None:
+    der = _bundle(pki["client"], [pki["ca"]])
+    settings = TlsSettings(pkcs12_der=der, key_passphrase=PASSPHRASE)
+    assert _presented(settings, pki) == "client"
+    # with `ca` the bundle's certificates are only our chain: an unrelated `ca` fails
+    reason = expect_rejection(replace(settings, ca_pem=pki["other_ca"].cert_pem), pki["server"])
+    assert reason == "server certificate not signed by the configured CA"
+    with pytest.raises(ConfigError) as info:
+        build_context(replace(settings, key_passphrase=Secret(b"wrong")))
+    assert info.value.message.startswith("the passphrase is wrong: it does not unlock the PKCS#12")
+    lonely = TlsSettings(pkcs12_der=_bundle(pki["client"], []), key_passphrase=PASSPHRASE)
+    with pytest.raises(ConfigError) as info:
+        build_context(lonely)
+    assert "the PKCS#12 bundle carries no CA certificate" in info.value.message

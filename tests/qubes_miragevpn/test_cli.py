@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ import miragevpn.config
 from miragevpn.config.model import AuthUserPass, Config, Secret
 from miragevpn.errors import ConfigError
 from qubes_miragevpn.cli import credentials_for, main
+from tests.helpers.pki import ENCRYPTED_KEY_PASSPHRASE, Pki, make_pki, write_pki
 
 needs_parser = pytest.mark.skipif(
     not hasattr(miragevpn.config, "parse_config"), reason="config parser not landed yet"
@@ -76,3 +81,130 @@ def test_credentials_without_a_terminal_are_a_config_error() -> None:
 
 def test_config_error_without_file_gets_one() -> None:
     assert str(ConfigError("x", line=3).with_file("a.ovpn")) == "a.ovpn:3: x"
+
+
+# ---------------------------------------------------------------- the key's passphrase
+
+PASSPHRASE_CHECK = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from qubes_miragevpn.cli import load_config, passphrase_for\n"
+    "try:\n"
+    "    config = passphrase_for(load_config(Path(sys.argv[1])))\n"
+    "except Exception as e:\n"
+    "    print(type(e).__name__, getattr(e, 'message', e), flush=True)\n"
+    "else:\n"
+    "    print('unlocked', config.key_passphrase is not None, config.ca is not None, flush=True)\n"
+)
+
+
+def _locked_profile(tmp_path: Path, pki: Pki, *extra: str) -> Path:
+    files = write_pki(pki, tmp_path)
+    config = tmp_path / "locked.ovpn"
+    lines = ["client", "dev tun", "remote 192.0.2.1", *extra]
+    config.write_text("\n".join(lines) + "\n")
+    assert files.ca.exists()
+    return config
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return make_pki()
+
+
+def test_passphrase_without_a_terminal_is_a_quick_config_error(tmp_path: Path, pki: Pki) -> None:
+    config = _locked_profile(
+        tmp_path, pki, "ca ca.crt", "cert client.crt", "key client-encrypted.key"
+    )
+    start = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-c", PASSPHRASE_CHECK, str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.stdout.startswith(
+        "ConfigError the private key is encrypted, the config has no 'askpass FILE', "
+        "and standard input is not a terminal to ask on: put the passphrase on the first line "
+        "of a file (chmod 600) and add 'askpass FILE' to the config"
+    ), run.stdout + run.stderr
+    assert time.monotonic() - start < 20
+    # the client itself: exit code 1 (config), FILE: askpass: the same words
+    run = subprocess.run(
+        [sys.executable, "-m", "qubes_miragevpn.cli", str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith(f"{config}: askpass: the private key is encrypted, "), run.stderr
+
+
+def test_passphrase_from_the_askpass_file_needs_no_terminal(tmp_path: Path, pki: Pki) -> None:
+    config = _locked_profile(tmp_path, pki, "pkcs12 client-protected.p12", "askpass askpass.txt")
+    run = subprocess.run(
+        [sys.executable, "-c", PASSPHRASE_CHECK, str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.stdout == "unlocked True True\n", run.stdout + run.stderr
+
+
+def _on_a_terminal(config: Path, typed: bytes) -> str:
+    """Run PASSPHRASE_CHECK with a pseudo-terminal as its standard input, type `typed` at the
+    prompt; what it printed (prompt included), bounded in time."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PASSPHRASE_CHECK, str(config)],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # the other side closed: the program ended
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+                if seen.endswith(b"Enter Private Key Password: "):
+                    os.write(controller, typed + b"\n")
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(controller)
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("ca ca.crt", "cert client.crt", "key client-encrypted.key"),
+        ("ca ca.crt", "cert client.crt", "key client-encrypted-traditional.key"),
+        ("pkcs12 client-protected.p12",),
+    ],
+)
+def test_passphrase_is_asked_on_a_terminal(tmp_path: Path, pki: Pki, extra: tuple[str]) -> None:
+    config = _locked_profile(tmp_path, pki, *extra)
+    out = _on_a_terminal(config, ENCRYPTED_KEY_PASSPHRASE.encode())
+    assert "Enter Private Key Password: " in out
+    assert "unlocked True True" in out, out
+    assert ENCRYPTED_KEY_PASSPHRASE not in out  # not echoed
+    out = _on_a_terminal(config, b"wrong horse")
+    assert "ConfigError the passphrase is wrong: it does not unlock the" in out, out

@@ -17,6 +17,7 @@ import re
 from collections.abc import Collection
 
 from ..errors import ConfigError
+from . import unlock
 from .model import Config, HttpProxy, Secret, TlsAuth, TlsCrypt, TlsCryptV2
 from .values import proto_name
 
@@ -28,6 +29,7 @@ FILE_FIELDS = {
     "extra-certs": "extra_certs",
     "key": "key",
     "pkcs12": "pkcs12",
+    "askpass": "key_passphrase",
     "tls-auth": "tls_protection",
     "tls-crypt": "tls_protection",
     "tls-crypt-v2": "tls_protection",
@@ -153,10 +155,15 @@ def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
         trust.append(f"verify-x509-name {c.verify_x509_name.name} {c.verify_x509_name.kind.value}")
     lines.append(f"  server check: {', '.join(trust)}")
     auth = []
+    locked = ""
+    if (c.cert or c.pkcs12) and unlock.locked(c) is not None:
+        locked = " (encrypted: passphrase from " + (
+            "the askpass file)" if c.key_passphrase else "a prompt at start)"
+        )
     if c.cert:
-        auth.append("certificate")
+        auth.append("certificate" + locked)
     if c.pkcs12:
-        auth.append("PKCS#12")
+        auth.append("PKCS#12" + locked)
     if c.auth_user_pass:
         who = c.auth_user_pass.username
         if "auth_user_pass" in hidden:

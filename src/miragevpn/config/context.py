@@ -102,5 +102,10 @@ def error(d: Directive, message: str, arg: int | None = None) -> ConfigError:
     return ConfigError(message, line=line, column=column, directive=d.name)
 
 
+def key_error(d: Directive, exc: Exception) -> ConfigError:
+    """A `KeyMaterialError` (plain words) at the directive's first argument."""
+    return error(d, str(exc), 0 if d.args else None)
+
+
 def bad_arg(d: Directive, arg: int, message: str) -> ConfigError:
     return error(d, f"'{d.args[arg].text}': {message}", arg)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import handlers as h
+from . import pkihandlers as pk
 from . import proxies as px
 from .context import Handler, Outcome
 
@@ -120,14 +121,15 @@ TABLE: dict[str, Spec] = {
     "udp-mtu": used(h.h_int("link_mtu", lo=68, hi=65535), 1, 1, conn=True),  # = link-mtu
     "mssfix": used(h.h_mssfix, 0, 2, conn=True),
     # PKI
-    "ca": used(h.h_certificates("ca", "the CA certificate"), 0, 1, inline=True),
-    "cert": used(h.h_certificates("cert", "the client certificate"), 0, 1, inline=True),
+    "ca": used(pk.h_certificates("ca", "the CA certificate"), 0, 1, inline=True),
+    "cert": used(pk.h_certificates("cert", "the client certificate"), 0, 1, inline=True),
     "extra-certs": used(
-        h.h_certificates("extra_certs", "the extra certificates"), 0, 1, inline=True
+        pk.h_certificates("extra_certs", "the extra certificates"), 0, 1, inline=True
     ),
-    "key": used(h.h_key, 0, 1, inline=True),
-    "pkcs12": used(h.h_pkcs12, 0, 1, inline=True),
-    "peer-fingerprint": used(h.h_peer_fingerprint, 0, 1, inline=True),
+    "key": used(pk.h_key, 0, 1, inline=True),
+    "pkcs12": used(pk.h_pkcs12, 0, 1, inline=True),
+    "askpass": used(pk.h_askpass, 0, 1),  # OPT_P_GENERAL: not inline, not in <connection>
+    "peer-fingerprint": used(pk.h_peer_fingerprint, 0, 1, inline=True),
     "remote-cert-tls": used(h.h_remote_cert_tls, 1, 1),
     "remote-cert-ku": used(h.h_remote_cert_ku, 0, MANY),
     "remote-cert-eku": used(h.h_remote_cert_eku, 1, 1),
@@ -256,7 +258,6 @@ TABLE: dict[str, Spec] = {
     "tls-exit": ignored(PLATFORM, 0, 0),
     "push-peer-info": ignored("the peer info sent is fixed", 0, 0),
     "auth-token-user": rejected("auth tokens are pushed by the server, not configured"),
-    "askpass": ignored("this client never asks for passphrases; decrypt the key", 0, 1),
     "allow-pull-fqdn": ignored("pushed host names are not resolved", 0, 0),
     "route-noexec": ignored("the runtime installs routes itself", 0, 0),
     "ifconfig-noexec": ignored("the runtime configures the device itself", 0, 0),

@@ -2,7 +2,9 @@
 
 Only values that differ from the defaults are written, remotes always with port and protocol.
 The contract: `parse_config(format_config(cfg), read_file=...) == cfg` for every config the
-parser produces. The output holds secrets (keys, passwords): write it with care.
+parser produces. The output holds secrets (keys, passwords): write it with care. The one thing
+not written is the passphrase of an encrypted key (`askpass`: OpenVPN has no inline form for it;
+`Config.key_passphrase` is outside equality for that reason).
 """
 
 from __future__ import annotations
@@ -167,6 +169,11 @@ def format_config(c: Config) -> str:
         out += _block("key", c.key.value.decode())
     if c.pkcs12 is not None:
         out += _block("pkcs12", "\n".join(_base64_rows(c.pkcs12.value)))
+    if c.key_passphrase is not None:
+        # OpenVPN reads a passphrase only from a file (askpass has no inline form), and writing
+        # it beside the key it protects would undo the protection
+        add("# the key's passphrase (askpass) is not written here: add 'askpass FILE', or it is")
+        add("# asked for at start")
     if c.extra_certs is not None:
         out += _block("extra-certs", c.extra_certs)
     if c.peer_fingerprints:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import keys, values
-from .context import Context, Handler, bad_arg, error
+from .context import Context, Handler, bad_arg, error, key_error
 from .keys import KeyMaterialError
 from .lexer import Directive
 from .model import (
@@ -158,54 +158,6 @@ def h_mssfix(ctx: Context, d: Directive) -> None:
 # --------------------------------------------------------------------------- PKI
 
 
-def _key_error(d: Directive, exc: KeyMaterialError) -> Exception:
-    return error(d, str(exc), 0 if d.args else None)
-
-
-def h_certificates(key: str, what: str) -> Handler:
-    def handle(ctx: Context, d: Directive) -> None:
-        data, _inline, rest = ctx.material(d, what)
-        if rest:
-            raise error(d, "takes one file name", 1)
-        try:
-            ctx.put(d, key, keys.parse_certificates(data, what))
-        except KeyMaterialError as exc:
-            raise _key_error(d, exc) from None
-
-    return handle
-
-
-def h_key(ctx: Context, d: Directive) -> None:
-    data, _inline, rest = ctx.material(d, "the private key")
-    if rest:
-        raise error(d, "takes one file name", 1)
-    try:
-        ctx.put(d, "key", keys.parse_private_key(data))
-    except KeyMaterialError as exc:
-        raise _key_error(d, exc) from None
-
-
-def h_pkcs12(ctx: Context, d: Directive) -> None:
-    data, inline, rest = ctx.material(d, "the PKCS#12 bundle")
-    if rest:
-        raise error(d, "takes one file name", 1)
-    try:
-        ctx.put(d, "pkcs12", keys.parse_pkcs12(data, inline=inline))
-    except KeyMaterialError as exc:
-        raise _key_error(d, exc) from None
-
-
-def h_peer_fingerprint(ctx: Context, d: Directive) -> None:
-    text = d.inline if d.inline is not None else d.args[0].text
-    if d.inline is None and d.args[0].text == "[inline]":
-        text = ctx.material(d, "the fingerprints")[0].decode("utf-8", "replace")
-    try:
-        for digest in keys.parse_fingerprints(text):
-            ctx.put(d, "peer_fingerprints", digest)
-    except KeyMaterialError as exc:
-        raise _key_error(d, exc) from None
-
-
 def h_remote_cert_tls(ctx: Context, d: Directive) -> None:
     if values.choice(d, 0, ("server", "client")) == "client":
         raise error(d, "'client' checks the peer is a client; a client checks 'server'", 0)
@@ -301,7 +253,7 @@ def _static(ctx: Context, d: Directive, what: str) -> tuple[StaticKey, tuple[int
     try:
         key = keys.parse_static_key(data, what)
     except KeyMaterialError as exc:
-        raise _key_error(d, exc) from None
+        raise key_error(d, exc) from None
     offset = len(d.args) - len(rest)
     return key, tuple(offset + i for i in range(len(rest)))
 
@@ -337,7 +289,7 @@ def h_tls_crypt_v2(ctx: Context, d: Directive) -> None:
     try:
         ctx.put(d, "tls_crypt_v2", keys.parse_tls_crypt_v2_client_key(data))
     except KeyMaterialError as exc:
-        raise _key_error(d, exc) from None
+        raise key_error(d, exc) from None
     if rest:
         ctx.warn(d, f"'{rest[0].text}' is a server-side flag; not used by a client")
 

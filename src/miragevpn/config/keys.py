@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -45,7 +47,7 @@ class KeyMaterialError(ValueError):
     """Key material that does not decode, with a message for the user."""
 
 
-def _guarded(what: str, action: Callable[[], T]) -> T:
+def guarded(what: str, action: Callable[[], T]) -> T:
     """`action()`, with any exception from the crypto library turned into a plain message."""
     try:
         return action()
@@ -111,7 +113,7 @@ def parse_certificates(data: bytes, what: str) -> str:
         raise KeyMaterialError(f"{what} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
     for number, block in enumerate(blocks, 1):
         pem = block.encode()
-        _guarded(f"{what}: certificate {number}", partial(x509.load_pem_x509_certificate, pem))
+        guarded(f"{what}: certificate {number}", partial(x509.load_pem_x509_certificate, pem))
     return "".join(blocks)
 
 
@@ -119,7 +121,8 @@ _PRIVATE_KEY_LABELS = ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCR
 
 
 def parse_private_key(data: bytes, what: str = "the private key") -> Secret:
-    """A PEM private key (PKCS#8, PKCS#1 or SEC1); encrypted keys need a passphrase."""
+    """A PEM private key (PKCS#8, PKCS#1 or SEC1), kept as written: an encrypted one (PKCS#8
+    ENCRYPTED PRIVATE KEY or traditional Proc-Type) is opened with its passphrase later."""
     text = _text(data, what)
     blocks = [b for label in _PRIVATE_KEY_LABELS for b in pem_blocks(text, label)]
     if not blocks:
@@ -127,20 +130,15 @@ def parse_private_key(data: bytes, what: str = "the private key") -> Secret:
     if len(blocks) > 1:
         raise KeyMaterialError(f"{what} holds {len(blocks)} private keys; give exactly one")
     block = blocks[0]
-    if "ENCRYPTED" in block.split("\n", 1)[0] or "Proc-Type: 4,ENCRYPTED" in block:
-        raise KeyMaterialError(
-            f"{what} is encrypted and needs a passphrase, which this client does not ask for; "
-            "decrypt it first (openssl pkey -in KEY -out KEY.plain)"
-        )
+    pem = block.encode()
 
-    def load() -> object:
-        try:
-            return serialization.load_pem_private_key(block.encode(), password=None)
-        except TypeError:
-            raise KeyMaterialError(f"{what} is encrypted and needs a passphrase") from None
+    def load() -> None:
+        # TypeError: encrypted, and it decoded up to the encryption (unlock.py opens it)
+        with contextlib.suppress(TypeError):
+            serialization.load_pem_private_key(pem, password=None)
 
-    _guarded(what, load)
-    return Secret(block.encode())
+    guarded(what, load)
+    return Secret(pem)
 
 
 def parse_pkcs12(data: bytes, *, inline: bool) -> Secret:
@@ -152,44 +150,35 @@ def parse_pkcs12(data: bytes, *, inline: bool) -> Secret:
         except (binascii.Error, ValueError):
             raise KeyMaterialError("the inline <pkcs12> block is not base64") from None
 
-    def load() -> tuple[object, object]:
-        # the library's words for a wrong password change between releases: never read them
-        for password in (None, b""):
-            try:
-                key, cert, _extra = pkcs12.load_key_and_certificates(der, password)
-                return key, cert
-            except (TypeError, ValueError):
-                continue
-        if not _looks_like_pkcs12(der):
+    def load() -> Secret:
+        opened = open_pkcs12(der, (None, b""))
+        if opened is not None:
+            key, cert, _extra = opened
+            if key is None or cert is None:
+                raise KeyMaterialError(
+                    "the PKCS#12 bundle needs both a private key and a certificate"
+                )
+            return Secret(der)
+        if not looks_like_pkcs12(der):
             raise KeyMaterialError("the PKCS#12 bundle does not decode")
-        raise KeyMaterialError(
-            "the PKCS#12 bundle is protected by a password, which this client does not "
-            "ask for; export it without one"
-        )
+        return Secret(der)  # protected by a password: opened when it is known (unlock.py)
 
-    key, cert = _guarded("the PKCS#12 bundle", load)
-    if key is None or cert is None:
-        raise KeyMaterialError("the PKCS#12 bundle needs both a private key and a certificate")
-    return Secret(der)
+    return guarded("the PKCS#12 bundle", load)
 
 
-def pkcs12_ca_pem(der: bytes) -> str | None:
-    """The bundle's other certificates as PEM (OpenVPN trusts them when there is no `ca`:
-    ssl.c loads the bundle's CA when `ca` is absent), or None if it has none."""
-
-    def load() -> list[x509.Certificate]:
-        for password in (None, b""):
-            try:
-                return list(pkcs12.load_key_and_certificates(der, password)[2])
-            except (TypeError, ValueError):
-                continue
-        raise KeyMaterialError("the PKCS#12 bundle does not decode")
-
-    extra = _guarded("the PKCS#12 bundle", load)
-    if not extra:
-        return None
-    pem = serialization.Encoding.PEM
-    return "".join(cert.public_bytes(pem).decode("ascii") for cert in extra)
+def open_pkcs12(der: bytes, passwords: tuple[bytes | None, ...]) -> Any | None:
+    """(key, certificate, other certificates) of the bundle opened with the first password
+    that works, or None. The library's words for a failure change between releases: never
+    read them. Its warnings (the newest parses BER after failing DER, and says so) stay
+    quiet: whether the bundle is usable is decided here, in our words."""
+    for password in passwords:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pkcs12.load_key_and_certificates(der, password)
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 def _der_header(data: bytes, at: int) -> tuple[int, int, int] | None:
@@ -205,17 +194,41 @@ def _der_header(data: bytes, at: int) -> tuple[int, int, int] | None:
     return tag, at + 2 + count, int.from_bytes(data[at + 2 : at + 2 + count], "big")
 
 
-def _looks_like_pkcs12(der: bytes) -> bool:
-    """PFX ::= SEQUENCE { version INTEGER (3), authSafe ContentInfo, ... } (RFC 7292)."""
+# id-data and id-signedData (RFC 2315): the two content types a PFX's authSafe may have
+_PKCS7_DATA = bytes.fromhex("2a864886f70d010701")
+_PKCS7_SIGNED = bytes.fromhex("2a864886f70d010702")
+
+
+def looks_like_pkcs12(der: bytes) -> bool:
+    """Whether `der` has the shape of a PFX (RFC 7292), without opening it:
+    SEQUENCE { version INTEGER (3), authSafe ContentInfo, macData SEQUENCE OPTIONAL }, where
+    ContentInfo is SEQUENCE { OID id-data | id-signedData, [0] content }, each element ending
+    where its parent says. A bundle that does not open with a password but has this shape is
+    taken as protected by one; anything else does not decode."""
     outer = _der_header(der, 0)
     if outer is None or outer[0] != 0x30 or outer[1] + outer[2] != len(der):
         return False
     version = _der_header(der, outer[1])
-    return (
-        version is not None
-        and version[:1] == (0x02,)
-        and der[version[1] : version[1] + 1] == b"\x03"
-    )
+    if version is None or version[:1] != (0x02,) or der[version[1] : version[1] + 1] != b"\x03":
+        return False
+    if version[2] != 1:
+        return False
+    auth_safe = _der_header(der, version[1] + version[2])
+    if auth_safe is None or auth_safe[0] != 0x30:
+        return False
+    auth_end = auth_safe[1] + auth_safe[2]
+    oid = _der_header(der, auth_safe[1])
+    if oid is None or oid[0] != 0x06:
+        return False
+    if der[oid[1] : oid[1] + oid[2]] not in (_PKCS7_DATA, _PKCS7_SIGNED):
+        return False
+    content = _der_header(der, oid[1] + oid[2])
+    if content is None or content[0] != 0xA0 or content[1] + content[2] != auth_end:
+        return False
+    if auth_end == len(der):
+        return True
+    mac = _der_header(der, auth_end)
+    return mac is not None and mac[0] == 0x30 and mac[1] + mac[2] == len(der)
 
 
 def _armoured(text: str, begin: str, end: str, what: str) -> str:
@@ -282,24 +295,3 @@ def parse_fingerprints(text: str) -> tuple[bytes, ...]:
     if not digests:
         raise KeyMaterialError("no fingerprint given")
     return tuple(digests)
-
-
-def cert_matches_key(cert_pem: str, key: Secret) -> bool:
-    """Whether the first certificate's public key is the private key's.
-
-    Raises `KeyMaterialError` when either does not decode (an EC point off the curve, a key
-    type the library does not know).
-    """
-    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-
-    def theirs() -> bytes:
-        cert = x509.load_pem_x509_certificate(cert_pem.encode())
-        return cert.public_key().public_bytes(enc, fmt)
-
-    def ours() -> bytes:
-        private = serialization.load_pem_private_key(key.value, password=None)
-        return private.public_key().public_bytes(enc, fmt)
-
-    cert_key = _guarded("the public key of the client certificate", theirs)
-    return cert_key == _guarded("the private key", ours)

@@ -319,8 +319,12 @@ class Config:
     # PKI
     ca: str | None = None  # PEM text, one or more certificates
     cert: str | None = None  # PEM text
-    key: Secret | None = None  # PEM text of the private key
-    pkcs12: Secret | None = None  # DER
+    key: Secret | None = None  # PEM text of the private key, as written (maybe encrypted)
+    pkcs12: Secret | None = None  # DER, as written (maybe protected by a password)
+    # What unlocks an encrypted `key` or `pkcs12`: the first line of the `askpass` file, or
+    # what a runtime asked for (config/unlock.py). Not part of equality: it is an input to the
+    # key material, not a setting, and OpenVPN has no inline form that format_config could write.
+    key_passphrase: Secret | None = field(default=None, compare=False)
     extra_certs: str | None = None
     peer_fingerprints: tuple[bytes, ...] = ()  # SHA-256 digests
     remote_cert_tls_server: bool = False  # `remote-cert-tls server` (or `ns-cert-type server`)

@@ -19,7 +19,7 @@ import ipaddress
 from collections import defaultdict
 
 from ..errors import ConfigError
-from . import keys, proxies
+from . import keys, proxies, unlock
 from .context import Context, Setting
 from .handlers import RawRemote, TlsVersionMin
 from .model import (
@@ -48,6 +48,7 @@ STRICT_KEYS = frozenset(
         "cert",
         "key",
         "pkcs12",
+        "key_passphrase",
         "extra_certs",
         "tls_auth",
         "tls_crypt",
@@ -143,6 +144,7 @@ def resolve(ctx: Context) -> Config:
             flags |= s.value
         fields["redirect_gateway"] = RedirectGateway(flags)
     _compression(glob, fields)
+    _passphrase(ctx, glob, fields)
     _bundle_ca(ctx, glob, fields)
     _advice(ctx, glob, fields)
 
@@ -154,13 +156,68 @@ def resolve(ctx: Context) -> Config:
     return config
 
 
+def _locked(fields: dict[str, object]) -> list[str]:
+    """The model fields whose key material needs a passphrase: "key", "pkcs12"."""
+    key, bundle = fields.get("key"), fields.get("pkcs12")
+    found = []
+    if isinstance(key, Secret) and unlock.key_is_encrypted(key.value):
+        found.append("key")
+    if isinstance(bundle, Secret) and unlock.pkcs12_is_locked(bundle.value):
+        found.append("pkcs12")
+    return found
+
+
+def _passphrase(ctx: Context, glob: dict[str, list[Setting]], fields: dict[str, object]) -> None:
+    """An encrypted key or a protected bundle: with `askpass FILE` the passphrase must unlock
+    it (an error at the askpass line if not); without, it is asked at run time (a warning)."""
+    passphrase = fields.get("key_passphrase")
+    assert passphrase is None or isinstance(passphrase, Secret)
+    try:
+        locked = _locked(fields)
+    except keys.KeyMaterialError as exc:
+        raise _fail(glob, "pkcs12", str(exc)) from None
+    if not locked:
+        if passphrase is not None:
+            ctx.warn_setting(
+                glob["key_passphrase"][-1], "nothing here is encrypted: the passphrase is unused"
+            )
+        return
+    what = "the private key" if locked[0] == "key" else "the PKCS#12 bundle"
+    if passphrase is None:
+        ctx.warn_setting(
+            glob[locked[0]][-1],
+            f"{what} is encrypted and there is no 'askpass FILE': miragevpn-client asks for "
+            "the passphrase on its terminal; the gateway cannot ask (put the passphrase on "
+            "the first line of a file and add 'askpass FILE')",
+        )
+        return
+    for field_name in locked:
+        material = fields[field_name]
+        assert isinstance(material, Secret)
+        try:
+            if field_name == "key":
+                unlock.load_private_key(material.value, passphrase)
+            else:
+                unlock.load_pkcs12(material.value, passphrase)
+        except unlock.PassphraseError as exc:
+            raise _fail(glob, "key_passphrase", str(exc)) from None
+        except keys.KeyMaterialError as exc:
+            raise _fail(glob, field_name, str(exc)) from None
+
+
 def _bundle_ca(ctx: Context, glob: dict[str, list[Setting]], fields: dict[str, object]) -> None:
-    """Without `ca`, a PKCS#12 bundle's CA certificates are the trust anchors (as OpenVPN)."""
+    """Without `ca`, a PKCS#12 bundle's CA certificates are the trust anchors (as OpenVPN,
+    ssl_openssl.c tls_ctx_load_pkcs12). A locked bundle without a passphrase is read when it
+    is unlocked at run time."""
     bundle = fields.get("pkcs12")
     if fields.get("ca") is not None or not isinstance(bundle, Secret):
         return
+    passphrase = fields.get("key_passphrase")
+    assert passphrase is None or isinstance(passphrase, Secret)
     try:
-        ca = keys.pkcs12_ca_pem(bundle.value)
+        if passphrase is None and unlock.pkcs12_is_locked(bundle.value):
+            return
+        ca = unlock.pkcs12_ca_pem(bundle.value, passphrase)
     except keys.KeyMaterialError as exc:
         raise _fail(glob, "pkcs12", str(exc)) from None
     if ca is not None:
@@ -407,20 +464,25 @@ def validate(c: Config, glob: dict[str, list[Setting]]) -> None:
         raise _fail(glob, "cert", "a client certificate needs its private key: add 'key'")
     if c.key is not None and c.cert is None:
         raise _fail(glob, "key", "a private key needs its certificate: add 'cert'")
-    if c.cert is not None and c.key is not None:
+    key_locked = c.key is not None and unlock.key_is_encrypted(c.key.value)
+    if c.cert is not None and c.key is not None and (c.key_passphrase or not key_locked):
         try:
-            matches = keys.cert_matches_key(c.cert, c.key)
+            matches = unlock.cert_matches_key(c.cert, c.key, c.key_passphrase)
         except keys.KeyMaterialError as exc:
             raise _fail(glob, "cert", str(exc)) from None
         if not matches:
             raise _fail(glob, "key", "the private key does not belong to the client certificate")
-    if c.ca is None and not c.peer_fingerprints:
-        bundle = " (the PKCS#12 bundle carries no CA certificate)" if c.pkcs12 else ""
+    # a locked bundle's CA certificates are known once it is unlocked (unlock.with_passphrase)
+    bundle = c.pkcs12
+    unlocked_later = (
+        bundle is not None and c.key_passphrase is None and unlock.pkcs12_is_locked(bundle.value)
+    )
+    if c.ca is None and not c.peer_fingerprints and not unlocked_later:
+        why = " (the PKCS#12 bundle carries no CA certificate)" if c.pkcs12 else ""
         raise _fail(
             glob,
             None,
-            f"no way to check the server{bundle}: add 'ca' (the CA certificate) or "
-            "'peer-fingerprint'",
+            f"no way to check the server{why}: add 'ca' (the CA certificate) or 'peer-fingerprint'",
         )
     if c.cert is None and c.pkcs12 is None and c.auth_user_pass is None:
         raise _fail(

@@ -14,7 +14,8 @@ resolves names against the folder and refuses anything outside it: by default th
 secrets (the `auth-user-pass` file, `key`, `pkcs12`, `secret`, `tls-auth`, `tls-crypt`,
 `tls-crypt-v2`, or the profile itself when it carries them inline) must not be readable by other
 users (mode 0600 or stricter). The gateway cannot ask for a password, so `auth-user-pass` needs
-a complete file.
+a complete file, and an encrypted `key` or a protected `pkcs12` needs `askpass FILE` (the
+passphrase on the file's first line, checked when the profile is parsed).
 
 `load_profile()` never raises for the user's mistakes: it returns a `LoadedProfile`, or a
 `ProfileBlocked` whose `reason` says what is wrong and what to do.
@@ -32,6 +33,7 @@ from miragevpn.config import parse_config
 from miragevpn.config.context import INLINE_MARKER
 from miragevpn.config.lexer import decode_config, lex
 from miragevpn.config.model import AuthUserPass, Config
+from miragevpn.config.unlock import locked
 from miragevpn.errors import ConfigError
 
 from ..files import ProfileFiles
@@ -39,6 +41,7 @@ from ..files import ProfileFiles
 DEFAULT_CONFIG_DIR = Path("/rw/config/qubes-miragevpn")
 PROFILE_SUFFIXES = (".ovpn", ".conf")
 SECRET_DIRECTIVES = (
+    "askpass",
     "auth-user-pass",
     "key",
     "pkcs12",
@@ -111,6 +114,16 @@ def load_profile(
                 f"{where}: auth-user-pass needs {missing}, and the gateway cannot ask for them: "
                 "put the username on line 1 and the password on line 2 of a file next to the "
                 "profile, chmod 600 it, and name it: auth-user-pass FILE"
+            ),
+            name=name,
+        )
+    what = locked(config)  # the profile parsed, so its key material decodes
+    if what is not None and config.key_passphrase is None:
+        return ProfileBlocked(
+            reason=(
+                f"{where}: {what}, and the gateway cannot ask for its passphrase: put the "
+                "passphrase on the first line of a file next to the profile, chmod 600 it, and "
+                "add to the profile: askpass FILE"
             ),
             name=name,
         )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from miragevpn.config.model import AuthUserPass, Secret
 from miragevpn.errors import ConfigError
@@ -201,3 +202,59 @@ def test_side_files_stay_in_the_folder(folder: Path, tmp_path: Path, blocked: Bl
 def test_mode_check_uses_the_file_itself(folder: Path, load: Load) -> None:
     (folder / "auth.txt").chmod(0o000)  # root still reads it; nobody else can
     assert isinstance(load(folder), LoadedProfile)
+
+
+# ---------------------------------------------------------------- encrypted keys (issue 11)
+
+PASSPHRASE = "the gateway's passphrase"
+
+
+def _encrypted(folder: Path, identities: tuple[Identity, Identity]) -> None:
+    """client.key becomes encrypted (PKCS#8, PASSPHRASE); the profile names it."""
+    key = identities[1].key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(PASSPHRASE.encode()),
+    )
+    write(folder / "client.key", key.decode())
+
+
+def test_encrypted_key_with_askpass_in_the_folder(
+    folder: Path, identities: tuple[Identity, Identity], load: Load
+) -> None:
+    _encrypted(folder, identities)
+    write(folder / "pass.txt", PASSPHRASE + "\n")
+    write(folder / "work.ovpn", PROFILE + "askpass pass.txt\n", 0o644)
+    result = load(folder)
+    assert isinstance(result, LoadedProfile), result
+    assert result.config.key_passphrase == Secret(PASSPHRASE.encode())
+
+
+def test_encrypted_key_without_askpass_blocks_and_says_why(
+    folder: Path, identities: tuple[Identity, Identity], blocked: Blocked
+) -> None:
+    _encrypted(folder, identities)
+    reason = blocked(folder)
+    assert reason == (
+        f"{folder}/work.ovpn: the private key is encrypted, and the gateway cannot ask for its "
+        "passphrase: put the passphrase on the first line of a file next to the profile, chmod "
+        "600 it, and add to the profile: askpass FILE"
+    )
+    write(folder / "work.ovpn", PROFILE + "askpass\n", 0o644)  # "ask on the console"
+    assert "the gateway cannot ask for its passphrase" in blocked(folder)
+
+
+def test_askpass_file_must_be_right_private_and_inside(
+    folder: Path, tmp_path: Path, identities: tuple[Identity, Identity], blocked: Blocked
+) -> None:
+    _encrypted(folder, identities)
+    write(folder / "pass.txt", "not it\n")
+    write(folder / "work.ovpn", PROFILE + "askpass pass.txt\n", 0o644)
+    reason = blocked(folder)
+    assert reason.startswith(f"the profile cannot be used: {folder}/work.ovpn:11:1: askpass: ")
+    assert reason.endswith("the passphrase is wrong: it does not unlock the private key")
+    write(folder / "pass.txt", PASSPHRASE + "\n", 0o644)
+    assert f"the askpass file {folder}/pass.txt is readable by other users" in blocked(folder)
+    write(tmp_path / "outside.txt", PASSPHRASE + "\n")
+    write(folder / "work.ovpn", PROFILE + f"askpass {tmp_path}/outside.txt\n", 0o644)
+    assert "outside the profile's folder" in blocked(folder)
