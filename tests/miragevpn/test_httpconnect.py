@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from miragevpn.config.model import HttpProxy, ProxyCredentials, Secret
-from miragevpn.errors import ProxyAuthFailed, ProxyProtocolError, ProxyRefused
+from miragevpn.errors import ProxyAuthFailed, ProxyError, ProxyProtocolError, ProxyRefused
 from miragevpn.httpconnect import MAX_HEADER_BYTES, HttpConnect, authority, encode_request
 
 # RFC 7617 §2's example credentials and their Basic token
@@ -106,3 +108,14 @@ def test_header_size_is_bounded() -> None:
     assert h.receive(b"HTTP/1.0 200 OK\r\n") is False
     with pytest.raises(ProxyProtocolError, match="over"):
         h.receive(b"X: " + b"y" * MAX_HEADER_BYTES + b"\r\n")
+
+
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_any_answer_completes_or_is_a_proxy_error(chunks: list[bytes]) -> None:
+    h = HttpConnect(HttpProxy("p", 1, ALADDIN), "vpn", 443)
+    try:
+        for chunk in chunks:
+            if h.receive(chunk):
+                break
+    except ProxyError as e:
+        assert "sesame" not in str(e)

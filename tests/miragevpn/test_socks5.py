@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from miragevpn.config.model import ProxyCredentials, Secret, SocksProxy
-from miragevpn.errors import ProxyAuthFailed, ProxyProtocolError, ProxyRefused
+from miragevpn.errors import ProxyAuthFailed, ProxyError, ProxyProtocolError, ProxyRefused
 from miragevpn.socks5 import Socks5Connect, encode_connect
 
 ALICE = ProxyCredentials("alice", Secret(b"pw"))
@@ -95,3 +99,33 @@ def test_failures_say_whose_fault(
             s.receive(answer)
     assert words in str(info.value)
     assert "pw" not in str(info.value).replace("password", "")
+
+
+# plausible beginnings of a proxy's answer, so that the random rest reaches every state
+PREFIXES = st.sampled_from(
+    [b"", b"\x05\x00", b"\x05\x02", b"\x05\x02\x01\x00", b"\x05\x00\x05\x00\x00"]
+)
+
+
+@given(PREFIXES, st.binary(max_size=40), st.lists(st.integers(0, 60), max_size=6), st.booleans())
+def test_any_answer_completes_or_is_a_proxy_error(
+    prefix: bytes, rest: bytes, cuts: list[int], with_creds: bool
+) -> None:
+    """Whatever a (hostile) proxy sends, in whatever pieces: done, waiting, or a ProxyError,
+    never another exception; what we send is always one of the protocol's messages."""
+    s = Socks5Connect(SocksProxy("p", 1080, ALICE if with_creds else None), "vpn.example", 443)
+    s.start()
+    data = prefix + rest
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    chunks = [data[a:b] for a, b in itertools.pairwise(points)]
+    expected = (b"\x01\x05alice\x02pw" if with_creds else b"") + encode_connect("vpn.example", 443)
+    sent = b""
+    try:
+        for chunk in chunks:
+            if s.done:
+                break
+            sent += s.receive(chunk)
+    except ProxyError:
+        pass
+    assert expected.startswith(sent)  # our messages, in order, each whole
+    assert len(sent) in {0, len(expected), len(expected) - len(encode_connect("vpn.example", 443))}
