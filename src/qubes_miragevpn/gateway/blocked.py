@@ -52,7 +52,7 @@ _PROTOCOLS = {_TCP: "tcp", _UDP: "udp"}
 _PORT = struct.Struct("!H")
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     """What an AppVM tried to reach: its address, the protocol, the destination and port."""
 
@@ -60,6 +60,12 @@ class Flow:
     proto: str  # "tcp" or "udp"
     destination: IPAddress
     port: int
+
+    @property
+    def order(self) -> tuple[int, int, str, int, int, int]:
+        """A sort key (IPv4 and IPv6 addresses do not compare with each other)."""
+        s, d = self.source, self.destination
+        return (s.version, int(s), self.proto, d.version, int(d), self.port)
 
     @property
     def target(self) -> str:
@@ -165,7 +171,7 @@ class Ledger:
     def entries(self) -> tuple[dict[str, Any], ...]:
         """The `blocked_traffic` entries of `status` (docs/status.md), most recent first."""
         names = self.names()
-        ordered = sorted(self._entries.items(), key=lambda i: (-i[1].last_seen, i[0]))
+        ordered = sorted(self._entries.items(), key=lambda i: (-i[1].last_seen, i[0].order))
         return tuple(
             {
                 "source": {"address": str(f.source), "name": names.get(f.source)},
@@ -277,15 +283,18 @@ class CounterReader:
             except Exception as e:  # the table is being replaced, or gone: next time
                 log.debug("cannot list set %s: %s", name, e)
         now = time.time()
-        for flow, packets in sorted(counted.items()):
+        for flow, packets in sorted(counted.items(), key=lambda item: item[0].order):
             before = self._last.get(flow, 0)
             self._ledger.record(flow, now=now, packets=packets - before if packets >= before
                                 else packets)  # fmt: skip
         self._last = counted
 
     async def run(self, interval: float = POLL_SECONDS) -> None:
+        """Poll forever. On the event loop's thread, as every other read (status, before a
+        table replacement), so the counts are never read twice at once; one listing is a
+        few milliseconds."""
         while True:
-            await asyncio.to_thread(self.poll)
+            self.poll()
             await asyncio.sleep(interval)
 
 
@@ -332,6 +341,7 @@ class Reporter:
         self._queue: QueueReader | None = None
         self._counters: CounterReader | None = None
         self._poller: asyncio.Future[None] | None = None
+        self._queue_module: Any = None  # netfilterqueue (tests give a stand-in)
 
     @property
     def report(self) -> PolicyReport | None:
@@ -343,7 +353,7 @@ class Reporter:
         if self.mode == "queue":
             queue = PolicyReport().queue
             assert queue is not None
-            reader = QueueReader(queue, self.ledger)
+            reader = QueueReader(queue, self.ledger, module=self._queue_module)
             try:
                 reader.start(loop)
             except (OSError, RuntimeError) as e:  # netfilterqueue raises OSError on bind
@@ -356,6 +366,15 @@ class Reporter:
             self._counters = CounterReader(self._backend, self.ledger)
             self._poller = asyncio.ensure_future(self._counters.run())
             log.info("blocked-traffic report: counting refused flows in nftables")
+
+    def before_replacing(self) -> None:
+        """The firewall table is about to be replaced, and the counting sets with it: read
+        them now, or what they counted since the last poll would be lost."""
+        if self._counters is not None:
+            try:
+                self._counters.poll()
+            except Exception as e:  # never in the firewall's way
+                log.warning("blocked-traffic report: cannot read the counters: %s", e)
 
     def entries(self) -> tuple[dict[str, Any], ...]:
         if self._counters is not None:

@@ -249,10 +249,15 @@ DEFAULT_SURROUNDINGS = Surroundings(firewall=Facts(socket_mark=SOCKET_MARK), upl
 class NftFirewall:
     """`daemon.Firewall` on the kernel: one transaction, verified, Blocked on failure."""
 
-    def __init__(self, backend: nft.NftBackend) -> None:
+    def __init__(
+        self, backend: nft.NftBackend, *, before: Callable[[], object] | None = None
+    ) -> None:
         self._backend = backend
+        self._before = before  # runs before each replacement (the report reads its counters)
 
     def apply(self, policy: Policy, facts: Facts) -> None:
+        if self._before is not None:
+            self._before()
         nft.apply_policy(policy, facts, backend=self._backend)
 
 
@@ -380,7 +385,7 @@ async def run(
     daemon = GatewayDaemon(
         read_surroundings=lambda: surroundings_of(current["facts"], report=reporter.report),
         load_profile=profile_source(config_dir, lambda: current["facts"].profile),
-        firewall=NftFirewall(backend),
+        firewall=NftFirewall(backend, before=reporter.before_replacing),
         routing=routing,
         flush=flush_connections,
         watchdog=watchdog_interval(os.environ),

@@ -3,6 +3,7 @@ lines), the counters' parsing and deltas, the queue reader's verdicts, the mode 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import struct
@@ -12,6 +13,7 @@ import pytest
 
 from qubes_miragevpn.gateway import blocked, ruleset
 from qubes_miragevpn.gateway.blocked import Flow, Ledger, decode_flow
+from qubes_miragevpn.gateway.policy import Report as PolicyReport
 
 ip = ipaddress.ip_address
 WORK = ip("10.137.0.12")
@@ -83,6 +85,15 @@ def test_ledger_counts_per_appvm_and_destination_most_recent_first() -> None:
             "last_seen": "1970-01-01T00:16:41+00:00",
         },
     )
+
+
+def test_ledger_orders_ipv4_and_ipv6_together() -> None:
+    ledger = Ledger()
+    v6 = Flow(ip("fd09::c"), "tcp", ip("2001:db8::7"), 443)
+    v4 = Flow(WORK, "tcp", TARGET, 443)
+    for flow in (v6, v4):
+        ledger.record(flow, now=5.0)  # same time: the order falls to the flows themselves
+    assert [e["source"]["address"] for e in ledger.entries()] == ["10.137.0.12", "fd09::c"]
 
 
 def test_ledger_is_bounded_forgetting_the_least_recent() -> None:
@@ -241,3 +252,39 @@ def test_choose_mode() -> None:
     assert choose("off", module_problem=None, kernel_has_queue=True) == "off"
     with pytest.raises(RuntimeError, match="CONFIG_NFT_QUEUE"):
         choose("queue", module_problem=None, kernel_has_queue=False)
+
+
+def test_reporter_reads_the_counters_before_the_table_is_replaced() -> None:
+    """A policy change empties the counting sets: what they held is read just before."""
+
+    async def scenario() -> list[dict[str, Any]]:
+        backend, ledger = FakeBackend(), Ledger()
+        reporter = blocked.Reporter("counters", ledger, backend)
+        reporter.start(asyncio.get_running_loop())
+        await asyncio.sleep(0)  # the poller's first read
+        backend.packets = 9
+        reporter.before_replacing()
+        backend.packets = None  # the new table: nothing there yet
+        await reporter.close()
+        return list(ledger.entries())
+
+    (entry,) = asyncio.run(scenario())
+    assert entry["packets"] == 9
+
+
+def test_reporter_without_the_queue_counts_and_says_so() -> None:
+    class Unbindable:
+        class NetfilterQueue:
+            def bind(self, *args: Any, **kwargs: Any) -> None:
+                raise OSError("Failed to create queue 28022.")
+
+    async def scenario() -> str:
+        reporter = blocked.Reporter("queue", Ledger(), FakeBackend())
+        reporter._queue_module = Unbindable
+        reporter.start(asyncio.get_running_loop())
+        await reporter.close()
+        return reporter.mode
+
+    assert asyncio.run(scenario()) == "counters"
+    assert blocked.Reporter("counters", Ledger(), FakeBackend()).report == PolicyReport(queue=None)
+    assert blocked.Reporter("off", Ledger(), FakeBackend()).report is None

@@ -43,7 +43,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """appvm1 is named work-vm by dom0's vm-config.miragevpn-names; appvm2 has no name."""
     with built_world(tmp_path_factory.mktemp("blocked"), {"udp.ovpn": (UDP, ())}) as world:
         with world.facts_path.open("a") as facts:
-            facts.write(f"/vm-config/miragevpn-names: '{world.topo.appvms[0].ip4}=work-vm'\n")
+            work = world.topo.appvms[0]
+            facts.write(f"/vm-config/miragevpn-names: '{work.ip4}=work-vm {work.ip6}=work-vm'\n")
         yield world
 
 
@@ -65,6 +66,10 @@ def entries_to(world: World, port: int) -> list[dict[str, Any]]:
         for e in status(world)["blocked_traffic"]
         if e["destination"] == {"proto": "tcp", "address": str(world.topo.leak4), "port": port}
     ]
+
+
+def ipv6_entries(world: World) -> list[dict[str, Any]]:
+    return [e for e in status(world)["blocked_traffic"] if ":" in e["destination"]["address"]]
 
 
 def test_the_mode_is_what_the_machine_offers(world: World) -> None:
@@ -93,8 +98,10 @@ def test_blocked_flows_are_named_in_status_and_logged_once(world: World) -> None
             probe = topo.probe(topo.appvms[0].ns, topo.leak4, 443, timeout=0.5)
             assert probe.outcome != "ok", probe
         topo.probe(topo.appvms[1].ns, topo.leak4, 8443, timeout=0.5)
-        wait_until(lambda: entries_to(world, 443) and entries_to(world, 8443), 10,
-                   interval=0.2, what="the refused flows in status")  # fmt: skip
+        topo.probe(topo.appvms[0].ns, topo.leak6, 993, timeout=0.5)
+        wait_until(lambda: entries_to(world, 443) and entries_to(world, 8443)
+                   and ipv6_entries(world), 10, interval=0.2,
+                   what="the refused flows in status")  # fmt: skip
     assert_no_leaks(world, cap, "blocked, AppVMs reported")
     assert cap.frames_from_sysvpn() == [] or status(world)["state"] == "connecting"
     (work,) = entries_to(world, 443)
@@ -106,6 +113,10 @@ def test_blocked_flows_are_named_in_status_and_logged_once(world: World) -> None
     wait_until(lambda: line in world.daemon_log(), 10, interval=0.2, what="the log line")
     assert world.daemon_log().count(line) == 1, world.daemon_log()[-3000:]
     assert f"AppVM {topo.appvms[1].ip4} tried to reach {topo.leak4}:8443" in world.daemon_log()
+    (six,) = ipv6_entries(world)
+    assert six["source"] == {"address": str(topo.appvms[0].ip6), "name": "work-vm"}, six
+    assert six["destination"] == {"proto": "tcp", "address": str(topo.leak6), "port": 993}
+    assert f"work-vm tried to reach [{topo.leak6}]:993 (tcp)" in world.daemon_log()
     text = world.control("status").stdout
     assert f"work-vm ({topo.appvms[0].ip4}) -> {topo.leak4}:443/tcp" in text, text
 
