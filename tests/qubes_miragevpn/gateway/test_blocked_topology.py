@@ -103,7 +103,6 @@ def test_blocked_flows_are_named_in_status_and_logged_once(world: World) -> None
                    and ipv6_entries(world), 10, interval=0.2,
                    what="the refused flows in status")  # fmt: skip
     assert_no_leaks(world, cap, "blocked, AppVMs reported")
-    assert cap.frames_from_sysvpn() == [] or status(world)["state"] == "connecting"
     (work,) = entries_to(world, 443)
     assert work["source"] == {"address": str(topo.appvms[0].ip4), "name": "work-vm"}, work
     assert work["packets"] >= 1 and work["first_seen"] and work["last_seen"], work
@@ -126,20 +125,22 @@ def test_sigkill_while_appvms_send_leaks_nothing_and_stays_blocked(world: World)
     mode, has packets in it): nothing on the uplink, the AppVMs stay blocked, and the report
     rules are still there doing their part without anyone reading them."""
     topo = world.topo
-    with topo.capture() as cap, busy(world):
-        for port in range(20000, 20040):  # new flows, so the queue (if any) is fed
-            topo.probe(topo.appvms[0].ns, topo.leak4, port, timeout=0.05)
-        world.kill_daemon()
-        deadline = time.monotonic() + 3.0
-        port = 21000
-        while time.monotonic() < deadline:
-            probe = topo.probe(topo.appvms[0].ns, topo.leak4, port, timeout=0.2)
-            assert probe.outcome != "ok", probe
-            port += 1
-        probe_everything(world)
-        assert world.fetch() is None
-    assert_no_leaks(world, cap, "daemon SIGKILLed with AppVMs sending")
-    assert cap.frames_from_sysvpn() == [], "blocked without a daemon: not even the session"
+    with busy(world):
+        with topo.capture() as cap:
+            for port in range(20000, 20040):  # new flows, so the queue (if any) is fed
+                topo.probe(topo.appvms[0].ns, topo.leak4, port, timeout=0.05)
+            world.kill_daemon()
+        assert_no_leaks(world, cap, "daemon SIGKILLed with AppVMs sending")
+        with topo.capture() as after:  # no daemon: not even the session may leave
+            deadline = time.monotonic() + 3.0
+            port = 21000
+            while time.monotonic() < deadline:
+                probe = topo.probe(topo.appvms[0].ns, topo.leak4, port, timeout=0.2)
+                assert probe.outcome != "ok", probe
+                port += 1
+            probe_everything(world)
+            assert world.fetch() is None
+    assert after.frames_from_sysvpn() == [], after.frames_from_sysvpn()[:10]
     listing = topo.sysvpn.run(["nft", "list", "table", "inet", "qubes-miragevpn"]).stdout
     assert "blocked-ipv4" in listing
 
