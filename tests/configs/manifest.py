@@ -247,6 +247,21 @@ CASES: dict[str, Case] = {
         7,
         "deprecated in OpenVPN 2.3 and removed in 2.4",
     ),
+    "ipv6-transport": Case(
+        "an IPv6 transport profile: udp6 to an IPv6 literal, then a dual-stack name over TCP; "
+        "redirect-gateway for both families, block-ipv6",
+        "usable",
+        "usable",
+    ),
+    "ipv6-literal-udp4": Case(
+        "an IPv6 literal with proto udp4 (a profile edited by hand)",
+        "rejected",
+        "usable",
+        4,
+        "2001:db8:40::1 is an IPv6 address but the protocol is udp4",
+        policy="A remote that can never be reached is an error",
+        note="openvpn goes on retrying the lookup; it never connects",
+    ),
     "broken-pem-ca": Case(
         "a profile whose <ca> block was truncated (one base64 line kept)",
         "rejected",
