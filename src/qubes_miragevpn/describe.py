@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from miragevpn.events import TunnelSettings
+from miragevpn.config.model import HttpProxy
+from miragevpn.events import ProxyRoute, TunnelSettings
 
 from .hooks import Endpoint, Phase, SessionState
 from .transport import UdpStats
@@ -67,8 +68,18 @@ def describe_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+def describe_via(via: ProxyRoute | None) -> str:
+    """The words after a proxy's address: " (SOCKS5 proxy) to vpn.example port 443"; never
+    the proxy's credentials. Empty without a proxy."""
+    if via is None:
+        return ""
+    kind = "HTTP proxy" if isinstance(via.proxy, HttpProxy) else "SOCKS5 proxy"
+    return f" ({kind}) to {via.host} port {via.port}"
+
+
 def describe_endpoint(endpoint: Endpoint) -> str:
-    return f"{endpoint.address} port {endpoint.port} over {endpoint.transport.value.upper()}"
+    where = f"{endpoint.address} port {endpoint.port} over {endpoint.transport.value.upper()}"
+    return where + describe_via(endpoint.via)
 
 
 def describe_state(state: SessionState, now: float, ifname: str | None = None) -> str:

@@ -50,7 +50,7 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from miragevpn import icmp6
 from miragevpn.client import Client
-from miragevpn.config.model import AddressFamily, AuthUserPass, Config, HttpProxy, Transport
+from miragevpn.config.model import AddressFamily, AuthUserPass, Config, Transport
 from miragevpn.errors import ProxyError
 from miragevpn.events import (
     ConnectionRequested,
@@ -58,7 +58,6 @@ from miragevpn.events import (
     DisconnectionRequested,
     Event,
     ProgressReported,
-    ProxyRoute,
     ResolutionRequested,
     SessionEnded,
     SessionRestarting,
@@ -69,6 +68,7 @@ from miragevpn.events import (
 from miragevpn.statickey import StaticKeyClient
 
 from . import transport as transports
+from .describe import describe_via
 from .hooks import Ending, Endpoint, Phase, SessionHooks, SessionOutcome, SessionState
 from .tun import TunDevice
 
@@ -425,7 +425,13 @@ class SessionLoop:
         if not ok or generation != self._generation or self._finished:
             return
         address, port, kind, via = endpoint.address, endpoint.port, endpoint.transport, endpoint.via
-        log.info("connecting to %s port %d over %s%s", address, port, kind.value.upper(), _via(via))
+        log.info(
+            "connecting to %s port %d over %s%s",
+            address,
+            port,
+            kind.value.upper(),
+            describe_via(via),
+        )
         self._enter(Phase.CONNECTING, endpoint=endpoint, detail="")
 
         def on_data(batch: list[bytes]) -> None:
@@ -450,7 +456,11 @@ class SessionLoop:
                 )
         except (OSError, TimeoutError, ProxyError) as e:
             log.warning(
-                "cannot connect to %s port %d%s: %s", address, port, _via(via), e or "timed out"
+                "cannot connect to %s port %d%s: %s",
+                address,
+                port,
+                describe_via(via),
+                e or "timed out",
             )
             if generation == self._generation:
                 self._call(lambda c, now: c.handle_connection_failed(now=now))
@@ -461,7 +471,7 @@ class SessionLoop:
         self._transport = opened
         if isinstance(opened, transports.UdpTransport):
             self._udp_stats = opened.stats
-        log.info("connected to %s port %d%s", address, port, _via(via))
+        log.info("connected to %s port %d%s", address, port, describe_via(via))
         self._enter(Phase.NEGOTIATING, detail="")
         self._call(lambda c, now: c.handle_connected(now=now))
 
@@ -564,11 +574,3 @@ class SessionLoop:
         if self._tun is not None:
             assert self._loop is not None
             self._loop.remove_reader(self._tun.fileno())
-
-
-def _via(via: ProxyRoute | None) -> str:
-    """ " (the proxy) to SERVER port N": never the proxy's credentials."""
-    if via is None:
-        return ""
-    kind = "HTTP proxy" if isinstance(via.proxy, HttpProxy) else "SOCKS5 proxy"
-    return f" ({kind}) to {via.host} port {via.port}"

@@ -6,8 +6,8 @@ import enum
 import ipaddress
 from dataclasses import replace
 
-from miragevpn.config.model import Transport
-from miragevpn.events import DhcpOption, RouteSpec
+from miragevpn.config.model import ProxyCredentials, Secret, SocksProxy, Transport
+from miragevpn.events import DhcpOption, ProxyRoute, RouteSpec
 from qubes_miragevpn.describe import (
     describe_duration,
     describe_settings,
@@ -126,6 +126,22 @@ def test_describe_state_in_each_phase() -> None:
     assert describe_state(up, 225.0, "tun0") == (
         "tunnel up for 2m 5s with 192.0.2.1 port 1194 over UDP: tun0, 10.8.0.2/24, mtu 1500, "
         "cipher AES-256-GCM (tls-ekm)"
+    )
+    proxied = replace(
+        connecting,
+        endpoint=replace(
+            endpoint,
+            port=9050,
+            transport=Transport.TCP,
+            via=ProxyRoute(
+                proxy=SocksProxy("192.0.2.1", 9050, ProxyCredentials("u", Secret(b"pw"))),
+                host="vpn.example",
+                port=443,
+            ),
+        ),
+    )
+    assert describe_state(proxied, 103.0) == (
+        "connecting for 3s to 192.0.2.1 port 9050 over TCP (SOCKS5 proxy) to vpn.example port 443"
     )
     restarting = replace(up, phase=Phase.RESTARTING, detail="ping-restart")
     assert describe_state(restarting, 100.0, "tun0") == "reconnecting for 0s: ping-restart"
