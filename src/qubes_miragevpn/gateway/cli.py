@@ -85,6 +85,8 @@ qubes-miragevpn` (the status line says what it is doing and, when blocked, why);
 `journalctl -u qubes-miragevpn`. `qubes-miragevpn reconnect` retries at once (also after
 AUTH_FAILED); `qubes-miragevpn profile NAME` switches profile (outside Qubes, with
 --qubesdb-file; in Qubes, from dom0: qvm-features sys-vpn vm-config.miragevpn-profile NAME).
+`status` also lists what the AppVMs tried to reach while refused (`run --blocked-report`); to
+name them, from dom0: qvm-features sys-vpn vm-config.miragevpn-names "10.137.0.12=work-vm".
 """
 
 FACTS_FILE_HELP = (

@@ -586,3 +586,28 @@ def test_connections_are_flushed_after_blocked_and_before_ready(fails: bool) -> 
 
     run(scenario())
     assert order == ["flush after ['Blocked'], ready False"]
+
+
+def test_status_carries_the_blocked_traffic_report_and_survives_its_failure() -> None:
+    entry = {"source": {"address": "10.137.0.12", "name": "work-vm"}, "packets": 1}
+    calls: list[int] = []
+
+    def report() -> tuple[dict[str, Any], ...]:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("nft is gone")
+        return (entry,)
+
+    harness = Harness(scripts=[])
+    harness.daemon = GatewayDaemon(
+        read_surroundings=lambda: SURROUNDINGS,
+        load_profile=load_profile,
+        firewall=harness.firewall,
+        routing=harness.routing,
+        blocked_report=report,
+        report_mode="counters",
+    )
+    first = harness.daemon.view()
+    assert first.blocked == (entry,) and first.report_mode == "counters"
+    second = harness.daemon.view()  # the report failing never fails the status
+    assert second.blocked == () and second.report_mode == "counters"
