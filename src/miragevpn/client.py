@@ -36,8 +36,10 @@ from collections.abc import Callable, Sequence
 from typing import assert_never
 
 from . import control
+from .challenge import Challenge
 from .clientstate import (
     TRANSITIONS,
+    Asking,
     Closing,
     Connecting,
     Ended,
@@ -49,6 +51,7 @@ from .clientstate import (
     State,
     Stats,
     Waiting,
+    due_data_packets,
     next_deadline,
 )
 from .config.model import AuthUserPass, Config, Transport
@@ -64,6 +67,7 @@ from .errors import (
     TlsAlertReceived,
 )
 from .events import (
+    ChallengeRequested,
     ControlMessageReceived,
     DisconnectionRequested,
     Event,
@@ -86,7 +90,6 @@ Rng = Callable[[int], bytes]
 WallClock = Callable[[], float]  # Unix time in seconds
 
 PUSH_REQUEST_INTERVAL = 5.0  # push.c: PUSH_REQUEST_INTERVAL
-OCC_EXIT_INTERVAL = 1.0  # §6.8: one OCC_EXIT per second
 _OP_DATA_V1 = int(Opcode.P_DATA_V1)
 _OP_DATA_V2 = int(Opcode.P_DATA_V2)
 _SESSION_STATES = (Handshaking, Pulling, Established, Closing)
@@ -188,6 +191,13 @@ class Client:
         elif isinstance(state, _SESSION_STATES):
             self._fail(control.connection_lost_reason(state), now)
 
+    def answer_challenge(self, response: str, *, now: float) -> None:
+        """The code `ChallengeRequested` asked for: the attempt starts (else: ignored)."""
+        state = self._state
+        if isinstance(state, Asking):
+            self._keying.answer(state.challenge, response)
+            self._start_attempt(now)
+
     def receive(self, data: bytes, *, now: float) -> None:
         state = self._state
         if not isinstance(state, _SESSION_STATES):
@@ -253,7 +263,7 @@ class Client:
                     wall_time = self._wall_clock()
                 out.append(session.wrap.wrap(packet, wall_time))
         if isinstance(state, Established | Closing):
-            out += self._due_data_packets(state, now)
+            out += due_data_packets(state, now, self.stats)
         if out:
             session.last_sent = now
         self.stats.packets_sent += len(out)
@@ -375,25 +385,18 @@ class Client:
     def _receive_control(self, session: Session, packet: ControlPacket, now: float) -> None:
         state = self._state
         assert isinstance(state, _SESSION_STATES)
-        if (
-            packet.opcode is Opcode.P_CONTROL_HARD_RESET_SERVER_V2
-            and session.their_session_id is None
-        ):
-            session.their_session_id = packet.session_id
-            if isinstance(state, Handshaking):
-                state.poll_deadline = None
-        if session.their_session_id is None or packet.session_id != session.their_session_id:
-            self.stats.drop(DropReason.FOREIGN_SESSION_ID)
-            return
-        if packet.acks and packet.remote_session_id != session.my_session_id:
-            self.stats.drop(DropReason.BAD_REMOTE_SESSION_ID)
+        foreign = session.check_ids(packet)
+        if isinstance(state, Handshaking) and session.their_session_id is not None:
+            state.poll_deadline = None  # the server answered
+        if foreign is not None:
+            self.stats.drop(foreign)
             return
         session.last_received = now
         try:
             received = session.keys.receive(
                 packet,
                 now,
-                their_session_id=session.their_session_id,
+                their_session_id=session.their_session_id or b"",
                 may_renegotiate=isinstance(state, Established),
             )
         except ServerCertificateRejected as exc:
@@ -426,8 +429,7 @@ class Client:
         for text in received.messages:
             if self._state is not state and not isinstance(self._state, Established):
                 break
-            keying = self._keying
-            token_in_use = keying.auth_token_in_use and not keying.password_dropped
+            token_in_use = self._keying.token_may_expire
             reactions = control.react(
                 text, self._state, config=self._config, now=now, auth_token_in_use=token_in_use
             )
@@ -458,6 +460,8 @@ class Client:
                     self._forget_password_if_asked()
                 case control.ForgetAuthToken():
                     self._keying.forget_auth_token()
+                case control.AskChallenge(challenge=challenge):
+                    self._ask(challenge, "the server asks for a one-time code")
                 case ProgressReported() | ControlMessageReceived():
                     self._events.append(reaction)
                 case _:
@@ -526,21 +530,6 @@ class Client:
     def _send_text(self, session: Session, text: str) -> None:
         session.text_out.append(encode_control_message(text))
 
-    def _due_data_packets(self, state: Established | Closing, now: float) -> list[bytes]:
-        packet: bytes | None = None
-        if isinstance(state, Established):
-            if state.ping and now >= state.session.last_sent + state.ping:
-                packet = state.data.encrypt_ping()
-                self.stats.pings_sent += packet is not None
-        elif (
-            state.data is not None
-            and state.next_occ_exit is not None
-            and now >= state.next_occ_exit
-        ):
-            packet = state.data.encrypt_occ_exit()
-            state.next_occ_exit = now + OCC_EXIT_INTERVAL
-        return [] if packet is None else [packet]
-
     # ------------------------------------------------------------------ transitions
 
     def _move(self, new: State) -> None:
@@ -555,6 +544,10 @@ class Client:
         self._events.append(ProgressReported(message=message))
 
     def _start_attempt(self, now: float) -> None:
+        question = self._keying.question()
+        if question is not None:
+            self._ask(question, "a one-time code goes with the password (static-challenge)")
+            return
         target = self._remotes.target()
         if target.address is None:
             self._move(Resolving())
@@ -593,6 +586,13 @@ class Client:
         self.stats.restarts += 1
         self._move(Waiting(now + pause))
         self._events.append(SessionRestarting(reason=reason, retry_in=pause))
+
+    def _ask(self, challenge: Challenge, reason: str) -> None:
+        """Wait (no deadline) for `answer_challenge`; the same address is tried next."""
+        if isinstance(self._state, _SESSION_STATES):
+            self._events.append(DisconnectionRequested(reason=reason))
+        self._move(Asking(challenge))
+        self._events.append(ChallengeRequested.of(challenge))
 
     def _end(self, reason: str, error: MirageVPNError | None) -> None:
         if isinstance(self._state, Ended):

@@ -10,6 +10,10 @@ States (per-state data in per-state dataclasses; `TRANSITIONS` lists the legal m
                      └── ping-restart, RESTART, EXIT, transport lost, TCP error ◀───┘
     any ─close()/HALT/AUTH_FAILED/ping-exit/retries exhausted─▶ Closing ─▶ Ended
 
+    Asking: a one-time code is needed (challenge.py): before an attempt (static-challenge,
+    from Waiting) or after the server's CRV1 (from a session); no deadline; the answer starts
+    the attempt (Resolving or Connecting).
+
 Within Established, renegotiation (reference §8) keeps the state: the session's `SessionKeys`
 (keying.py) owns the key states, the data keys and the renegotiation; the states here only hold
 a reference to them (`Established.data` is the same `DataKeys`, read on the fast path).
@@ -21,6 +25,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .challenge import Challenge
 from .compression import DecompressionStats
 from .config.model import Config, Transport
 from .datakeys import DataKeys
@@ -28,6 +33,7 @@ from .errors import DropReason
 from .events import IPAddress, TunnelSettings
 from .framing import StreamDecoder
 from .messages import PushReplyAssembler
+from .packet import ControlPacket, Opcode
 from .push import PushedOptions
 from .tls_wrap import ControlChannelWrap
 
@@ -72,6 +78,17 @@ class Session:
     last_sent: float = 0.0
     text_out: list[bytes] = field(default_factory=list)
     failed_authentication: int = 0  # control packets whose tls-auth/tls-crypt tag failed
+
+    def check_ids(self, packet: ControlPacket) -> DropReason | None:
+        """Learn the server's session id from its reset; why `packet` belongs to another
+        session (dropped), or None."""
+        if packet.opcode is Opcode.P_CONTROL_HARD_RESET_SERVER_V2 and self.their_session_id is None:
+            self.their_session_id = packet.session_id
+        if self.their_session_id is None or packet.session_id != self.their_session_id:
+            return DropReason.FOREIGN_SESSION_ID
+        if packet.acks and packet.remote_session_id != self.my_session_id:
+            return DropReason.BAD_REMOTE_SESSION_ID
+        return None
 
 
 @dataclass(slots=True)
@@ -152,22 +169,54 @@ class Waiting:
 
 
 @dataclass(slots=True)
+class Asking:
+    challenge: Challenge
+
+
+@dataclass(slots=True)
 class Ended:
     pass
 
 
-State = Resolving | Connecting | Handshaking | Pulling | Established | Closing | Waiting | Ended
+State = (
+    Resolving
+    | Connecting
+    | Handshaking
+    | Pulling
+    | Established
+    | Closing
+    | Waiting
+    | Asking
+    | Ended
+)
 
 TRANSITIONS: dict[type, frozenset[type]] = {
     Resolving: frozenset({Connecting, Waiting, Ended}),
     Connecting: frozenset({Handshaking, Waiting, Ended}),
-    Handshaking: frozenset({Pulling, Waiting, Ended}),
-    Pulling: frozenset({Established, Waiting, Ended, Pulling}),
-    Established: frozenset({Waiting, Closing, Ended}),
+    Handshaking: frozenset({Pulling, Waiting, Asking, Ended}),
+    Pulling: frozenset({Established, Waiting, Asking, Ended, Pulling}),
+    Established: frozenset({Waiting, Asking, Closing, Ended}),
     Closing: frozenset({Ended}),
-    Waiting: frozenset({Resolving, Connecting, Ended}),
+    Waiting: frozenset({Resolving, Connecting, Asking, Ended}),
+    Asking: frozenset({Resolving, Connecting, Ended}),
     Ended: frozenset(),
 }
+
+
+OCC_EXIT_INTERVAL = 1.0  # §6.8: one OCC_EXIT per second
+
+
+def due_data_packets(state: Established | Closing, now: float, stats: Stats) -> list[bytes]:
+    """The keepalive ping (Established) or the next OCC_EXIT (Closing) if it is due."""
+    packet: bytes | None = None
+    if isinstance(state, Established):
+        if state.ping and now >= state.session.last_sent + state.ping:
+            packet = state.data.encrypt_ping()
+            stats.pings_sent += packet is not None
+    elif state.data is not None and state.next_occ_exit is not None and now >= state.next_occ_exit:
+        packet = state.data.encrypt_occ_exit()
+        state.next_occ_exit = now + OCC_EXIT_INTERVAL
+    return [] if packet is None else [packet]
 
 
 def next_deadline(state: State) -> float | None:

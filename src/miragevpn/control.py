@@ -11,7 +11,9 @@ the client's reactions, in order, as values; it changes nothing. The client (cli
                 UseAuthToken, progress notes; a broken or unusable reply: Restart / Stop.
                 When Established (after renegotiation): only UseAuthToken.
     AUTH_FAILED ForgetAuthToken; then, as OpenVPN's receive_auth_failed: TEMP[backoff N,
-                advance ...] → Restart after at least N s (no advance by default); after an
+                advance ...] → Restart after at least N s (no advance by default); CRV1:...
+                (a dynamic challenge, challenge.py) → AskChallenge, whatever auth-retry says
+                (OpenVPN's console client would need auth-retry interact); after an
                 auth-token → Restart at once with the password; `auth-retry nointeract` or
                 `interact` → Restart; otherwise Stop (error: `AuthFailed`, the server's reason)
     AUTH_PENDING ExtendHandWindow by its timeout (capped by messages.py); progress
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .challenge import DYNAMIC_PREFIX, Challenge, parse_dynamic_challenge
 from .cipherchoice import choose_data_cipher
 from .clientstate import Established, Handshaking, Pulling, Session, State
 from .compression import DecompressionStats, session_decompression
@@ -58,6 +61,7 @@ from .tls_wrap import authentication_failure_hint
 from .tunnelsettings import resolve_tunnel_settings
 
 __all__ = [
+    "AskChallenge",
     "CollectPushReply",
     "ExtendHandWindow",
     "ForgetAuthToken",
@@ -127,8 +131,17 @@ class ForgetAuthToken:
     """The auth-token is no longer good: later key states send the configured password."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AskChallenge:
+    """The server asks for a one-time code (CRV1): leave this attempt, ask, then reconnect to
+    the same address with the answer."""
+
+    challenge: Challenge
+
+
 Reaction = (
     RestartSession
+    | AskChallenge
     | StopSession
     | CollectPushReply
     | Tunnel
@@ -181,6 +194,12 @@ def react(
                 backoff, advance = temp_failure(reason)
                 restart = RestartSession(reason=str(error), advance=advance, backoff=backoff)
                 return [ForgetAuthToken(), restart]
+            if reason.startswith(DYNAMIC_PREFIX):
+                challenge = parse_dynamic_challenge(reason)
+                if challenge is not None:
+                    return [ForgetAuthToken(), AskChallenge(challenge=challenge)]
+                why = f"{error}: its one-time code request (CRV1) is malformed"
+                return [ForgetAuthToken(), StopSession(reason=why, error=error)]
             if auth_token_in_use:
                 why = f"{error}; the auth-token may have expired: trying the password again"
                 return [ForgetAuthToken(), RestartSession(reason=why, advance=Advance.NO)]

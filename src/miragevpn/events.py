@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .challenge import Challenge, ChallengeKind
 from .config.model import AddressFamily, DhcpOption, Proxy, Transport
 from .errors import MirageVPNError
 
@@ -125,6 +126,29 @@ class SessionRestarting:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChallengeRequested:
+    """A one-time code is needed: ask the user `text` (show the typing only if `echo`) and
+    answer with `answer_challenge(response, now=...)`; or `close()` to give up. The client
+    waits without a deadline: how long a person may take is the runtime's decision.
+
+    `dynamic`: the server asked after the password (CRV1); else the config's static-challenge,
+    asked before connecting."""
+
+    text: str
+    echo: bool
+    dynamic: bool
+    response_required: bool = True
+
+    @classmethod
+    def of(cls, challenge: Challenge) -> ChallengeRequested:
+        dynamic = challenge.kind is ChallengeKind.DYNAMIC
+        required = challenge.response_required
+        return cls(
+            text=challenge.text, echo=challenge.echo, dynamic=dynamic, response_required=required
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionEnded:
     """Terminal: AUTH_FAILED, HALT, ping-exit, retries exhausted, or `close()` completed."""
 
@@ -141,5 +165,6 @@ Event = (
     | TunnelEstablished
     | ControlMessageReceived
     | SessionRestarting
+    | ChallengeRequested
     | SessionEnded
 )

@@ -2,7 +2,10 @@
 
 - `Keying` (one per client): the credentials and the pushed auth-token (reference §7.3), the TLS
   settings; it makes sessions (`new_session`): session ids, control-channel wrapping and the
-  session's `SessionKeys`.
+  session's `SessionKeys`. A one-time code (challenge.py) goes with the next session only: the
+  static challenge's SCRV1 password or the CRV1 answer is what that session's key states
+  send (renegotiations too, as OpenVPN resends its cached password); a later session without
+  an auth-token needs a new code (`question`).
 - `SessionKeys` (one per session) is the only writer of the session's key states (by key id),
   its data keys and its renegotiation. Its methods say what happened (`KeysReceived`,
   `KeysTimer`, the key id a renegotiation began with); the client turns that into events and
@@ -22,6 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
+from .challenge import (
+    Challenge,
+    ChallengeKind,
+    dynamic_response_password,
+    static_response_password,
+)
 from .clientstate import Session
 from .config.model import AuthUserPass, Config, Secret, Transport
 from .datakeys import DataChannelParams, DataKeys, derive_key2
@@ -93,6 +102,7 @@ class Keying:
         self.tls_ekm = tls_ekm
         self._auth_token: Secret | None = None
         self._auth_token_user: str | None = None
+        self._answer: tuple[str, Secret] | None = None  # for the next session only
         self._tls_settings = TlsSettings.from_config(config)
         build_context(self._tls_settings)  # configuration errors surface now, not at connect
 
@@ -107,11 +117,6 @@ class Keying:
 
     def forget_auth_token(self) -> None:
         self._auth_token = None
-
-    @property
-    def auth_token_in_use(self) -> bool:
-        """Whether the next key state sends the server's auth-token instead of the password."""
-        return self._auth_token is not None
 
     def tunnel_authenticated(self) -> bool:
         """The server accepted us (PUSH_REPLY). With `auth-nocache` and an auth-token, the
@@ -135,13 +140,46 @@ class Keying:
             self._config.auth_nocache and credentials is not None and credentials.password is None
         )
 
-    def _username_password(self) -> tuple[str | None, bytes | None]:
+    @property
+    def token_may_expire(self) -> bool:
+        """The next AUTH_FAILED may mean the auth-token expired (a password to fall back to)."""
+        return self._auth_token is not None and not self.password_dropped
+
+    def question(self) -> Challenge | None:
+        """The static challenge to ask before the next attempt: configured, a password will
+        be sent (no auth-token), and not answered yet."""
+        challenge = self._config.static_challenge
+        if challenge is None or self._credentials is None:
+            return None
+        if self._auth_token is not None or self._answer is not None:
+            return None
+        return Challenge(kind=ChallengeKind.STATIC, text=challenge.text, echo=challenge.echo)
+
+    def answer(self, challenge: Challenge, response: str) -> None:
+        """The user's code for `challenge`: the next session authenticates with it."""
+        code = response.encode("utf-8")
+        if challenge.kind is ChallengeKind.DYNAMIC:
+            password = dynamic_response_password(challenge.state_id, code)
+            self._answer = (challenge.username, Secret(password))
+            return
+        credentials = self._credentials
+        username, plain = "", b""
+        if credentials is not None:
+            username = credentials.username or ""
+            plain = credentials.password.value if credentials.password is not None else b""
+        self._answer = (username, Secret(static_response_password(plain, code)))
+
+    def _username_password(
+        self, answer: tuple[str, Secret] | None
+    ) -> tuple[str | None, bytes | None]:
         credentials = self._credentials
         if credentials is None:
             return None, None
         username = self._auth_token_user or credentials.username or ""
         if self._auth_token is not None:
             return username, self._auth_token.value
+        if answer is not None:
+            return answer[0], answer[1].value
         password = credentials.password.value if credentials.password is not None else b""
         return username, password
 
@@ -159,9 +197,10 @@ class Keying:
             else Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
         )
         my_session_id = self._session_id()
+        answer, self._answer = self._answer, None
 
         def make_key_state(key_id: int, opcode: Opcode, started: float) -> KeyState:
-            return self._new_key_state(wrap, transport, key_id, opcode, started)
+            return self._new_key_state(wrap, transport, key_id, opcode, started, answer)
 
         keys = SessionKeys(
             config,
@@ -197,11 +236,13 @@ class Keying:
         key_id: int,
         reset: Opcode,
         now: float,
+        answer: tuple[str, Secret] | None,
     ) -> KeyState:
         """A key state with a fresh TLS session and our key-method-2 message (credentials as
-        they are now: a renegotiation sends the auth-token pushed since)."""
+        they are now: a renegotiation sends the auth-token pushed since; else the session's
+        one-time answer, else the password)."""
         config = self._config
-        username, password = self._username_password()
+        username, password = self._username_password(answer)
         message, source = client_key_method_2(
             config,
             self._rng,

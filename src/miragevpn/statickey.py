@@ -358,6 +358,10 @@ class StaticKeyClient:
         del now
         self._end("closed", None)
 
+    def answer_challenge(self, response: str, *, now: float) -> None:
+        """Nothing is ever asked without TLS (no auth-user-pass in static-key mode)."""
+        del response, now
+
     # ------------------------------------------------------------------ internals
 
     def _receive_packet(self, state: _Up, packet: bytes, now: float) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import ipaddress
 import typing
 
+from miragevpn.challenge import Challenge, ChallengeKind
 from miragevpn.clientstate import (
     TRANSITIONS,
+    Asking,
     Closing,
     Connecting,
     Ended,
@@ -81,9 +83,14 @@ def test_the_table_allows_only_the_protocols_order() -> None:
     # every state that tried and failed may wait and try again (not Closing, not Ended)
     assert {s for s in ALL_STATES if Waiting in TRANSITIONS[s]} == ALL_STATES - {
         Waiting,
+        Asking,
         Closing,
         Ended,
     }
+    # a one-time code is asked before an attempt (static) or after the server asked (CRV1,
+    # AUTH_FAILED: pulling, or a renegotiation); the answer starts the next attempt
+    assert into[Asking] == {Waiting, Handshaking, Pulling, Established}
+    assert TRANSITIONS[Asking] == {Resolving, Connecting, Ended}
     assert SESSION_STATES.isdisjoint(TRANSITIONS[Waiting])  # a session starts by connecting
 
 
@@ -91,6 +98,8 @@ def test_states_without_a_session_have_their_own_deadline_or_none() -> None:
     assert next_deadline(Waiting(T0 + 7)) == T0 + 7
     assert next_deadline(Connecting(SERVER, T0 + 3)) == T0 + 3
     assert next_deadline(Resolving()) is None
+    question = Challenge(kind=ChallengeKind.STATIC, text="Code", echo=False)
+    assert next_deadline(Asking(question)) is None  # a person takes the time they take
     assert next_deadline(Ended()) is None
 
 

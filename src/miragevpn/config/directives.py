@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import credentials as c
 from . import handlers as h
 from . import pkihandlers as pk
 from . import proxies as px
@@ -157,9 +158,10 @@ TABLE: dict[str, Spec] = {
     "replay-window": used(h.h_replay_window, 1, 2),
     "mute-replay-warnings": used(h.flag("mute_replay_warnings")),
     # user/password
-    "auth-user-pass": used(h.h_auth_user_pass, 0, 1, inline=True),
+    "auth-user-pass": used(c.h_auth_user_pass, 0, 1, inline=True),
     "auth-nocache": used(h.flag("auth_nocache")),
-    "auth-retry": used(h.h_auth_retry, 1, 1),
+    "auth-retry": used(c.h_auth_retry, 1, 1),
+    "static-challenge": used(c.h_static_challenge, 2, 3),
     # timers
     **{name: used(handler, 1, 1, conn=name in _CONN_TIMERS) for name, handler in _TIMERS.items()},
     "keepalive": used(h.h_keepalive, 2, 2),
@@ -313,10 +315,6 @@ TABLE: dict[str, Spec] = {
     "shaper": rejected("traffic shaping is not implemented"),
     "http-proxy-override": rejected(MANAGEMENT),
     "gremlin": rejected("a testing option that damages traffic on purpose"),
-    "static-challenge": rejected(
-        "one-time codes (static-challenge) are not asked for yet; the server would refuse the "
-        "login without one"
-    ),
     "compat-names": rejected("removed in OpenVPN 2.5"),
     "plugin": rejected("plugins are never loaded by this client"),
     "tls-verify": rejected(

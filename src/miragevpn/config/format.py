@@ -242,6 +242,8 @@ def format_config(c: Config) -> str:
         add("auth-nocache")
     if c.auth_retry is not AuthRetry.NONE:
         add(f"auth-retry {c.auth_retry.value}")
+    if c.static_challenge is not None:
+        add(f"static-challenge {quote(c.static_challenge.text)} {int(c.static_challenge.echo)}")
 
     for name, value in (
         ("ping", c.ping),

@@ -16,8 +16,6 @@ from .keys import KeyMaterialError
 from .lexer import Directive
 from .model import (
     AllowCompression,
-    AuthRetry,
-    AuthUserPass,
     Compression,
     DhcpOption,
     IfConfig,
@@ -31,7 +29,6 @@ from .model import (
     RouteGatewayDhcp,
     RouteGatewayKeyword,
     RouteIPv6,
-    Secret,
     StaticKey,
     TlsVersion,
     Topology,
@@ -360,34 +357,6 @@ def h_replay_window(ctx: Context, d: Directive) -> None:
     packets = values.integer(d, 0, lo=64, hi=65536)
     secs = values.seconds(d, 1, lo=1) if len(d.args) > 1 else ReplayWindow().seconds
     ctx.put(d, "replay_window", ReplayWindow(packets, secs))
-
-
-# --------------------------------------------------------------------------- user/password
-
-
-def h_auth_user_pass(ctx: Context, d: Directive) -> None:
-    if d.inline is None and not d.args:
-        ctx.put(d, "auth_user_pass", AuthUserPass())
-        return
-    data, _inline, rest = ctx.material(d, "the credentials")
-    if rest:
-        raise error(d, "takes one file name", 1)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise error(d, "the credentials are not UTF-8 text", 0 if d.args else None) from None
-    lines = [line.rstrip("\r") for line in text.split("\n")]
-    username = lines[0].strip() if lines else ""
-    if not username:
-        raise error(d, "the credentials' first line (the user name) is empty")
-    password = lines[1].rstrip() if len(lines) > 1 and lines[1].rstrip() else None
-    ctx.put(
-        d, "auth_user_pass", AuthUserPass(username, Secret(password.encode()) if password else None)
-    )
-
-
-def h_auth_retry(ctx: Context, d: Directive) -> None:
-    ctx.put(d, "auth_retry", AuthRetry(values.choice(d, 0, ("none", "nointeract", "interact"))))
 
 
 # --------------------------------------------------------------------------- timers

@@ -164,6 +164,14 @@ class AuthUserPass:
     password: Secret | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StaticChallenge:
+    """`static-challenge TEXT ECHO`: a one-time code asked with the password (SCRV1)."""
+
+    text: str  # shown when asking
+    echo: bool  # the code may be shown while typed
+
+
 class AuthRetry(enum.Enum):
     NONE = "none"
     NOINTERACT = "nointeract"
@@ -358,6 +366,7 @@ class Config:
     auth_user_pass: AuthUserPass | None = None
     auth_nocache: bool = False
     auth_retry: AuthRetry = AuthRetry.NONE
+    static_challenge: StaticChallenge | None = None
 
     # timers (seconds; None = off / infinite)
     ping: float | None = None

@@ -379,6 +379,9 @@ def _compression(glob: dict[str, list[Setting]], fields: dict[str, object]) -> N
 
 def _advice(ctx: Context, glob: dict[str, list[Setting]], fields: dict[str, object]) -> None:
     """Warnings OpenVPN 2.6 gives too: settings that do less than they seem to."""
+    challenge = _at(glob, "static_challenge")
+    if challenge is not None and "auth_user_pass" not in glob:
+        ctx.warn_setting(challenge, "has no effect without auth-user-pass (as in OpenVPN)")
     cipher = _at(glob, "cipher")
     ciphers = fields.get("data_ciphers", Config().data_ciphers)
     assert isinstance(ciphers, tuple)

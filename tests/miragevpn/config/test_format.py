@@ -78,6 +78,7 @@ OTHER = st.sampled_from(
         "remote-cert-tls server",
         "tls-version-min 1.2 or-highest",
         "auth-retry nointeract",
+        'static-challenge "Enter the code: \\"6 digits\\"" 1',
         "float",
         "nobind",
     ]

@@ -309,7 +309,6 @@ def test_a_later_inline_block_replaces_a_file_directive_unread(read_file: Reader
         ("compat-names", "removed in OpenVPN 2.5"),
         ("ifconfig-push 10.0.0.2 10.0.0.1", "not supported here: a server-side option"),
         ("show-ciphers", "a command-line action"),
-        ("static-challenge 'Code' 1", "one-time codes"),
         ("pkcs11-pin-cache 60", "PKCS#11"),
     ],
 )
@@ -317,6 +316,27 @@ def test_real_options_we_do_not_implement_say_so(
     read_file: Reader, line: str, fragment: str
 ) -> None:
     fails(BASE + line + "\n", read_file, fragment, 7)
+
+
+def test_static_challenge_as_openvpn_2_6_reads_it(read_file: Reader) -> None:
+    creds = "auth-user-pass\n"
+    c = parse(BASE + creds + 'static-challenge "Enter the code" 1\n', read_file)
+    assert c.static_challenge is not None
+    assert (c.static_challenge.text, c.static_challenge.echo) == ("Enter the code", True)
+    c = parse(BASE + creds + "static-challenge Code 0\n", read_file)
+    assert c.static_challenge is not None and not c.static_challenge.echo
+    # atoi: "yes" is 0, with a warning; "2" echoes
+    c = parse(BASE + creds + "static-challenge Code yes\n", read_file)
+    assert c.static_challenge is not None and not c.static_challenge.echo
+    assert any("read as 0" in w.message and w.line == 8 for w in c.warnings)
+    c = parse(BASE + creds + "static-challenge Code 2\n", read_file)
+    assert c.static_challenge is not None and c.static_challenge.echo
+    # 2.6.14 refuses the format argument of 2.7
+    fails(BASE + creds + "static-challenge Code 1 concat\n", read_file, "came with OpenVPN 2.7", 8)
+    fails(BASE + creds + "static-challenge Code\n", read_file, "", 8)
+    # without auth-user-pass it does nothing: said so
+    c = parse(BASE + "static-challenge Code 1\n", read_file)
+    assert any("without auth-user-pass" in w.message for w in c.warnings)
 
 
 OPENVPN_OPTIONS = Path(__file__).with_name("openvpn-2.6.14-options.txt")
