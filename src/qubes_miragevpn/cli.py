@@ -45,7 +45,8 @@ exit codes:
   {ExitCode.CONFIG:d}  the configuration cannot be used (printed as FILE:LINE: message)
   {ExitCode.USAGE:d}  bad command line
   {ExitCode.SESSION_FAILED:d}  the session ended on an error: authentication failed, the server
-     halted us, or the connection retries ran out
+     halted us, the connection retries ran out, or a one-time code was needed
+     (static-challenge, or the server asked) and standard input is not a terminal
   {ExitCode.SETUP_FAILED:d}  local set-up failed (tun device or routes; are you root?)
 
 examples:

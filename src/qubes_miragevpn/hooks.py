@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from miragevpn.config.model import Transport
-from miragevpn.events import ProxyRoute, TunnelSettings
+from miragevpn.events import ChallengeRequested, ProxyRoute, TunnelSettings
 
 from .tun import TunDevice
 
@@ -72,6 +72,16 @@ class SessionHooks(Protocol):
         """Called once, just before `run()` returns `outcome`."""
         ...
 
+    async def answer_challenge(self, challenge: ChallengeRequested) -> str:
+        """A one-time code is needed: return it (never log it). Not serialized with the other
+        hooks, and cancelled when the session ends (close() while asking); raise
+        `CannotAsk` when there is no one to ask (the session ends, FAILED, with its words)."""
+        ...
+
+
+class CannotAsk(Exception):
+    """The application has no way to ask for a one-time code (no terminal, ...)."""
+
 
 class Phase(enum.Enum):
     """Where a session is (the `.value` is said in words)."""
@@ -80,6 +90,7 @@ class Phase(enum.Enum):
     RESOLVING = "resolving the server's name"
     CONNECTING = "connecting"
     NEGOTIATING = "connected, negotiating"  # transport open: TLS, authentication, options
+    ASKING = "waiting for a one-time code"  # detail: the challenge text
     UP = "tunnel up"
     RESTARTING = "reconnecting"
     CLOSING = "closing"

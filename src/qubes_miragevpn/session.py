@@ -24,6 +24,9 @@ its application (`SessionHooks`) at every step that is the application's to deci
                 comes earlier than the armed one (a later deadline is left to an early wake-up,
                 which costs one no-op handle_timer, instead of a cancel + call_later per batch)
     restart     SessionRestarting → `hooks.restarting(reason, retry_in)`
+    code        ChallengeRequested → phase ASKING (detail: the challenge text) and a task that
+                awaits `hooks.answer_challenge(challenge)` → client.answer_challenge(code);
+                the task is cancelled when the session ends; `CannotAsk` ends it (FAILED)
     progress    ProgressReported → `hooks.progress(message)`
     end         SessionEnded, a failed hook, or `close()` → `hooks.ended(outcome)`; `run()`
                 returns the same `SessionOutcome`
@@ -53,6 +56,7 @@ from miragevpn.client import Client
 from miragevpn.config.model import AddressFamily, AuthUserPass, Config, Transport
 from miragevpn.errors import ProxyError
 from miragevpn.events import (
+    ChallengeRequested,
     ConnectionRequested,
     ControlMessageReceived,
     DisconnectionRequested,
@@ -69,7 +73,7 @@ from miragevpn.statickey import StaticKeyClient
 
 from . import transport as transports
 from .describe import describe_via
-from .hooks import Ending, Endpoint, Phase, SessionHooks, SessionOutcome, SessionState
+from .hooks import CannotAsk, Ending, Endpoint, Phase, SessionHooks, SessionOutcome, SessionState
 from .tun import TunDevice
 
 __all__ = [
@@ -111,6 +115,7 @@ class EngineClient(Protocol):
     def handle_connection_failed(self, *, now: float) -> None: ...
     def handle_connection_lost(self, *, now: float) -> None: ...
     def close(self, *, now: float) -> None: ...
+    def answer_challenge(self, response: str, *, now: float) -> None: ...
 
 
 ClientFactory = Callable[[Config, float], EngineClient]
@@ -344,6 +349,11 @@ class SessionLoop:
                 log.warning("session lost (%s); reconnecting in %.1fs", reason, retry_in)
                 self._enter(Phase.RESTARTING, detail=reason)
                 self._hooks.restarting(reason, retry_in)
+            case ChallengeRequested(text=text, dynamic=dynamic):
+                who = "the server asks for" if dynamic else "the profile asks for"
+                log.warning("%s a one-time code: %s", who, text)
+                self._enter(Phase.ASKING, detail=text)
+                self._spawn(self._ask(event))
             case SessionEnded(reason=reason, error=error):
                 self._close_transport()
                 if error is None:
@@ -396,6 +406,17 @@ class SessionLoop:
             self._tun = tun
             self._loop.add_reader(tun.fileno(), self._on_tun_readable)
         self._enter(Phase.UP, settings=settings, detail="")
+
+    async def _ask(self, challenge: ChallengeRequested) -> None:
+        try:
+            code = await self._hooks.answer_challenge(challenge)
+        except CannotAsk as e:
+            log.error("%s", e)
+            self._finish(SessionOutcome(ending=Ending.FAILED, reason=str(e), error=e))
+            return
+        if not self._finished:
+            log.info("one-time code given; connecting")
+            self._call(lambda c, now: c.answer_challenge(code, now=now))
 
     # ------------------------------------------------------------------ IO callbacks
 

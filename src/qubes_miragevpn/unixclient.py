@@ -8,6 +8,8 @@ What it decides (`SessionHooks`), and what it owns around the loop:
                 `route-nopull`); a change the kernel refuses is logged, skipped and counted;
                 then "tunnel up: ..." in the log and READY=1 to systemd
     connect     nothing to prepare (no firewall of its own)
+    code        a one-time code is asked on the terminal (asktty.py; echoed only if the
+                challenge says so); without a terminal the session ends (exit 3)
     signals     SIGTERM/SIGINT → the loop's orderly close (explicit-exit-notify, bounded), a
                 second signal stops at once; SIGUSR1 (and OpenVPN's SIGUSR2) → the state and
                 statistics lines (`describe`), which are also logged at exit
@@ -27,8 +29,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from miragevpn.config.model import Config
-from miragevpn.events import TunnelSettings
+from miragevpn.events import ChallengeRequested, TunnelSettings
 
+from .asktty import ask_on_terminal
 from .describe import describe_settings, describe_state, describe_stats, describe_udp_stats
 from .netlink import Netlink, NetworkConfigurator, TunnelSetupError
 from .sdnotify import sd_notify
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STATS_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # log the statistics (SIGUSR2: OpenVPN's)
 Notify = Callable[[str], object]
+AskCode = Callable[[ChallengeRequested], Awaitable[str]]
 OpenNetwork = Callable[[], Awaitable[NetworkConfigurator]]
 
 
@@ -90,8 +94,10 @@ class UnixClient:
         notify: Notify = sd_notify,
         clock: Callable[[], float] = time.monotonic,
         close_timeout: float = CLOSE_TIMEOUT,
+        ask_code: AskCode = ask_on_terminal,
     ) -> None:
         self._config = config
+        self._ask_code = ask_code
         self._tun_name = tun_name
         self._open_network = open_network
         self._notify = notify
@@ -183,6 +189,10 @@ class UnixClient:
 
     def restarting(self, reason: str, retry_in: float) -> None:
         self._notify(f"STATUS=reconnecting: {reason}")
+
+    async def answer_challenge(self, challenge: ChallengeRequested) -> str:
+        self._notify(f"STATUS=waiting for a one-time code: {challenge.text}")
+        return await self._ask_code(challenge)
 
     def progress(self, message: str) -> None:
         self._notify(f"STATUS={message}")

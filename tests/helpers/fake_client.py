@@ -7,7 +7,9 @@ ends in `SessionEnded`), over a toy wire protocol that a test can play the serve
     client → server   b"HELLO" after connecting, b"PING" on each keepalive deadline,
                       b"D" + packet for each tunnel packet, b"EXIT" on close()
     server → client   b"WELCOME" (tunnel up), b"D" + packet (to the tun), b"RESTART" (session
-                      lost, reconnect after `retry_in`), b"HALT" (terminal error)
+                      lost, reconnect after `retry_in`), b"HALT" (terminal error), b"CODE?"
+                      (before WELCOME: a one-time code is asked, ChallengeRequested; the
+                      answer, kept in `answers`, starts a new connection: b"HELLO " + code)
 
 Like the engine, it keeps `stats` (the engine's counter names: packets/bytes in and out, tunnel
 packets, drops by reason); a datagram it does not understand is dropped as "unknown packet".
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from miragevpn.config.model import Config, Transport
 from miragevpn.errors import RemoteProtocolError
 from miragevpn.events import (
+    ChallengeRequested,
     ConnectionRequested,
     DisconnectionRequested,
     Event,
@@ -98,6 +101,7 @@ class ScriptedClient:
         self.state = "resolving"
         self.deadline: float | None = None
         self.calls: list[str] = []
+        self.answers: list[str] = []
         self.stats = FakeStats()
         self._request_resolution()
 
@@ -120,6 +124,10 @@ class ScriptedClient:
             self.events.append(SessionRestarting(reason="server restart", retry_in=self.retry_in))
             self.events.append(DisconnectionRequested(reason="server restart"))
             self.deadline = now + self.retry_in
+        elif self.state == "connected" and data == b"CODE?":
+            self.state = "asking"
+            self.events.append(DisconnectionRequested(reason="a code is asked"))
+            self.events.append(ChallengeRequested(text="Enter code", echo=False, dynamic=True))
         elif data == b"HALT":
             self.state = "ended"
             self.events.append(DisconnectionRequested(reason="HALT"))
@@ -190,7 +198,7 @@ class ScriptedClient:
         self.calls.append("connected")
         self.state = "connected"
         self.events.append(ProgressReported(message="TLS handshake"))
-        self.outbox.append(b"HELLO")
+        self.outbox.append(b"HELLO " + self.answers[-1].encode() if self.answers else b"HELLO")
 
     def handle_connection_failed(self, now: float) -> None:
         self.calls.append("connection_failed")
@@ -204,9 +212,20 @@ class ScriptedClient:
         self.events.append(SessionRestarting(reason="connection lost", retry_in=self.retry_in))
         self.deadline = now + self.retry_in
 
+    def answer_challenge(self, response: str, *, now: float) -> None:
+        self.calls.append("answer")
+        if self.state != "asking":
+            return
+        self.answers.append(response)
+        self._request_resolution()
+
     def close(self, now: float) -> None:
         self.calls.append("close")
         if self.state == "ended":
+            return
+        if self.state == "asking":
+            self.state = "ended"
+            self.events.append(SessionEnded(reason="closed"))
             return
         self.outbox.append(b"EXIT")
         self.state = "closing"

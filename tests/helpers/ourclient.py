@@ -103,10 +103,11 @@ class OurClient:
         *,
         args: tuple[str, ...] = (),
         hosts: str | None = None,
+        stdin: int | None = subprocess.DEVNULL,
     ) -> OurClient:
         """`hosts`: the text of an /etc/hosts that only this client sees (bind-mounted in a
         private mount namespace of its own; the machine's /etc/hosts is not touched), so that
-        libc's getaddrinfo resolves test names for real."""
+        libc's getaddrinfo resolves test names for real.; `stdin`: e.g. a pty\'s terminal end, for the client\'s prompts."""
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "miragevpn-client.conf"
         config.write_text(config_text)
@@ -117,7 +118,7 @@ class OurClient:
             hosts_path.write_text(hosts)
             argv = [*private_hosts(hosts_path), *argv]
         with log.open("ab") as out:
-            proc = ns.spawn(argv, stdout=out)
+            proc = ns.spawn(argv, stdout=out, stdin=stdin)
         return cls(ns, config, log, proc)
 
     def log_text(self) -> str:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from miragevpn.config.model import Config, Proto, Remote, SocksProxy, Transport
-from miragevpn.events import TunnelSettings
+from miragevpn.events import ChallengeRequested, TunnelSettings
 from miragevpn.icmp6 import IPV6_HEADER, unreachable_reply
+from qubes_miragevpn.hooks import CannotAsk
 from qubes_miragevpn.session import Ending, Endpoint, Phase, SessionLoop, SessionOutcome
 from qubes_miragevpn.transport import SO_MARK, UdpTransport
 from tests.helpers.fake_client import SETTINGS, FakeTun, ScriptedClient
@@ -40,6 +41,17 @@ class RecordingHooks:
     refuse_tunnel: bool = False
     before_connect_saw: list[int] = field(default_factory=list)  # server datagrams seen then
     server: UdpServer | None = None
+    code: str | None = None  # answer_challenge's answer; None: CannotAsk
+    code_delay: float = 0.0
+    asked: list[ChallengeRequested] = field(default_factory=list)
+
+    async def answer_challenge(self, challenge: ChallengeRequested) -> str:
+        self.calls.append("answer_challenge")
+        self.asked.append(challenge)
+        await asyncio.sleep(self.code_delay)
+        if self.code is None:
+            raise CannotAsk("nobody to ask")
+        return self.code
 
     async def before_connect(self, endpoint: Endpoint) -> None:
         self.calls.append("before_connect")
@@ -229,6 +241,58 @@ def test_restart_keeps_the_tun_and_reconnects() -> None:
     assert hooks.calls.count("tunnel_up") == 2
     assert hooks.calls.count("before_connect") == 2
     assert "restarting: server restart" in hooks.calls
+
+
+def test_a_one_time_code_is_asked_of_the_application_and_given_to_the_engine() -> None:
+    hooks = RecordingHooks(code="424242", code_delay=0.2)
+
+    async def body(server: UdpServer, port: int) -> None:
+        session, clients = make_session(port, Transport.UDP, hooks)
+        run = asyncio.create_task(session.run())
+        await server.expect(b"HELLO")
+        server.send(b"CODE?")
+        await asyncio.sleep(0.1)
+        assert session.state.phase is Phase.ASKING and session.state.detail == "Enter code"
+        await server.expect(b"HELLO 424242")  # the engine reconnected with the answer
+        server.send(b"WELCOME")
+        await server.expect(b"PING")
+        assert clients[0].answers == ["424242"]
+        session.close()
+        await asyncio.wait_for(run, TIMEOUT)
+
+    asyncio.run(with_udp_server(body))
+    assert hooks.asked == [ChallengeRequested(text="Enter code", echo=False, dynamic=True)]
+
+
+def test_nobody_to_ask_ends_the_session_and_close_cancels_the_question() -> None:
+    hooks = RecordingHooks(code=None)
+
+    async def body(server: UdpServer, port: int) -> None:
+        session, _ = make_session(port, Transport.UDP, hooks)
+        run = asyncio.create_task(session.run())
+        await server.expect(b"HELLO")
+        server.send(b"CODE?")
+        outcome = await asyncio.wait_for(run, TIMEOUT)
+        assert outcome.ending is Ending.FAILED and outcome.reason == "nobody to ask"
+        assert isinstance(outcome.error, CannotAsk)
+
+    asyncio.run(with_udp_server(body))
+    waiting = RecordingHooks(code="1", code_delay=60.0)
+
+    async def closing(server: UdpServer, port: int) -> None:
+        session, clients = make_session(port, Transport.UDP, waiting)
+        run = asyncio.create_task(session.run())
+        await server.expect(b"HELLO")
+        server.send(b"CODE?")
+        await asyncio.sleep(0.1)
+        started = asyncio.get_running_loop().time()
+        session.close()
+        outcome = await asyncio.wait_for(run, TIMEOUT)
+        assert asyncio.get_running_loop().time() - started < 2.0  # not the hook's 60 s
+        assert outcome == SessionOutcome(ending=Ending.CLOSED, reason="closed")
+        assert clients[0].answers == []
+
+    asyncio.run(with_udp_server(closing))
 
 
 def test_a_new_tun_from_tunnel_up_replaces_the_old_one() -> None:
