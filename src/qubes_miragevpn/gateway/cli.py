@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from . import blocked, control, nft
+from . import blocked, control, lifecycle, nft
 from .conntrack import ConntrackError, flush_connections
 from .daemon import (
     SOCKET_MARK,
@@ -83,7 +84,9 @@ examples:
 Status: `qubes-miragevpn status` (or `--json`, fields in docs/status.md), or `systemctl status
 qubes-miragevpn` (the status line says what it is doing and, when blocked, why); logs:
 `journalctl -u qubes-miragevpn`. `qubes-miragevpn reconnect` retries at once (also after
-AUTH_FAILED); `qubes-miragevpn profile NAME` switches profile (outside Qubes, with
+AUTH_FAILED); `qubes-miragevpn answer CODE` gives the one-time code the VPN waits for (a
+notification says when; without CODE it is read from the terminal or standard input);
+`qubes-miragevpn profile NAME` switches profile (outside Qubes, with
 --qubesdb-file; in Qubes, from dom0: qvm-features sys-vpn vm-config.miragevpn-profile NAME).
 `status` also lists what the AppVMs tried to reach while refused (`run --blocked-report`); to
 name them, from dom0: qvm-features sys-vpn vm-config.miragevpn-names "10.137.0.12=work-vm".
@@ -165,7 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--qubesdb-file: into that file) and reconnects.",
     )
     profile.add_argument("name", metavar="NAME", help="the profile's file name, e.g. work.ovpn")
-    for sub in (status, reconnect, profile):
+    answer = commands.add_parser(
+        "answer",
+        help="give the one-time code the VPN login waits for (status says when and why)",
+        description="The session waits (AppVMs blocked) for a one-time code: the profile's "
+        f"static-challenge or the server's challenge; after {lifecycle.ANSWER_TIMEOUT:.0f}s "
+        "without one it holds until `reconnect`. Without CODE, the code is read from the "
+        "terminal (not echoed) or from standard input's first line, which keeps it out of "
+        "the process list.",
+    )
+    answer.add_argument("code", metavar="CODE", nargs="?", help="the one-time code")
+    for sub in (status, reconnect, profile, answer):
         sub.add_argument(
             "--control-dir",
             metavar="DIR",
@@ -476,6 +489,13 @@ async def follow(
         await asyncio.sleep(retry)
 
 
+def read_code() -> str:
+    """The one-time code from the terminal (not echoed) or standard input's first line."""
+    if sys.stdin.isatty():
+        return getpass.getpass("One-time code: ").strip()
+    return sys.stdin.readline(control.MAX_REQUEST).strip()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Under systemd (INVOCATION_ID) the journal stamps the time itself.
@@ -496,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(ask({"command": "reconnect"}, args.control_dir))
         case "profile":
             return int(ask({"command": "profile", "name": args.name}, args.control_dir))
+        case "answer":
+            code = args.code if args.code is not None else read_code()
+            return int(ask({"command": "answer", "code": code}, args.control_dir))
         case "run":
             try:
                 coroutine = run(

@@ -4,6 +4,8 @@
              {"command": "reconnect"}               answer {"ok": true}
              {"command": "profile", "name": "x"}    answer {"ok": true}  (selection written,
                                                     the daemon reconnects; firewall closed)
+             {"command": "answer", "code": "123"}   answer {"ok": true}  (the one-time code
+                                                    the session waits for; never logged)
     errors   {"ok": false, "error": "words"}
 
 `snapshot` is pure: the daemon's state (a `View`) and the clock in, the documented status
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .lifecycle import Dialing, Held, Phase, Resolving, Up, Waiting, status_line
+from .lifecycle import Asking, Dialing, Held, Phase, Resolving, Up, Waiting, status_line
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def state_of(phase: Phase) -> str:
             return "connected"
         case Dialing() | Resolving():
             return "connecting"
-        case Held() | Waiting():
+        case Held() | Waiting() | Asking():
             return "blocked"
 
 
@@ -95,6 +97,7 @@ def snapshot(view: View, *, now: float) -> dict[str, Any]:
     server: dict[str, Any] | None = None
     retry_in: float | None = None
     held = isinstance(phase, Held)
+    code: dict[str, Any] | None = None
     match phase:
         case Dialing(endpoint=e):
             server = {"address": str(e.address), "port": e.port, "proto": e.proto}
@@ -103,6 +106,9 @@ def snapshot(view: View, *, now: float) -> dict[str, Any]:
             server = {"address": str(e.address), "port": e.port, "proto": e.proto}
         case Waiting(retry_in=r) if r > 0:
             retry_in = r
+        case Asking(text=text, dynamic=dynamic, timeout=timeout):
+            left = max(0, round(view.since + timeout - now))
+            code = {"text": text, "dynamic": dynamic, "seconds_left": left}
     traffic = view.traffic
     return {
         "version": STATUS_VERSION,
@@ -130,6 +136,7 @@ def snapshot(view: View, *, now: float) -> dict[str, Any]:
         "last_error_at": _iso(view.last_error_at),
         "blocked_traffic": [dict(entry) for entry in view.blocked],
         "blocked_report": view.report_mode,
+        "one_time_code": code,
     }
 
 
@@ -172,6 +179,12 @@ def render(status: Mapping[str, Any]) -> str:
         f"last renegotiation: {status.get('last_renegotiation') or 'never'} "
         f"({status.get('renegotiations', 0)} in this session)"
     )
+    code = status.get("one_time_code")
+    if code:
+        lines.append(
+            f"one-time code wanted: {code['text']} (sudo qubes-miragevpn answer CODE; "
+            f"{code['seconds_left']} s left)"
+        )
     if status.get("last_error"):
         lines.append(f"last error: {status['last_error']} (at {status['last_error_at']})")
     blocked = status.get("blocked_traffic") or []
@@ -199,6 +212,7 @@ class Controlled(Protocol):
 
     def view(self) -> View: ...
     def reconnect(self) -> None: ...
+    def answer(self, code: str) -> str | None: ...
 
 
 SelectProfile = Callable[[str], None]
@@ -229,7 +243,16 @@ def handle(
         except (OSError, ValueError) as e:
             return {"ok": False, "error": f"profile: {e}"}
         return {"ok": True}
-    return {"ok": False, "error": f"unknown command {command!r} (status, reconnect, profile)"}
+    if command == "answer":
+        code = request.get("code")
+        if not isinstance(code, str) or not code or not code.isprintable():
+            return {"ok": False, "error": "answer: give the one-time code"}
+        refused = daemon.answer(code)
+        return {"ok": True} if refused is None else {"ok": False, "error": f"answer: {refused}"}
+    return {
+        "ok": False,
+        "error": f"unknown command {command!r} (status, reconnect, profile, answer)",
+    }
 
 
 def _decode(line: bytes) -> Mapping[str, Any]:

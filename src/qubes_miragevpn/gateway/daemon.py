@@ -8,7 +8,11 @@
                   before_connect(E)   host route to E via the uplink, then Connecting(E)
                   tunnel_up(settings) tun opened once, addresses + routes, then Connected
                   restarting(...)     Blocked (the engine reconnects by itself)
-    after       `lifecycle.after_end`: HALT / AUTH_FAILED / an unusable profile hold (blocked,
+                  answer_challenge    Asking, Blocked: waits up to `answer_timeout` for
+                                      `answer(code)` (the control socket's `answer`), else
+                                      ends the session with CodeNotGiven (held)
+    after       `lifecycle.after_end`: HALT / AUTH_FAILED / an unusable profile / no one-time
+                code hold (blocked,
                 until the profile selection changes or the daemon restarts); anything else
                 starts a new session after a capped back-off, forever
     changes     profile selection (QubesDB watch): AppVMs blocked at once, session closed,
@@ -38,14 +42,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from miragevpn.config.model import Config
-from miragevpn.events import TunnelSettings
+from miragevpn.events import ChallengeRequested, TunnelSettings
 
 from ..describe import describe_settings
 from ..sdnotify import sd_notify
 from ..session import ClientFactory, Ending, Endpoint, SessionLoop, SessionOutcome
 from ..tun import TunDevice
 from . import control, lifecycle, resolve
-from .lifecycle import Dialing, Held, Phase, Resolving, Up, Waiting
+from .lifecycle import Asking, CodeNotGiven, Dialing, Held, Phase, Resolving, Up, Waiting
 from .policy import Facts, Policy
 
 log = logging.getLogger(__name__)
@@ -185,7 +189,10 @@ class GatewayDaemon:
         on_phase: Callable[[Phase | None, Phase], object] | None = None,
         blocked_report: Callable[[], tuple[Mapping[str, Any], ...]] | None = None,
         report_mode: str = "off",
+        answer_timeout: float = lifecycle.ANSWER_TIMEOUT,
     ) -> None:
+        self._answer_timeout = answer_timeout
+        self._code_wanted: asyncio.Future[str] | None = None  # while a code is asked
         self._on_phase = on_phase  # observer of every phase change (notifications)
         self._blocked_report = blocked_report  # the blocked-traffic entries, for status
         self._report_mode = report_mode
@@ -304,6 +311,16 @@ class GatewayDaemon:
         self._close_session("reconnect requested")
         if self._wake is not None:
             self._wake.set()
+
+    def answer(self, code: str) -> str | None:
+        """The `answer` command: the one-time code for the question the session waits on;
+        the refusal in words when nothing is asked. The code is never logged."""
+        wanted = self._code_wanted
+        if wanted is None or wanted.done():
+            return "no one-time code is asked for now (see `qubes-miragevpn status`)"
+        wanted.set_result(code)
+        log.info("one-time code received through the control socket")
+        return None
 
     def view(self) -> control.View:
         """The daemon's state for the control socket's `status`."""
@@ -478,6 +495,22 @@ class GatewayDaemon:
 
     def restarting(self, reason: str, retry_in: float) -> None:
         self._enter(Waiting(reason=reason, retry_in=retry_in))
+
+    async def answer_challenge(self, challenge: ChallengeRequested) -> str:
+        timeout = self._answer_timeout
+        wanted: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._code_wanted = wanted
+        try:
+            self._enter(Asking(text=challenge.text, dynamic=challenge.dynamic, timeout=timeout))
+            try:
+                return await asyncio.wait_for(wanted, timeout)
+            except TimeoutError:
+                raise CodeNotGiven(
+                    f"no one-time code was given within {timeout:.0f}s "
+                    "(`qubes-miragevpn reconnect` asks again)"
+                ) from None
+        finally:
+            self._code_wanted = None
 
     def progress(self, message: str) -> None:
         if not isinstance(self._phase, Up):

@@ -12,6 +12,8 @@ unit-tested without namespaces:
     before each connect (endpoint E)      Dialing(E)                      Connecting(E)
     tunnel up (settings)                  Up(tunnel)                      Connected(tunnel)
     session restarting (reason, in N s)   Waiting(reason)                 Blocked
+    a one-time code is asked              Asking(text), ANSWER_TIMEOUT    Blocked
+    session ended: no code in time        Held(why)                       Blocked, no retry
     session ended: HALT, AUTH_FAILED,     Held(why)                       Blocked, no retry
       a profile that cannot be used                                      until the profile
                                                                           changes or a restart
@@ -36,12 +38,14 @@ from typing import TypeAlias
 from miragevpn.config.model import Transport
 from miragevpn.events import TunnelSettings
 
+from ..hooks import CannotAsk
 from .policy import Blocked, Connected, Connecting, Endpoint, Policy, Tunnel
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 BACKOFF_FIRST = 1.0  # seconds before the first new session after one ended on an error
 BACKOFF_CAP = 30.0  # never wait longer than this between sessions ("reconnect forever")
+ANSWER_TIMEOUT = 300.0  # seconds a one-time code is waited for; then held (docs/status.md)
 
 
 # --------------------------------------------------------------------------- phases
@@ -61,6 +65,15 @@ class Waiting:
 
     reason: str
     retry_in: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Asking:
+    """Blocked: the session waits for a one-time code (`qubes-miragevpn answer CODE`)."""
+
+    text: str  # the challenge, as the server or the profile words it
+    dynamic: bool  # the server asked after the password (CRV1); else static-challenge
+    timeout: float = ANSWER_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,7 +99,7 @@ class Up:
     summary: str  # the tunnel in words, for the status line
 
 
-Phase: TypeAlias = Held | Waiting | Resolving | Dialing | Up
+Phase: TypeAlias = Held | Waiting | Asking | Resolving | Dialing | Up
 
 
 def policy_for(phase: Phase) -> Policy:
@@ -98,7 +111,7 @@ def policy_for(phase: Phase) -> Policy:
             return Connecting(endpoints=(endpoint,), resolve_via_uplink_dns=resolve)
         case Up(tunnel=tunnel):
             return Connected(tunnel=tunnel)
-        case Held() | Waiting():
+        case Held() | Waiting() | Asking():
             return Blocked()
 
 
@@ -111,6 +124,11 @@ def status_line(phase: Phase) -> str:
             if retry_in > 0:
                 return f"blocked: {reason}; reconnecting in {retry_in:.0f}s"
             return f"blocked: {reason}"
+        case Asking(text=text, timeout=timeout):
+            return (
+                f"waiting for a one-time code: {text} (blocked; give it with "
+                f"`qubes-miragevpn answer CODE` within {timeout:.0f}s)"
+            )
         case Resolving(hosts=hosts):
             return f"resolving {', '.join(hosts)} through the uplink (blocked)"
         case Dialing(endpoint=e):
@@ -188,10 +206,17 @@ class EndKind(enum.Enum):
     HALTED = "halted"  # the server sent HALT: stay blocked
     AUTH_FAILED = "authentication failed"  # AUTH_FAILED (not TEMP): stay blocked
     UNUSABLE = "profile unusable"  # the profile cannot be used as it is: stay blocked
+    NO_CODE = "no one-time code"  # nobody answered the code's question in time: stay blocked
     TRANSIENT = "transient"  # anything else: retry after the back-off
 
 
-HOLDING_KINDS = frozenset({EndKind.HALTED, EndKind.AUTH_FAILED, EndKind.UNUSABLE})
+HOLDING_KINDS = frozenset({EndKind.HALTED, EndKind.AUTH_FAILED, EndKind.UNUSABLE, EndKind.NO_CODE})
+
+
+class CodeNotGiven(CannotAsk):
+    """No one-time code within the answer window: the session ends and the daemon holds
+    (asking again by itself would send the server a new login, and maybe the user's phone a
+    new push, every few minutes, for nobody)."""
 
 
 def classify_end(
@@ -203,14 +228,17 @@ def classify_end(
     The engine ends a session for good on AUTH_FAILED (`AuthFailed`, not `temporary`), on
     HALT (`RemoteProtocolError`, "server halted"), on a configuration it refuses
     (`ConfigError`), after ping-exit or when its retries are exhausted; the loop itself ends
-    with "setup failed" when a hook raised (firewall, tun device). Only the first three need a
-    person; everything else is retried (ping-exit and exhausted retries: "reconnect forever")."""
+    with "setup failed" when a hook raised (firewall, tun device); the daemon ends it when no
+    one-time code came in time (`CodeNotGiven`). Only these four need a person; everything
+    else is retried (ping-exit and exhausted retries: "reconnect forever")."""
     from miragevpn.errors import AuthFailed, ConfigError
 
     if closed_by_us and ending == "closed":
         return EndKind.STOPPED
     if isinstance(error, ConfigError):
         return EndKind.UNUSABLE
+    if isinstance(error, CodeNotGiven):
+        return EndKind.NO_CODE
     if isinstance(error, AuthFailed):
         return EndKind.TRANSIENT if error.temporary else EndKind.AUTH_FAILED
     if "halted" in f"{reason} {error or ''}".lower():

@@ -1,6 +1,6 @@
 """Telling people: state changes in the journal in plain words, and desktop notifications on
-connect, disconnect, block and AUTH_FAILED for the qube's default user (/default-user in
-QubesDB; Qubes shows a qube's notifications in dom0), rate-limited.
+connect, disconnect, block, AUTH_FAILED and a one-time code wanted, for the qube's default
+user (/default-user in QubesDB; Qubes shows a qube's notifications in dom0), rate-limited.
 
     notice_for(old, new)     pure: which notice a phase change makes, if any
     RateLimit                pure: at most BURST desktop notices per WINDOW seconds, and the
@@ -21,7 +21,7 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .lifecycle import Held, Phase, Up
+from .lifecycle import Asking, Held, Phase, Up
 
 log = logging.getLogger("qubes-miragevpn")
 
@@ -38,6 +38,7 @@ class Kind(enum.Enum):
     DISCONNECTED = "disconnected"
     BLOCKED = "blocked"
     AUTH_FAILED = "auth-failed"
+    CODE_WANTED = "code-wanted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,18 @@ class Notice:
 
 def notice_for(old: Phase | None, new: Phase) -> Notice | None:
     """The notice of a phase change: connected (the tunnel came up), disconnected (it went
-    down), blocked / AUTH_FAILED (held blocked until someone acts); None otherwise."""
+    down), blocked / AUTH_FAILED (held blocked until someone acts), a one-time code wanted;
+    None otherwise."""
+    if isinstance(new, Asking):
+        if isinstance(old, Asking) and old.text == new.text:
+            return None
+        return Notice(
+            Kind.CODE_WANTED,
+            "VPN needs a one-time code",
+            f"{new.text}. In the VPN qube run: sudo qubes-miragevpn answer CODE "
+            f"(within {new.timeout:.0f}s). AppVMs stay blocked meanwhile.",
+            "critical",
+        )
     if isinstance(new, Up):
         if isinstance(old, Up):
             return None

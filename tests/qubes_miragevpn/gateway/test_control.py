@@ -18,7 +18,7 @@ from miragevpn.errors import AuthFailed
 from qubes_miragevpn.gateway import cli, control
 from qubes_miragevpn.gateway.control import Traffic, View, snapshot
 from qubes_miragevpn.gateway.daemon import ExitCode
-from qubes_miragevpn.gateway.lifecycle import Dialing, Held, Up, Waiting
+from qubes_miragevpn.gateway.lifecycle import Asking, Dialing, Held, Up, Waiting
 from qubes_miragevpn.gateway.policy import Endpoint, Tunnel
 
 from .test_daemon import SERVER, Harness, end, fast_backoff, run, settings  # noqa: F401
@@ -93,6 +93,13 @@ def test_tun_counters_are_read_from_sysfs(tmp_path: Path) -> None:
 class FakeDaemon:
     def __init__(self) -> None:
         self.reconnects = 0
+        self.codes: list[str] = []
+
+    def answer(self, code: str) -> str | None:
+        if self.codes:
+            return "no one-time code is asked for now"
+        self.codes.append(code)
+        return None
 
     def view(self) -> View:
         return view(Waiting(reason="starting"))
@@ -115,6 +122,24 @@ def test_handle_answers_each_command_and_refuses_the_rest() -> None:
     assert not control.handle({"command": "profile", "name": "x"}, d, None, now=T0)["ok"]
     refused = control.handle({"command": "rm -rf"}, d, None, now=T0)
     assert refused["ok"] is False and "unknown command" in refused["error"]
+    for code in (None, "", 7, "1\n2"):
+        bad = {"command": "answer"} if code is None else {"command": "answer", "code": code}
+        answer = control.handle(bad, d, None, now=T0)
+        assert answer == {"ok": False, "error": "answer: give the one-time code"}, bad
+    assert control.handle({"command": "answer", "code": "123456"}, d, None, now=T0) == {"ok": True}
+    assert d.codes == ["123456"]
+    late = control.handle({"command": "answer", "code": "1"}, d, None, now=T0)
+    assert late == {"ok": False, "error": "answer: no one-time code is asked for now"}
+
+
+def test_asking_snapshot_says_what_is_asked_and_how_long_is_left() -> None:
+    asking = Asking(text="Enter the code", dynamic=True, timeout=300)
+    s = snapshot(view(asking), now=T0 + 20)
+    assert s["state"] == "blocked" and s["held"] is False
+    assert s["why"].startswith("waiting for a one-time code: Enter the code (blocked;")
+    assert s["one_time_code"] == {"text": "Enter the code", "dynamic": True, "seconds_left": 280}
+    assert snapshot(view(Waiting(reason="x")), now=T0)["one_time_code"] is None
+    assert "one-time code wanted: Enter the code" in control.render(s)
 
 
 def test_socket_is_root_only_and_answers_json(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from miragevpn.config.model import Config, Remote, Transport
 from miragevpn.errors import AuthFailed, RemoteProtocolError
-from miragevpn.events import TunnelSettings
+from miragevpn.events import ChallengeRequested, TunnelSettings
 from qubes_miragevpn.gateway import daemon as daemon_module
 from qubes_miragevpn.gateway import lifecycle
 from qubes_miragevpn.gateway.daemon import (
@@ -26,8 +26,9 @@ from qubes_miragevpn.gateway.daemon import (
     ProfileError,
     Surroundings,
 )
-from qubes_miragevpn.gateway.lifecycle import Dialing, Held, Up, Waiting
+from qubes_miragevpn.gateway.lifecycle import Asking, Dialing, Held, Up, Waiting
 from qubes_miragevpn.gateway.policy import Blocked, Connected, Connecting, Facts, Policy
+from qubes_miragevpn.hooks import CannotAsk
 from qubes_miragevpn.session import Ending, Endpoint, SessionOutcome
 
 SERVER = ipaddress.ip_address("198.51.100.1")
@@ -122,6 +123,7 @@ class ScriptedSession:
         self.hooks = hooks
         self.closed = asyncio.Event()
         self.close_reasons: list[str] = []
+        self.codes: list[str] = []
 
     async def run(self) -> SessionOutcome:
         for kind, arg in self.steps:
@@ -145,6 +147,12 @@ class ScriptedSession:
                 return arg  # type: ignore[no-any-return]
             elif kind == "hold":
                 await self.closed.wait()
+            elif kind == "ask":  # as SessionLoop: CannotAsk ends the session, FAILED
+                question = ChallengeRequested(text=arg, echo=False, dynamic=True)
+                try:
+                    self.codes.append(await self.hooks.answer_challenge(question))
+                except CannotAsk as e:
+                    return SessionOutcome(ending=Ending.FAILED, reason=str(e), error=e)
             await asyncio.sleep(0)
         reason = self.close_reasons[0] if self.close_reasons else "script over"
         return SessionOutcome(ending=Ending.CLOSED, reason=reason)
@@ -164,6 +172,7 @@ class Harness:
     sessions: list[ScriptedSession] = field(default_factory=list)
     surroundings: Surroundings = SURROUNDINGS
     watchdog: float | None = None
+    answer_timeout: float = lifecycle.ANSWER_TIMEOUT
     daemon: GatewayDaemon = field(init=False)
 
     def __post_init__(self) -> None:
@@ -181,6 +190,7 @@ class Harness:
             notify=self.notes.append,
             session_factory=session_factory,
             watchdog=self.watchdog,
+            answer_timeout=self.answer_timeout,
         )
 
     async def until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -296,6 +306,48 @@ def test_auth_failed_and_halt_hold_until_the_profile_changes(
         assert any(words in note and "blocked" in note for note in h.notes)
         h.daemon.profile_changed()
         await h.until(lambda: len(h.sessions) == 2 and isinstance(h.daemon.phase, Dialing))
+        h.daemon.stop()
+        assert await task is ExitCode.OK
+
+    run(scenario())
+
+
+def test_a_one_time_code_is_waited_for_blocked_and_answer_supplies_it() -> None:
+    h = Harness([[("ask", "Enter the code"), ("connect", SERVER), ("up", settings()),
+                  ("hold", None)]])  # fmt: skip
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(h.daemon.run())
+        await h.until(lambda: isinstance(h.daemon.phase, Asking))
+        assert h.daemon.phase == Asking(text="Enter the code", dynamic=True)
+        assert h.firewall.policies[-1] == "Blocked"
+        assert any("waiting for a one-time code: Enter the code" in n for n in h.notes)
+        await asyncio.sleep(0.1)
+        assert isinstance(h.daemon.phase, Asking)  # still waiting, still blocked
+        assert h.daemon.answer("271828") is None
+        await h.until(lambda: isinstance(h.daemon.phase, Up))
+        assert "no one-time code is asked" in (h.daemon.answer("1") or "")
+        h.daemon.stop()
+        assert await task is ExitCode.OK
+
+    run(scenario())
+    assert h.sessions[0].codes == ["271828"]
+    assert h.firewall.policies[:3] == ["Blocked", "Blocked", "Connecting"]
+
+
+def test_no_code_in_time_holds_until_reconnect() -> None:
+    h = Harness([[("ask", "Enter the code")]], answer_timeout=0.1)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(h.daemon.run())
+        await h.until(lambda: isinstance(h.daemon.phase, Held))
+        phase = h.daemon.phase
+        assert isinstance(phase, Held) and "no one-time code was given within 0s" in phase.reason
+        await asyncio.sleep(0.3)  # far beyond the back-off: no new session while held
+        assert len(h.sessions) == 1 and h.firewall.policies[-1] == "Blocked"
+        assert "no one-time code is asked" in (h.daemon.answer("1") or "")
+        h.daemon.reconnect()  # asks again
+        await h.until(lambda: len(h.sessions) == 2)
         h.daemon.stop()
         assert await task is ExitCode.OK
 

@@ -197,7 +197,20 @@ def test_auth_failed_temp_is_transient() -> None:
     assert classify_end(ending="failed", reason=str(error), error=error) is EndKind.TRANSIENT
 
 
-@pytest.mark.parametrize("kind", [EndKind.HALTED, EndKind.AUTH_FAILED, EndKind.UNUSABLE])
+def test_no_code_in_time_holds() -> None:
+    error = lifecycle.CodeNotGiven("no one-time code was given within 300s")
+    kind = classify_end(ending="failed", reason=str(error), error=error)
+    assert kind is EndKind.NO_CODE
+    phase = after_end(kind, str(error), failures=1)
+    assert phase == Held(reason="no one-time code was given within 300s")
+    asking = lifecycle.Asking(text="Code", dynamic=False)
+    assert policy_for(asking) == Blocked()
+    assert status_line(asking).startswith("waiting for a one-time code: Code (blocked;")
+
+
+@pytest.mark.parametrize(
+    "kind", [EndKind.HALTED, EndKind.AUTH_FAILED, EndKind.UNUSABLE, EndKind.NO_CODE]
+)
 def test_halt_auth_failed_and_unusable_profiles_hold(kind: EndKind) -> None:
     phase = after_end(kind, "why it ended", failures=1)
     assert isinstance(phase, Held)
@@ -226,6 +239,7 @@ def test_every_phase_has_a_policy_and_a_status() -> None:
     phases: list[lifecycle.Phase] = [
         Held(reason="r"),
         Waiting(reason="r"),
+        lifecycle.Asking(text="t", dynamic=True),
         Dialing(endpoint=ENDPOINT),
         Up(tunnel=tunnel, summary="s"),
     ]

@@ -13,7 +13,7 @@ import pytest
 
 from miragevpn.errors import AuthFailed
 from qubes_miragevpn.gateway import notices
-from qubes_miragevpn.gateway.lifecycle import Dialing, Held, Up, Waiting
+from qubes_miragevpn.gateway.lifecycle import Asking, Dialing, Held, Up, Waiting
 from qubes_miragevpn.gateway.notices import Kind, Notifier, RateLimit, notice_for
 from qubes_miragevpn.gateway.policy import Endpoint, Tunnel
 
@@ -61,6 +61,20 @@ def test_notices_for_connect_disconnect_block_and_auth_failed() -> None:
     assert auth is not None and "reconnect" in auth.body and auth.urgency == "critical"
     gone = notice_for(UP, Waiting(reason="server gone"))
     assert gone is not None and "server gone" in gone.body
+
+
+def test_a_one_time_code_wanted_is_a_critical_notice_that_says_how_to_answer() -> None:
+    asking = Asking(text="Enter the code sent to your phone", dynamic=True, timeout=300)
+    assert kinds(
+        (Waiting(reason="starting"), asking),
+        (asking, asking),
+        (UP, asking),
+        (asking, Held(reason="no one-time code: no one-time code was given within 300s")),
+    ) == [Kind.CODE_WANTED, None, Kind.CODE_WANTED, Kind.BLOCKED]
+    notice = notice_for(None, asking)
+    assert notice is not None and notice.urgency == "critical"
+    assert "Enter the code sent to your phone" in notice.body
+    assert "qubes-miragevpn answer CODE" in notice.body and "300s" in notice.body
 
 
 def test_rate_limit_per_kind_and_in_total() -> None:
