@@ -107,7 +107,8 @@ class OurClient:
     ) -> OurClient:
         """`hosts`: the text of an /etc/hosts that only this client sees (bind-mounted in a
         private mount namespace of its own; the machine's /etc/hosts is not touched), so that
-        libc's getaddrinfo resolves test names for real.; `stdin`: e.g. a pty\'s terminal end, for the client\'s prompts."""
+        libc's getaddrinfo resolves test names for real. `stdin`: e.g. a pty's terminal end,
+        for the client's prompts."""
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "miragevpn-client.conf"
         config.write_text(config_text)
