@@ -35,25 +35,29 @@ class ClientStats:
     tunnel_in: int
     tunnel_out: int
     dropped: dict[str, int] = field(default_factory=dict)  # reason in words -> count
+    decompressed: int = 0  # packets the server compressed and we decompressed
 
     @classmethod
     def parse(cls, line: str) -> ClientStats:
         text = line[line.index(STATS) + len(STATS) :]
         match = re.fullmatch(
             r"in (\d+) packets \((\d+) bytes\), out (\d+) packets \((\d+) bytes\), "
-            r"tunnel packets in (\d+) out (\d+), dropped (\d+)(?: \((.*)\))?",
+            r"tunnel packets in (\d+) out (\d+), "
+            r"(?:decompressed (\d+) packets \(\d+ -> \d+ bytes\), )?"
+            r"dropped (\d+)(?: \((.*)\))?",
             text.strip(),
         )
         if match is None:
             raise AssertionError(f"not a statistics line: {line!r}")
-        numbers = [int(n) for n in match.groups()[:7]]
+        groups = match.groups()
+        numbers = [int(n) for n in groups[:6]] + [int(groups[7])]
         dropped: dict[str, int] = {}
-        for item in (match.group(8) or "").split(", "):
+        for item in (groups[8] or "").split(", "):
             if item:
                 reason, count = item.rsplit(" ", 1)
                 dropped[reason] = int(count)
         assert sum(dropped.values()) == numbers[6], f"drops do not add up: {line!r}"
-        return cls(*numbers[:6], dropped=dropped)
+        return cls(*numbers[:6], dropped=dropped, decompressed=int(groups[6] or 0))
 
     def drops_since(self, before: ClientStats) -> dict[str, int]:
         """Reasons whose count grew since `before`, with how much."""

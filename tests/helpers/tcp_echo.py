@@ -2,7 +2,9 @@
 
     python tcp_echo.py server HOST PORT        accept one connection, echo every byte back,
                                                then print JSON {"peer", "received", "sha256"}
-    python tcp_echo.py client HOST PORT SIZE   send SIZE random bytes, read the echo, print JSON
+    python tcp_echo.py client HOST PORT SIZE [compressible]
+                                               send SIZE random bytes (or a random 64-byte block
+                                               repeated: compressible), read the echo, print JSON
                                                {"sent_sha256", "echo_sha256", "bytes", "seconds"}
 
 Every socket operation has a timeout, so a broken tunnel fails the test instead of hanging it.
@@ -41,8 +43,8 @@ def serve(host: str, port: int) -> None:
         print(json.dumps({"peer": peer[0], "received": received, "sha256": digest.hexdigest()}))
 
 
-def send(host: str, port: int, size: int) -> None:
-    data = os.urandom(size)
+def send(host: str, port: int, size: int, compressible: bool = False) -> None:
+    data = (os.urandom(64) * (size // 64 + 1))[:size] if compressible else os.urandom(size)
     started = time.monotonic()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.create_connection((host, port), timeout=TIMEOUT) as conn:
@@ -78,4 +80,4 @@ if __name__ == "__main__":
     if mode == "server":
         serve(host, port)
     else:
-        send(host, port, int(sys.argv[4]))
+        send(host, port, int(sys.argv[4]), sys.argv[5:] == ["compressible"])

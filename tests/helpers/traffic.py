@@ -41,10 +41,12 @@ def tcp_transfer(
     port: int = 5001,
     size: int = MiB,
     timeout: float = 60.0,
+    compressible: bool = False,
 ) -> Transfer:
     """Send `size` random bytes from client_ns to an echo server on `address` in server_ns.
 
-    Asserts that what the server received and what came back match what was sent (sha256)."""
+    Asserts that what the server received and what came back match what was sent (sha256).
+    `compressible`: a random 64-byte block repeated instead (what compression shrinks)."""
     server = server_ns.spawn(
         [sys.executable, TCP_ECHO, "server", address, str(port)],
         stdout=subprocess.PIPE,
@@ -57,7 +59,9 @@ def tcp_transfer(
         listening = server.stdout.readline().decode().strip()
         assert listening == "listening", f"echo server did not start: {server.stderr}"
         client = client_ns.run(
-            [sys.executable, TCP_ECHO, "client", address, str(port), str(size)], timeout=timeout
+            [sys.executable, TCP_ECHO, "client", address, str(port), str(size)]
+            + (["compressible"] if compressible else []),
+            timeout=timeout,
         )
         out, _ = server.communicate(timeout=timeout)
     finally:
