@@ -1,15 +1,17 @@
 """Mutation fuzzers for what a hostile profile or server controls: `make fuzz`.
 
-    python -m tests.fuzz.run [--seconds 60] [--seed N] [--target config|pushed|control]
+    python -m tests.fuzz.run [--seconds 60] [--seed N] [--target config|pushed|control|compressed]
 
-Three targets, each with its seeds and its oracle:
+Four targets, each with its seeds and its oracle:
 - config: the corpus (tests/configs/corpus, with real key material) and the hostile profiles of
   issue 8; `parse_config` may only raise `ConfigError`, and a config it accepts must survive
   `parse(format(cfg)) == cfg` and the checker's summary and JSON;
 - pushed: PUSH_REPLY option lists (a 2.6 server's typical reply and hostile values), through
   `parse_pushed_options` and `resolve_tunnel_settings`: only the engine's errors may escape;
 - control: control-channel plaintext as received (NUL-separated messages, continuations),
-  through framing, classification, the continuation assembler and the above.
+  through framing, classification, the continuation assembler and the above;
+- compressed: decrypted data payloads (LZ4 v1/v2 and LZO frames, a decompression bomb) through
+  every framing with decompression allowed: a payload within the limit or the engine's errors.
 
 Inputs are mutated bytes (bit flips, random and "interesting" insertions, deletions, repeats,
 line splices between seeds); inputs that are accepted join the pool, so mutations compound.
@@ -301,10 +303,48 @@ def control_target() -> Target:
     return Target("control", seeds, run)
 
 
+def compressed_target() -> Target:
+    """Decrypted data-channel payloads under each framing, decompression allowed: a payload
+    within the limit or the engine's DecodeError, never a library exception."""
+    from miragevpn.compression import Decompression, framing
+    from miragevpn.config.model import Compression
+
+    limit = 1632
+    unframes = [framing(kind, Decompression(limit))[1] for kind in Compression]
+
+    def run(data: bytes) -> bool:
+        accepted = False
+        for unframe in unframes:
+            try:
+                out = unframe(data)
+            except MirageVPNError:
+                continue
+            if len(out) > max(limit, len(data)):
+                raise AssertionError(f"{len(out)} bytes out of {len(data)}: over the limit")
+            accepted = True
+        return accepted
+
+    import lz4.block
+    import lzo
+
+    packet = bytes.fromhex("4500057c00004000400100000a0800010a080002") + bytes(1380)
+    block = lz4.block.compress(packet, store_size=False)
+    seeds = [
+        b"\x50\x01" + block,
+        b"\x69" + block[1:] + block[:1],
+        b"\x66" + lzo.compress(packet, 1, False),
+        b"\x66" + lzo.compress(packet * 50, 1, False),  # a bomb
+        b"\xfa\x45abc",
+        b"\x50\x00\x50abc",
+    ]
+    return Target("compressed", seeds, run)
+
+
 TARGETS: dict[str, Callable[[], Target]] = {
     "config": config_target,
     "pushed": pushed_target,
     "control": control_target,
+    "compressed": compressed_target,
 }
 
 
