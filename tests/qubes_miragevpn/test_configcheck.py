@@ -13,7 +13,7 @@ import pytest
 
 from miragevpn.config import parse_config
 from qubes_miragevpn.configcheck import main
-from tests.helpers.pki import Pki, make_pki
+from tests.helpers.pki import ENCRYPTED_KEY_PASSPHRASE, Pki, make_pki
 
 BASE = "client\ndev tun\nremote vpn.example.org 443 tcp\nca ca.crt\nauth-user-pass creds\n"
 
@@ -259,3 +259,32 @@ def test_proxy_credentials_outside_the_folder_are_never_shown(
         out, err, _ = _check(capsys, "--allow-outside", "--json", str(path), status=0)
         assert "toor" not in out + err
         assert json.loads(out)["config"]["proxy"].startswith("<not shown")
+
+
+def test_an_encrypted_key_with_askpass_is_shown_redacted_and_inlined_locked(
+    config_dir: Path, tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (config_dir / "c.crt").write_text(pki.client.cert_pem)
+    (config_dir / "c.key").write_text(pki.client_key_encrypted_pem)
+    (config_dir / "pass.txt").write_text(ENCRYPTED_KEY_PASSPHRASE + "\n")
+    profile = config_dir / "locked.ovpn"
+    profile.write_text(BASE + "cert c.crt\nkey c.key\naskpass pass.txt\n")
+    assert main([str(profile)]) == 0
+    out = capsys.readouterr().out
+    assert "certificate (encrypted: passphrase from the askpass file)" in out
+    assert ENCRYPTED_KEY_PASSPHRASE not in out
+    assert main([str(profile), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["config"]["key_passphrase"] == "<redacted>"
+    out_path = tmp_path / "inlined.ovpn"
+    assert main([str(profile), "--inline", str(out_path)]) == 0
+    err = capsys.readouterr().err
+    assert "the key's passphrase is not written" in err and "askpass FILE" in err
+    written = out_path.read_text()
+    assert ENCRYPTED_KEY_PASSPHRASE not in written
+    assert "-----BEGIN ENCRYPTED PRIVATE KEY-----" in written
+    (config_dir / "pass.txt").write_text("wrong\n")
+    assert main([str(profile)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"{profile}:8: askpass: the passphrase is wrong: it does not unlock the private key"
+    )
