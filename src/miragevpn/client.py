@@ -120,9 +120,9 @@ class Client:
         tls_ekm: bool = True,
     ) -> None:
         """`rng(n)` gives n random bytes; `now` is monotonic; `wall_clock()` is Unix time
-        (read for the control channel's replay ids only). `tls_ekm=False` does not announce
-        TLS-EKM (IV_PROTO bit 3): data keys then come from OpenVPN's TLS 1.0 PRF, as with
-        servers that mishandle the exporter."""
+        (read for the control channel's replay ids only). `tls_ekm=False` announces neither
+        TLS-EKM nor dynamic tls-crypt (IV_PROTO bits 3, 9): data keys come from OpenVPN's PRF,
+        as with servers that mishandle the exporter."""
         self._config = config
         self._wall_clock = wall_clock
         self._keying = Keying(

@@ -29,13 +29,13 @@ from .challenge import Challenge
 from .compression import DecompressionStats
 from .config.model import Config, Transport
 from .datakeys import DataKeys
+from .dyncrypt import SessionWrap
 from .errors import DropReason
 from .events import IPAddress, TunnelSettings
 from .framing import StreamDecoder
 from .messages import PushReplyAssembler
 from .packet import ControlPacket, Opcode
 from .push import PushedOptions
-from .tls_wrap import ControlChannelWrap
 
 if TYPE_CHECKING:
     from .keying import SessionKeys
@@ -70,7 +70,7 @@ class Session:
     address: IPAddress
     port: int
     my_session_id: bytes
-    wrap: ControlChannelWrap
+    wrap: SessionWrap  # by key id: configured, or dynamic tls-crypt for renegotiations
     decoder: StreamDecoder | None  # TCP only
     keys: SessionKeys  # key states, data keys, renegotiation: their one owner
     their_session_id: bytes | None = None  # learnt from the server's reset

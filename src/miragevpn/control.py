@@ -171,6 +171,7 @@ def temp_failure(reason: str) -> tuple[float, Advance]:
 
 
 MAX_SERVER_BACKOFF = 3600  # a server may ask us to wait; an hour at most
+DYNAMIC_TLS_CRYPT_NOTE = "renegotiations use a dynamic tls-crypt key (protocol-flags dyn-tls-crypt)"
 
 
 def react(
@@ -274,6 +275,7 @@ def push_reply(
             ekm=use_ekm,
             auth=choice.auth or config.auth,
             decompression=decompression,
+            dynamic_tls_crypt=pushed.dynamic_tls_crypt,
         )
     except MirageVPNError as exc:
         return [StopSession(reason=f"cannot set up the data channel: {exc}", error=exc)]
@@ -287,6 +289,8 @@ def push_reply(
     reactions: list[Reaction] = [ProgressReported(message=note) for note in choice.notes]
     if warning is not None:
         reactions.append(ProgressReported(message=warning))
+    if pushed.dynamic_tls_crypt:
+        reactions.append(ProgressReported(message=DYNAMIC_TLS_CRYPT_NOTE))
     reactions += [ProgressReported(message=note) for note in notes]
     reactions += [
         ProgressReported(message=f"pushed option ignored: {ignored.text} ({ignored.reason})")

@@ -83,7 +83,9 @@ def derive_key2(
 class DataChannelParams:
     """What every key of a session shares, fixed by the PUSH_REPLY. `auth` is the HMAC digest
     of a CBC cipher (None for AEAD ciphers, which have no separate HMAC). `decompression`:
-    what compressed packets the keys undo (compression.py; None refuses them)."""
+    what compressed packets the keys undo (compression.py; None refuses them).
+    `dynamic_tls_crypt`: the control channel of later key states goes under the session's
+    dynamic tls-crypt key (dyncrypt.py), made with key id 0's data keys."""
 
     cipher: str
     compression: Compression
@@ -92,6 +94,7 @@ class DataChannelParams:
     ekm: bool
     auth: str | None = None
     decompression: Decompression | None = None
+    dynamic_tls_crypt: bool = False
 
     @property
     def is_aead(self) -> bool:
@@ -108,6 +111,7 @@ class DataChannelParams:
         ekm: bool,
         auth: str = "SHA1",
         decompression: Decompression | None = None,
+        dynamic_tls_crypt: bool = False,
     ) -> DataChannelParams:
         """LocalProtocolError for a cipher or digest we do not implement, RemoteProtocolError
         for a peer-id the server should not have pushed. `auth` counts for CBC ciphers only
@@ -116,7 +120,16 @@ class DataChannelParams:
         if peer_id is not None and not 0 <= peer_id <= MAX_PEER_ID:
             raise RemoteProtocolError(f"the server pushed peer-id {peer_id}, beyond {MAX_PEER_ID}")
         if name in SUPPORTED_AEAD_CIPHERS:
-            return cls(name, compression, peer_id, replay_window, ekm, None, decompression)
+            return cls(
+                name,
+                compression,
+                peer_id,
+                replay_window,
+                ekm,
+                None,
+                decompression,
+                dynamic_tls_crypt,
+            )
         if name == BLOWFISH:
             raise LocalProtocolError(
                 "data cipher BF-CBC (Blowfish, 64-bit blocks) is not supported: ask for a "
@@ -129,7 +142,9 @@ class DataChannelParams:
         digest = auth.upper()
         if digest not in SUPPORTED_DIGESTS:
             raise LocalProtocolError(f"HMAC digest {auth} (auth) is not supported")
-        return cls(name, compression, peer_id, replay_window, ekm, digest, decompression)
+        return cls(
+            name, compression, peer_id, replay_window, ekm, digest, decompression, dynamic_tls_crypt
+        )
 
     def key(self, key_id: int, key2: bytes, rng: Callable[[int], bytes] | None = None) -> DataKey:
         """One key state's data key; CBC needs `rng` for its per-packet IVs."""

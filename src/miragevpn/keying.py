@@ -34,6 +34,12 @@ from .challenge import (
 from .clientstate import Session
 from .config.model import AuthUserPass, Config, Secret, Transport
 from .datakeys import DataChannelParams, DataKeys, derive_key2
+from .dyncrypt import (
+    DYNAMIC_TLS_CRYPT_LABEL,
+    DYNAMIC_TLS_CRYPT_LENGTH,
+    SessionWrap,
+    dynamic_tls_crypt_key,
+)
 from .errors import DropReason, LocalProtocolError
 from .events import IPAddress, TlsEstablished
 from .framing import StreamDecoder
@@ -41,15 +47,26 @@ from .keystate import KeyState, client_key_method_2
 from .packet import ACK_V1_MAX_ACKS, ControlPacket, Opcode
 from .reliable import max_control_payload
 from .tls import TlsSession, TlsSettings, build_context
-from .tls_wrap import ControlChannelWrap, TlsCryptV2Wrap, make_wrap
+from .tls_wrap import TlsCryptV2Wrap, make_wrap
 
-__all__ = ["Keying", "KeysReceived", "KeysTimer", "SessionKeys", "next_key_id"]
+__all__ = ["Keying", "KeysReceived", "KeysTimer", "SessionKeys", "next_key_id", "reneg_seconds"]
 
 NO_DEADLINE = float("inf")
 DUE_NOW = 0.0
 
 MakeKeyState = Callable[[int, Opcode, float], KeyState]
 SOFTETHER_MAX_ACKS = 4  # acks per P_ACK_V1 without control-channel wrapping (see _new_key_state)
+
+
+def reneg_seconds(config: Config, rng: Callable[[int], bytes]) -> float | None:
+    """One session's reneg-sec (None: off). `reneg-sec max min` picks max - (r mod (max - min)),
+    r random: a whole number of seconds in min+1..max (min..max when min = max); a client
+    without min uses max (init.c: do_init_crypto_tls; only a server adds 10% jitter)."""
+    most, least = config.reneg_sec, config.reneg_sec_min
+    if not most or least is None:
+        return most
+    span = max(int(most) - int(least), 1)
+    return most - int.from_bytes(rng(4), "big") % span
 
 
 def next_key_id(key_id: int) -> int:
@@ -190,10 +207,12 @@ class Keying:
     ) -> Session:
         """A session with key id 0's key state, its hard reset queued."""
         config = self._config
-        wrap = make_wrap(config.tls_protection, config.auth, replay_window=config.replay_window)
+        wrap = SessionWrap(
+            make_wrap(config.tls_protection, config.auth, replay_window=config.replay_window)
+        )
         reset = (
             Opcode.P_CONTROL_HARD_RESET_CLIENT_V3
-            if isinstance(wrap, TlsCryptV2Wrap)
+            if isinstance(wrap.configured, TlsCryptV2Wrap)
             else Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
         )
         my_session_id = self._session_id()
@@ -209,6 +228,8 @@ class Keying:
             reset=reset,
             now=now,
             rng=self._rng,
+            wrap=wrap,
+            reneg_sec=reneg_seconds(config, self._rng),
         )
         return Session(
             transport=transport,
@@ -231,7 +252,7 @@ class Keying:
 
     def _new_key_state(
         self,
-        wrap: ControlChannelWrap,
+        session_wrap: SessionWrap,
         transport: Transport,
         key_id: int,
         reset: Opcode,
@@ -240,8 +261,9 @@ class Keying:
     ) -> KeyState:
         """A key state with a fresh TLS session and our key-method-2 message (credentials as
         they are now: a renegotiation sends the auth-token pushed since; else the session's
-        one-time answer, else the password)."""
+        one-time answer, else the password), its packets sized for the wrapping of its key id."""
         config = self._config
+        wrap = session_wrap.for_key_id(key_id)
         username, password = self._username_password(answer)
         message, source = client_key_method_2(
             config,
@@ -281,10 +303,16 @@ class SessionKeys:
         my_session_id: bytes,
         reset: Opcode,
         now: float,
+        wrap: SessionWrap,
+        reneg_sec: float | None,
         rng: Callable[[int], bytes] | None = None,
     ) -> None:
+        """`reneg_sec`: this session's (`reneg_seconds`); `wrap`: the session's wrapping,
+        which gets the dynamic tls-crypt key when the PUSH_REPLY asks for it."""
         self._config = config
         self._rng = rng  # CBC data keys' per-packet IVs
+        self._wrap = wrap
+        self.reneg_sec = reneg_sec
         self._make_key_state = make_key_state
         self._my_session_id = my_session_id
         # at most the primary key state and the lame duck (ssl_common.h: KS_PRIMARY,
@@ -403,10 +431,18 @@ class SessionKeys:
         MirageVPNError or ValueError if they cannot be made."""
         if self.data is not None:
             raise LocalProtocolError("data keys started twice")
-        key2 = self._key2(self._states[0], params.ekm, their_session_id)
-        self.data = DataKeys(params, 0, key2, rng=self._rng)
+        first = self._states[0]
+        key2 = self._key2(first, params.ekm, their_session_id)
+        data = DataKeys(params, 0, key2, rng=self._rng)
+        if params.dynamic_tls_crypt:  # ssl.c: with key id 0's data keys, once per session
+            ekm = first.tls.export_keying_material(
+                DYNAMIC_TLS_CRYPT_LABEL, DYNAMIC_TLS_CRYPT_LENGTH
+            )
+            key = dynamic_tls_crypt_key(ekm, self._config.tls_protection)
+            self._wrap.use_dynamic(key, replay_window=self._config.replay_window)
+        self.data = data
         self._active_since = now
-        return self.data
+        return data
 
     def _key2(self, key_state: KeyState, ekm: bool, their_session_id: bytes) -> bytes:
         return derive_key2(
@@ -457,8 +493,8 @@ class SessionKeys:
             packets = key.packets_sent + key.packets_received
             if config.reneg_pkts and packets >= config.reneg_pkts:
                 return DUE_NOW
-        if config.reneg_sec:
-            return self._active_since + config.reneg_sec
+        if self.reneg_sec:
+            return self._active_since + self.reneg_sec
         return NO_DEADLINE
 
     def _begin(self, key_id: int, now: float) -> KeyState:
@@ -477,10 +513,9 @@ class SessionKeys:
         assert self.data is not None
         try:
             key2 = self._key2(key_state, self.data.params.ekm, their_session_id)
-            config = self._config
-            window = config.hand_window  # ssl.c: auth_deferred_expire_window
-            if config.reneg_sec:
-                window = min(window, config.reneg_sec / 2)
+            window = self._config.hand_window  # ssl.c: auth_deferred_expire_window
+            if self.reneg_sec:
+                window = min(window, self.reneg_sec / 2)
             self.data.install(key_state.key_id, key2, send_from=key_state.started + window, now=now)
         except ValueError as exc:
             raise LocalProtocolError(f"renegotiated data keys unusable: {exc}") from exc

@@ -27,6 +27,7 @@ from .errors import DecodeError, RemoteProtocolError
 from .keymethod import (
     IV_PROTO_CC_EXIT_NOTIFY,
     IV_PROTO_DATA_V2,
+    IV_PROTO_DYN_TLS_CRYPT,
     IV_PROTO_REQUEST_PUSH,
     IV_PROTO_TLS_KEY_EXPORT,
     MAX_KEY_METHOD_2_MESSAGE,
@@ -49,9 +50,10 @@ from .packet import (
 from .reliable import ReliableChannel
 from .tls import TlsSession
 
-# IV_PROTO bits we implement (reference §4.4): a PRF-only client leaves out TLS_KEY_EXPORT.
+# IV_PROTO bits we implement (reference §4.4): a PRF-only client leaves out TLS_KEY_EXPORT and
+# DYN_TLS_CRYPT (a 2.6 client announces both exactly when it can export keying material).
 IV_PROTO_PRF_ONLY = IV_PROTO_DATA_V2 | IV_PROTO_REQUEST_PUSH | IV_PROTO_CC_EXIT_NOTIFY  # 134
-IV_PROTO = IV_PROTO_PRF_ONLY | IV_PROTO_TLS_KEY_EXPORT  # 142
+IV_PROTO = IV_PROTO_PRF_ONLY | IV_PROTO_TLS_KEY_EXPORT | IV_PROTO_DYN_TLS_CRYPT  # 654
 IV_VER = "2.6.0"  # informational for the server; we speak 2.6's protocol
 IV_MTU = 1600  # the largest tun MTU we accept; what a 2.6 client sends (reference §4.4)
 

@@ -104,6 +104,11 @@ class PushedOptions:
     def cc_exit(self) -> bool:
         return "cc-exit" in self.protocol_flags
 
+    @property
+    def dynamic_tls_crypt(self) -> bool:
+        """Renegotiations under the session's dynamic tls-crypt key (dyncrypt.py)."""
+        return "dyn-tls-crypt" in self.protocol_flags
+
 
 # Options `route-nopull` removes: OPT_P_ROUTE and OPT_P_DHCPDNS (init.c pull_permission_mask).
 ROUTE_NOPULL_DROPS = frozenset(

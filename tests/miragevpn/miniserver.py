@@ -1,10 +1,16 @@
-"""An in-memory OpenVPN 2.6 UDP server for engine scenarios (no wrapping, no sockets, no clock).
+"""An in-memory OpenVPN 2.6 UDP server for engine scenarios (no sockets, no clock).
 
 `MiniServer` plays the server's side of the control channel: one key state per key id (its
 own reliable channel and a pyOpenSSL server over memory BIOs), the hard reset and soft resets
 (answering the client's, or starting its own with `soft_reset`), a key-method-2 reply and a
 scripted PUSH_REPLY. `data_key(key_id)` is the server's data channel key of a negotiated key
 id: the client's EKM key2 with the halves swapped. Time is a plain float the tests move.
+
+Control packets are plain unless `tls_crypt` gives the server a tls-crypt key; with
+`dynamic_tls_crypt` the server does what 2.6 does for a client announcing IV_PROTO bit 9: when
+it answers PUSH_REQUEST it makes the session's dynamic tls-crypt key (written out here from
+OpenVPN's tls_crypt.c, independently of miragevpn.dyncrypt) and wraps key ids > 0 with it.
+`wrap_kid(key_id)` is the wrap the server uses for a key id.
 """
 
 from __future__ import annotations
@@ -12,12 +18,21 @@ from __future__ import annotations
 from cryptography import x509
 from OpenSSL import SSL
 
-from miragevpn.config.model import Compression, ReplayWindow
+from miragevpn.config.model import (
+    Compression,
+    KeyDirection,
+    ReplayWindow,
+    Secret,
+    StaticKey,
+    TlsCrypt,
+)
 from miragevpn.datachannel import PING_MAGIC, DataChannelKey
+from miragevpn.errors import DecodeError
 from miragevpn.kdf import EKM_LABEL, client_data_keys
 from miragevpn.openssl_compat import ssl_certificate, ssl_private_key, trust_certificate
-from miragevpn.packet import Opcode, decode_control, encode_control
+from miragevpn.packet import ControlPacket, Opcode
 from miragevpn.reliable import ReliableChannel
+from miragevpn.tls_wrap import ControlChannelWrap, PlainWrap, TlsCryptWrap
 from tests.helpers.pki import Pki
 
 SERVER_SID = bytes.fromhex("5e5e5e5e5e5e5e5e")
@@ -30,6 +45,7 @@ REPLY = (
 # strings (reference §4.2).
 SERVER_KEY_METHOD_2 = b"\0\0\0\0\x02" + b"\x11" * 64 + b"\x00\x03V4\x00" + b"\x00\x00" * 3
 CLIENT_KEY_METHOD_2_MIN = 4 + 1 + 48 + 64 + 2  # up to the options length
+SERVER_WALL = 1_800_000_000.0  # the server's Unix time in its replay ids
 
 
 class ServerKeyState:
@@ -63,6 +79,8 @@ class MiniServer:
         client_ca: x509.Certificate | None = None,
         send_alerts: bool = True,
         key_method_2: bytes = SERVER_KEY_METHOD_2,
+        tls_crypt: TlsCrypt | None = None,
+        dynamic_tls_crypt: bool = False,
     ) -> None:
         """`client_ca`: verify the client's certificate against this CA (a failed check ends
         the server's TLS with an alert, which goes out only if `send_alerts`; OpenVPN 2.6
@@ -86,6 +104,15 @@ class MiniServer:
         self.texts: list[str] = []
         self.client_soft_resets: list[int] = []  # key ids the client began
         self.data_packets: list[bytes] = []  # data packets from the client (not decrypted)
+        self.tls_crypt = tls_crypt
+        self.wrap: ControlChannelWrap = (
+            PlainWrap()
+            if tls_crypt is None
+            else TlsCryptWrap(tls_crypt.key, direction=KeyDirection.NORMAL)
+        )
+        self.dynamic_tls_crypt = dynamic_tls_crypt
+        self.dynamic_wrap: TlsCryptWrap | None = None  # made when answering PUSH_REQUEST
+        self.unwrap_failures: list[str] = []  # control packets the server could not unwrap
 
     @property
     def tls(self) -> SSL.Connection:
@@ -100,11 +127,29 @@ class MiniServer:
         key = self.keys.get(key_id)
         return key is not None and key.km2_done
 
+    def wrap_kid(self, key_id: int) -> ControlChannelWrap:
+        """ssl_pkt.h: tls_session_get_tls_wrap."""
+        if key_id > 0 and self.dynamic_wrap is not None:
+            return self.dynamic_wrap
+        return self.wrap
+
+    def _make_dynamic_wrap(self) -> None:
+        """tls_crypt.c: tls_session_generate_dynamic_tls_crypt_key, the server's side."""
+        ekm = self.keys[0].tls.export_keying_material(b"EXPORTER-OpenVPN-dynamic-tls-crypt", 256)
+        if self.tls_crypt is not None:
+            ekm = bytes(a ^ b for a, b in zip(ekm, self.tls_crypt.key.key.value, strict=True))
+        key = StaticKey(Secret(ekm))
+        self.dynamic_wrap = TlsCryptWrap(key, direction=KeyDirection.NORMAL)
+
     def receive(self, wire: bytes, now: float) -> None:
         if wire[0] >> 3 in (Opcode.P_DATA_V1, Opcode.P_DATA_V2):
             self.data_packets.append(wire)
             return
-        packet = decode_control(wire)
+        try:
+            packet = self.wrap_kid(wire[0] & 7).unwrap(wire, now)
+        except DecodeError as exc:
+            self.unwrap_failures.append(str(exc))
+            return
         self.client_sid = packet.session_id
         key = self.keys.get(packet.key_id)
         if key is None:
@@ -147,6 +192,8 @@ class MiniServer:
                 text, _, key.plaintext = key.plaintext.partition(b"\0")
                 self.texts.append(text.decode())
                 if text == b"PUSH_REQUEST":
+                    if self.dynamic_tls_crypt and self.dynamic_wrap is None:
+                        self._make_dynamic_wrap()
                     key.tls.send(self.reply.encode() + b"\0")
         self._flush(key)
 
@@ -172,8 +219,12 @@ class MiniServer:
             packets = key.reliable.packets_to_send(
                 now, my_session_id=SERVER_SID, their_session_id=self.client_sid
             )
-            out += [encode_control(p) for p in packets]
+            out += [self.wrap_kid(p.key_id).wrap(p, SERVER_WALL) for p in packets]
         return out
+
+    def wrapped(self, packet: ControlPacket) -> bytes:
+        """`packet` wrapped as the server would send it now."""
+        return self.wrap_kid(packet.key_id).wrap(packet, SERVER_WALL)
 
     def keepalive(self) -> list[bytes]:
         """A ping on the newest negotiated key (keeps the client's ping-restart away)."""

@@ -8,6 +8,8 @@ outcomes and never poll flags.
 from __future__ import annotations
 
 import ipaddress
+import random
+from collections.abc import Callable
 
 import pytest
 
@@ -23,7 +25,13 @@ from miragevpn.config.model import (
 from miragevpn.datachannel import PING_MAGIC
 from miragevpn.datakeys import DataChannelParams, DataKeys
 from miragevpn.errors import DropReason, LocalProtocolError
-from miragevpn.keying import SOFTETHER_MAX_ACKS, Keying, KeysReceived, next_key_id
+from miragevpn.keying import (
+    SOFTETHER_MAX_ACKS,
+    Keying,
+    KeysReceived,
+    next_key_id,
+    reneg_seconds,
+)
 from miragevpn.packet import ACK_V1_MAX_ACKS, Opcode, decode_control, encode_control
 from tests.helpers.pki import Pki
 from tests.miragevpn.miniserver import SERVER_SID, MiniServer
@@ -188,6 +196,55 @@ def test_reneg_sec_counts_from_when_the_key_became_active(pki: Pki) -> None:
     assert pair.keys.data_deadline() == T0 + 55.0
     timer = pair.keys.handle_timer(T0 + 55.0)
     assert timer.began == 1 and timer.expired is None
+
+
+def seeded_rng(seed: int) -> Callable[[int], bytes]:
+    return random.Random(seed).randbytes
+
+
+@pytest.mark.parametrize(("most", "least"), [(12.0, 8.0), (3600.0, 3240.0), (60.0, 0.0)])
+def test_reneg_sec_max_min_picks_whole_seconds_above_min_up_to_max(
+    pki: Pki, most: float, least: float
+) -> None:
+    """init.c: reneg = max - (random mod (max - min)), so min+1..max, every value reachable."""
+    config = make_config(pki, reneg_sec=most, reneg_sec_min=least)
+    picks = [reneg_seconds(config, seeded_rng(seed)) for seed in range(4000)]
+    assert all(p is not None and p == int(p) and least < p <= most for p in picks)
+    if most - least <= 60:
+        assert set(picks) == {float(s) for s in range(int(least) + 1, int(most) + 1)}
+    assert reneg_seconds(config, seeded_rng(7)) == reneg_seconds(config, seeded_rng(7))
+
+
+@pytest.mark.parametrize(
+    ("most", "least", "expected"),
+    [
+        (50.0, None, 50.0),  # a client without min: max exactly (no automatic jitter)
+        (50.0, 50.0, 50.0),
+        (50.0, 80.0, 50.0),  # min above max: max
+        (None, 30.0, None),  # reneg-sec 0 with a min: still off
+        (None, None, None),
+    ],
+)
+def test_reneg_sec_without_a_window(
+    pki: Pki, most: float | None, least: float | None, expected: float | None
+) -> None:
+    config = make_config(pki, reneg_sec=most, reneg_sec_min=least)
+    assert reneg_seconds(config, seeded_rng(1)) == expected
+
+
+def test_each_session_draws_its_reneg_sec_from_the_rng(pki: Pki) -> None:
+    config = make_config(pki, reneg_sec=100.0, reneg_sec_min=40.0)
+    keying = Keying(config, rng=seeded_rng(3), credentials=None, tls_ekm=True)
+    sessions = [keying.new_session(SERVER, 1194, Transport.UDP, T0) for _ in range(30)]
+    values = {session.keys.reneg_sec for session in sessions}
+    assert len(values) > 10 and all(v is not None and 40 < v <= 100 for v in values)
+    pair = Pair(pki, reneg_sec=100.0, reneg_sec_min=40.0)
+    chosen = pair.keys.reneg_sec
+    assert chosen is not None and 40 < chosen <= 100
+    pair.established(T0 + 5)
+    assert pair.keys.data_deadline() == T0 + 5 + chosen  # the trigger uses the session's value
+    assert pair.keys.handle_timer(T0 + 5 + chosen - 0.5).began is None
+    assert pair.keys.handle_timer(T0 + 5 + chosen).began == 1
 
 
 def test_a_renegotiation_sends_the_pushed_auth_token(pki: Pki) -> None:

@@ -262,8 +262,9 @@ def format_config(c: Config) -> str:
     ):
         if getattr(c, attr) != getattr(_DEFAULTS, attr):
             add(f"{name} {_n(getattr(c, attr))}")
-    if c.reneg_sec != _DEFAULTS.reneg_sec:
-        add(f"reneg-sec {_n(c.reneg_sec) if c.reneg_sec is not None else 0}")
+    if c.reneg_sec != _DEFAULTS.reneg_sec or c.reneg_sec_min is not None:
+        least = f" {_n(c.reneg_sec_min)}" if c.reneg_sec_min is not None else ""
+        add(f"reneg-sec {_n(c.reneg_sec) if c.reneg_sec is not None else 0}{least}")
     if c.reneg_bytes is not None:
         add(f"reneg-bytes {c.reneg_bytes}")
     if c.reneg_pkts is not None:

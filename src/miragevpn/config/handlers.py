@@ -372,10 +372,9 @@ def h_keepalive(ctx: Context, d: Directive) -> None:
 
 
 def h_reneg_sec(ctx: Context, d: Directive) -> None:
-    value = values.seconds(d, 0)
-    if len(d.args) > 1:
-        values.integer(d, 1)
-        ctx.warn(d, "the second (server-side) value is not used by a client")
+    value = values.seconds(d, 0)  # `reneg-sec max [min]`: keying.reneg_seconds picks
+    if len(d.args) > 1:  # a later `reneg-sec max` keeps min, as OpenVPN's options.c does
+        ctx.put(d, "reneg_sec_min", values.seconds(d, 1))
     ctx.put(d, "reneg_sec", None if value == 0 else value)
 
 

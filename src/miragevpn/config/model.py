@@ -376,6 +376,7 @@ class Config:
     tran_window: float = 3600.0
     tls_timeout: float = 2.0
     reneg_sec: float | None = 3600.0
+    reneg_sec_min: float | None = None  # reneg-sec max min: per session in min..max
     reneg_bytes: int | None = None
     reneg_pkts: int | None = None
     connect_retry: float = 1.0

@@ -115,3 +115,18 @@ def test_route_gateways_are_unicast(line: str, read_file: Reader) -> None:
 
 def test_explicit_exit_notify_is_bounded(read_file: Reader) -> None:
     refused("explicit-exit-notify 2147483647", read_file, "out of range (0..1000)")
+
+
+def test_reneg_sec_max_and_min(read_file: Reader) -> None:
+    """options.c: `reneg-sec max [min]`; a later `reneg-sec max` keeps the earlier min."""
+    config = parse("reneg-sec 60 30", read_file)
+    assert (config.reneg_sec, config.reneg_sec_min) == (60.0, 30.0)
+    config = parse("reneg-sec 60", read_file)
+    assert (config.reneg_sec, config.reneg_sec_min) == (60.0, None)
+    config = parse("reneg-sec 60 30\nreneg-sec 90", read_file)
+    assert (config.reneg_sec, config.reneg_sec_min) == (90.0, 30.0)
+    config = parse("reneg-sec 0 30", read_file)
+    assert (config.reneg_sec, config.reneg_sec_min) == (None, 30.0)
+    refused("reneg-sec 60 soon", read_file, "not a number")
+    refused("reneg-sec 60 -1", read_file, "not a number")
+    refused("reneg-sec 60 30 10", read_file, "expects 1 to 2 arguments")

@@ -124,6 +124,7 @@ def configs(draw: st.DrawFn) -> Config:
         ping=draw(st.none() | SECONDS),
         hand_window=draw(SECONDS),
         reneg_sec=draw(st.none() | SECONDS),
+        reneg_sec_min=draw(st.none() | SECONDS),
         topology=draw(st.none() | st.sampled_from(Topology)),
         routes=tuple(draw(st.lists(routes, max_size=3))),
         redirect_gateway=draw(
