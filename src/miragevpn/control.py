@@ -291,6 +291,11 @@ def push_reply(
         reactions.append(ProgressReported(message=warning))
     if pushed.dynamic_tls_crypt:
         reactions.append(ProgressReported(message=DYNAMIC_TLS_CRYPT_NOTE))
+    if config.reneg_sec_min is not None and session.keys.reneg_sec is not None:
+        seconds, window = session.keys.reneg_sec, f"{config.reneg_sec:g} {config.reneg_sec_min:g}"
+        reactions.append(
+            ProgressReported(message=f"keys renegotiated every {seconds:g} s (reneg-sec {window})")
+        )
     reactions += [ProgressReported(message=note) for note in notes]
     reactions += [
         ProgressReported(message=f"pushed option ignored: {ignored.text} ({ignored.reason})")
