@@ -145,10 +145,12 @@ class UnixClient:
         self.session.close(name)
 
     def log_stats(self) -> None:
-        """Where the session is, the engine's counters, the UDP socket's, and the system
-        changes refused so far (if any): one line each."""
+        """Where the session is, the IPv6 packets block-ipv6 answered (if any), the engine's
+        counters, the UDP socket's, the system changes refused so far: one line each."""
         ifname = self._tun.name if self._tun is not None else None
         log.info("session: %s", describe_state(self.session.state, self._clock(), ifname))
+        if self.session.ipv6_blocked:  # before "statistics:", which readers wait for
+            log.info("block-ipv6: %d IPv6 packets kept from the tunnel", self.session.ipv6_blocked)
         log.info("%s", describe_stats(self.session.engine_stats))
         udp = self.session.udp_stats
         if udp is not None:

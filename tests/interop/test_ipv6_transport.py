@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -238,6 +239,12 @@ def test_redirect_gateway_ipv6_not_ipv4(pki_files: PkiFiles, workdir: Path) -> N
         assert routes4(pair.client) == before4
 
 
+def kept_ipv6(client: OurClient) -> int:
+    """The block-ipv6 count of the last statistics (0 before any IPv6 packet)."""
+    found = re.findall(r"block-ipv6: (\d+) IPv6 packets kept", client.log_text())
+    return int(found[-1]) if found else 0
+
+
 def test_block_ipv6_answers_with_icmpv6_no_route(pki_files: PkiFiles, workdir: Path) -> None:
     s = scenario("udp6", extra_client=("block-ipv6",))
     with ipv6_only_pair() as pair:
@@ -249,7 +256,7 @@ def test_block_ipv6_answers_with_icmpv6_no_route(pki_files: PkiFiles, workdir: P
             c.wait_tunnel_up()
             assert "block-ipv6: IPv6 from tun0 is answered" in c.log_text(), c.tail()
             ping(pair.client, SERVER_TUN_ADDRESS)  # IPv4 goes through
-            before = c.stats()
+            before, kept_before = c.stats(), kept_ipv6(c)
             result = pair.client.run(
                 ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", SERVER_TUN_ADDRESS_IPV6],
                 check=False,
@@ -262,6 +269,8 @@ def test_block_ipv6_answers_with_icmpv6_no_route(pki_files: PkiFiles, workdir: P
             ), result.stdout
             after = c.stats()
             assert after.tunnel_out == before.tunnel_out  # nothing IPv6 went to the server
+            # the 3 echo requests, counted (the kernel's own MLD/RS to groups were before)
+            assert kept_ipv6(c) - kept_before == 3, c.tail()
             ping(pair.client, SERVER_TUN_ADDRESS)
             assert c.stats().tunnel_out > after.tunnel_out  # (the counter does count)
             assert c.stop() == 0
