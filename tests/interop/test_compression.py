@@ -11,7 +11,9 @@ server decodes our packets under the same framing, or the echo checksums would n
 
 - `compress lz4-v2` over UDP, our `allow-compression yes`;
 - `compress lz4` (swap framing) over TCP, our `allow-compression asym`;
-- `comp-lzo yes` over UDP, our `allow-compression yes`;
+- `comp-lzo yes` over UDP, our `allow-compression yes`; and over TCP with an AES-256-CBC
+  data channel (the legacy combination), our `allow-compression asym`;
+- static-key mode, `comp-lzo yes` configured on both ends (there is no push);
 - our `allow-compression no` (and a config with no compression option at all, which is the
   same in 2.6): the pushed `compress lz4-v2` is refused, as OpenVPN 2.6 does ("server pushed
   compression settings that are not allowed"), and no tunnel comes up.
@@ -52,11 +54,13 @@ class Case:
     server: tuple[str, ...]  # the server's compression lines (pushed too)
     client: tuple[str, ...]  # our client's allow-compression line
     server_says: str  # comp-lz4.c / lzo.c at verb 4: the server's compressor is on
+    data_ciphers: tuple[str, ...] = ("AES-256-GCM",)
 
     def scenario(self) -> Scenario:
         return Scenario(
             transport=self.transport,
             protection=Protection.TLS_CRYPT,
+            data_ciphers=self.data_ciphers,
             extra_server=("allow-compression yes", *self.server),
             extra_client=self.client,
         )
@@ -83,6 +87,14 @@ CASES = [
         ("comp-lzo yes", 'push "comp-lzo yes"'),
         ("allow-compression yes",),
         "LZO compression initializing",
+    ),
+    Case(  # the legacy combination: CBC+HMAC data channel (cbcchannel.py) with comp-lzo
+        "comp-lzo-cbc",
+        "tcp",
+        ("comp-lzo yes", 'push "comp-lzo yes"'),
+        ("allow-compression asym",),
+        "LZO compression initializing",
+        ("AES-256-CBC",),
     ),
 ]
 
@@ -135,6 +147,57 @@ def test_the_servers_compressed_packets_are_decompressed(
         log = client.log_text()
         assert "compressed packets will be dropped" not in log
         assert client.stop() == 0, client.tail()
+
+
+def test_static_key_peer_with_comp_lzo(
+    netns_pair: NetnsPair, pki_files: PkiFiles, workdir: Path
+) -> None:
+    """Static-key mode has no push: both ends configure `comp-lzo` (MirageVPN's static test
+    scenario); the real peer compresses (allow-compression yes), we decompress (asym, the
+    2.6 default with a compression option)."""
+    pair = netns_pair
+    workdir.mkdir(parents=True, exist_ok=True)
+    peer_path = workdir / "peer.conf"
+    peer_path.write_text(
+        f"port 1194\nproto udp\ndev tun\nsecret {pki_files.ta_key} 0\ncipher AES-256-CBC\n"
+        "auth SHA256\nifconfig 10.9.0.1 10.9.0.2\nping 2\ndisable-dco\nverb 4\n"
+        "allow-compression yes\ncomp-lzo yes\n"
+    )
+    ours = (
+        f"dev tun\nremote {pair.server_address} 1194 udp\nnobind\nsecret {pki_files.ta_key} 1\n"
+        "cipher AES-256-CBC\nauth SHA256\nifconfig 10.9.0.2 10.9.0.1\nping 2\n"
+        "ping-restart 20\ncomp-lzo yes\n"
+    )
+    with OpenVpnServer(
+        pair.server, peer_path, workdir / "peer.log", address=pair.server_address
+    ) as peer:
+        peer.spawn()
+        wait_until(
+            lambda: any(m in peer.log_text() for m in ("link local", "Listening for incoming")),
+            timeout=20,
+            what="the static peer listening",
+        )
+        with OurClient.start(pair.client, ours, workdir) as client:
+            client.wait_tunnel_up()
+            peer.wait_ready()
+            ping(pair.client, "10.9.0.1")
+            before = client.stats()
+            result = pair.client.run(
+                ["ping", "-c", "5", "-i", "0.2", "-W", "2", "-s", "1200", "-p", "00", "10.9.0.1"],
+                timeout=30,
+                check=False,
+            )
+            assert "5 received" in result.stdout, result.stdout
+            transfer = tcp_transfer(pair.server, pair.client, "10.9.0.1", compressible=True)
+            assert_through_tunnel(transfer, "10.9.0.0/24")
+            after = client.stats()
+            assert after.decompressed - before.decompressed >= 5 + 100, (before, after)
+            assert after.bytes_in - before.bytes_in < MiB // 2, (before, after)
+            assert after.bytes_out - before.bytes_out > MiB, (before, after)
+            assert not after.dropped.keys() - {"occ message"}, client.tail()
+            assert client.stop() == 0, client.tail()
+        assert "LZO compression initializing" in peer.log_text()
+        assert "Authenticate/Decrypt packet error" not in peer.log_text()
 
 
 @pytest.mark.parametrize("ours", [("allow-compression no",), ()], ids=["no", "unset"])
