@@ -218,6 +218,22 @@ CASES: dict[str, Case] = {
         note="openvpn stops at the credential prompt, which is no config error; we ask the "
         "code on the terminal (SCRV1) when connecting (it was refused before issue 11 item 2)",
     ),
+    "otp-static-challenge-concat": Case(
+        "an OpenVPN 2.7-style static-challenge with the format argument 'concat'",
+        "rejected",
+        "rejected",
+        9,
+        "came with OpenVPN 2.7",
+        note="openvpn 2.6.14 takes exactly two arguments (options.c)",
+    ),
+    "otp-dynamic-challenge": Case(
+        "shape of a profile for a server that asks for the code after the password "
+        "(CRV1 challenge-response; auth-retry interact, auth-nocache)",
+        "usable",
+        "usable",
+        note="openvpn stops at the credential prompt, which is no config error; the "
+        "challenge itself is the server's (tests/interop/test_challenge.py)",
+    ),
     "latin1-comments": Case(
         "a profile whose comments were saved in Latin-1 by an editor (bytes that are not "
         "UTF-8 inside comments only)",
