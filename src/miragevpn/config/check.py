@@ -18,6 +18,7 @@ from collections.abc import Collection
 
 from ..errors import ConfigError
 from . import unlock
+from .keys import KeyMaterialError
 from .model import Config, HttpProxy, Secret, TlsAuth, TlsCrypt, TlsCryptV2
 from .values import proto_name
 
@@ -118,6 +119,17 @@ def _data_cipher_lines(c: Config) -> list[str]:
     return lines
 
 
+def _ca_from_bundle(c: Config) -> bool:
+    """Whether `ca` holds the PKCS#12 bundle's own certificates (no `ca` was given: OpenVPN
+    trusts them then, and so does resolve.py)."""
+    if c.pkcs12 is None or c.ca is None:
+        return False
+    try:
+        return unlock.pkcs12_ca_pem(c.pkcs12.value, c.key_passphrase) == c.ca
+    except KeyMaterialError:
+        return False
+
+
 def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
     """A few lines on what the config does (not escaped: pass them through `printable`)."""
     lines = []
@@ -142,7 +154,10 @@ def summary(c: Config, hidden: Collection[str] = ()) -> list[str]:
     lines += _data_cipher_lines(c)
     trust = []
     if c.ca:
-        trust.append(f"{c.ca.count('BEGIN CERTIFICATE')} CA certificate(s)")
+        source = " from the PKCS#12 bundle" if _ca_from_bundle(c) else ""
+        trust.append(f"{c.ca.count('BEGIN CERTIFICATE')} CA certificate(s){source}")
+    elif c.pkcs12 is not None and c.key_passphrase is None:
+        trust.append("the PKCS#12 bundle's CA certificates (read when it is unlocked)")
     if c.peer_fingerprints:
         trust.append(f"{len(c.peer_fingerprints)} peer fingerprint(s)")
     if c.remote_cert_tls_server:

@@ -106,7 +106,7 @@ def test_protected_bundle_with_askpass_and_no_ca_trusts_the_bundles_ca(
 ) -> None:
     c = parse(HEAD + "pkcs12 user-protected.p12\naskpass pass.txt\n", reader)
     assert c.ca == pki.ca.cert_pem and c.key_passphrase == RIGHT
-    assert any("inside the PKCS#12 bundle are trusted" in w for w in warnings(c))
+    assert "server check: 1 CA certificate(s) from the PKCS#12 bundle" in "\n".join(summary(c))
     error = fails(HEAD + "pkcs12 user-protected.p12\naskpass wrong.txt\n", reader)
     assert (error.line, error.directive, error.message) == (6, "askpass", WRONG_BUNDLE)
 
@@ -115,6 +115,8 @@ def test_protected_bundle_without_askpass_is_unlocked_at_run_time(reader: Reader
     c = parse(HEAD + "pkcs12 user-protected.p12\n", reader)
     assert c.ca is None and c.key_passphrase is None  # its CA is read once it is unlocked
     assert any("the PKCS#12 bundle is encrypted" in w for w in warnings(c))
+    lines = "\n".join(summary(c))
+    assert "server check: the PKCS#12 bundle's CA certificates (read when it is unlocked)" in lines
     assert "PKCS#12 (encrypted: passphrase from a prompt at start)" in "\n".join(summary(c))
 
 
