@@ -7,7 +7,8 @@
 # Creates the VPN qube (default sys-vpn) from the template that has the qubes-miragevpn
 # package: it provides network, takes its own from `netvm`, starts with the system, runs the
 # qubes-miragevpn service, and gets the knobs the daemon reads from QubesDB
-# (/vm-config/miragevpn-profile, /vm-config/miragevpn-log-level). Then points the AppVMs listed
+# (/vm-config/miragevpn-profile, /vm-config/miragevpn-log-level, /vm-config/miragevpn-names: the
+# AppVMs' names for the blocked-traffic report). Then points the AppVMs listed
 # in the pillar at it, and installs the qrexec policy for qubes.MirageVPNStatus.
 #
 # Pillar: qubes-miragevpn (see pillar/qubes-miragevpn.sls.example).
@@ -45,6 +46,11 @@
 {%- set knobs = {} %}
 {%- if vpn.profile %}{% do knobs.update({'vm-config.miragevpn-profile': vpn.profile}) %}{% endif %}
 {%- if vpn.log_level %}{% do knobs.update({'vm-config.miragevpn-log-level': vpn.log_level}) %}{% endif %}
+{%- if vpn.names %}
+{%- set pairs = [] %}
+{%- for address, qube in vpn.names|dictsort %}{% do pairs.append(address ~ '=' ~ qube) %}{% endfor %}
+{%- do knobs.update({'vm-config.miragevpn-names': pairs|join(' ')}) %}
+{%- endif %}
 
 {{ vpn.name }}-features:
   qvm.features:

@@ -110,6 +110,7 @@ def test_dom0_creates_sys_vpn_as_the_pillar_says(render: Render) -> None:
     assert features["enable"] == ["servicevm"]
     assert features["set"] == [
         {"vm-config.miragevpn-log-level": "info"},
+        {"vm-config.miragevpn-names": "10.137.0.12=work 10.137.0.13=personal"},
         {"vm-config.miragevpn-profile": "provider.ovpn"},
     ]
     # the listed AppVMs use sys-vpn, once sys-vpn provides network
