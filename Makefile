@@ -27,16 +27,19 @@ TEST_STACKS := system newest
 # Debian packages: the libraries we run on (the versions Debian 12 ships, not newer wheels),
 # the real OpenVPN we interoperate with, and the tools the tests drive. gcc, python3-dev and
 # libnetfilter-queue-dev build NetfilterQueue (PyPI has its source only; extra blocked-report);
-# iptables puts in the stand-in queue rule of test_blocked_queue_topology.py.
+# iptables puts in the stand-in queue rule of test_blocked_queue_topology.py; python3-matplotlib
+# draws bench/gateway.py's timeline.
 APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables python3-yaml \
 	python3-lz4 python3-lzo liblzo2-dev \
 	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps \
-	gcc python3-dev libnetfilter-queue-dev iptables tinyproxy dante-server
+	gcc python3-dev libnetfilter-queue-dev iptables tinyproxy dante-server \
+	python3-matplotlib
 # Packages whose install starts a system service the tests do not want (the tests start their own
 # proxies with their own config and PID files): disabled and stopped right after we install them.
 APT_SERVICES := tinyproxy:tinyproxy.service dante-server:danted.service
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--seconds 5 --proto tcp --profile"
+GWBENCH_ARGS ?=  # e.g. GWBENCH_ARGS="--rounds 4 --seconds 20" or "--quick"
 MICRO_ARGS ?=  # e.g. MICRO_ARGS="--seconds 3 --backend all"
 FUZZ_SECONDS ?= 60
 FUZZ_ARGS ?=  # e.g. FUZZ_ARGS="--seed 7 --target config"
@@ -51,7 +54,7 @@ exit $$rc
 endef
 
 .PHONY: help setup setup-newest test test-system test-newest versions unit interop lint \
-	lint-newest demo demo-client check-config bench bench-micro soak fuzz clean
+	lint-newest demo demo-client check-config bench bench-gateway bench-micro soak fuzz clean
 
 help:
 	@echo "make demo                 set up, then the sys-vpn story: a simulated Qubes VPN qube, its AppVM, a server outage"
@@ -63,6 +66,7 @@ help:
 	@echo "make unit | interop | soak | bench-micro  [STACK=newest]   one part, on one stack"
 	@echo "make fuzz [FUZZ_SECONDS=60]   mutation fuzzers: config corpus, pushed options, control messages"
 	@echo "make lint | bench | clean"
+	@echo "make bench-gateway [STACK=newest]   sys-vpn: our gateway vs openvpn + nftables kill switch (table + timeline PNG)"
 	@echo "make deb | rpm            the Debian / Fedora template packages, in build/ (README: Installing in Qubes OS)"
 	@echo "make install DESTDIR=D PREFIX=/usr | uninstall   the files a template gets, without a package"
 
@@ -96,7 +100,7 @@ $(STAMP_NEWEST): pyproject.toml .ci/newest-python | $(STAMP)
 	echo "== creating $(VENV_NEWEST) on $$newest ($$($$newest -V)), isolated from Debian's packages"; \
 	rm -rf $(VENV_NEWEST) && $$newest -m venv $(VENV_NEWEST)
 	$(PY_NEWEST) -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager \
-		-e '.[dev,gateway,blocked-report,compression]'
+		-e '.[dev,gateway,blocked-report,compression,bench]'
 	@touch $(STAMP_NEWEST)
 
 # Both stacks run at once (the suite mostly waits on real servers, timeouts and namespaces, so
@@ -164,6 +168,11 @@ check-config: setup
 
 bench: setup
 	$(PY) bench/compare.py $(BENCH_ARGS)
+
+# the Qubes gateway side by side with the openvpn client behind an nftables kill switch, in the
+# simulated topology: throughput, packet rate, recovery after faults, peak RSS, the timeline PNG
+bench-gateway: $(STACK_SETUP)
+	$(STACK_PY) bench/gateway.py $(GWBENCH_ARGS)
 
 # the data-channel micro-benchmark on both stacks, one row per stack, AEAD backend named
 bench-micro: setup setup-newest

@@ -1,0 +1,534 @@
+"""Gateway benchmark (a script, not a test): our Qubes VPN gateway vs the `openvpn` client with
+an nftables kill switch, in the same simulated Qubes network, side by side.
+
+    .venv/bin/python bench/gateway.py [--rounds 2] [--seconds 10] [--quick]
+                                      [--output bench/results/gateway.json]
+                                      [--png bench/results/gateway-timeline.png]
+
+The world is tests/helpers/gateway.py's: sys-net (the "internet", and a real OpenVPN 2.6
+server on 198.51.100.1, UDP, tls-crypt, AES-256-GCM, keepalive 1 5), sys-vpn with Qubes' own
+tables, two AppVMs behind it. Each turn builds a fresh world and runs ONE gateway in sys-vpn:
+
+- "ours": `qubes-miragevpn block` (the boot oneshot), then `qubes-miragevpn run`;
+- "openvpn": the kill switch of bench/killswitch.py, then `openvpn --config client.conf`
+  (the same profile text, plus `disable-dco`).
+
+Turns alternate (round 1: openvpn, ours; round 2: ours, openvpn; ...); the table shows the
+median over rounds. In each turn, while appvm1 sends a steady stream of small UDP datagrams to
+a host behind the VPN (bench/gwtraffic.py: 200/s, each arrival's source address tells whether
+it came through the tunnel) and tcpdump watches sys-vpn's uplink:
+
+1. start: the gateway is started; time to the AppVM's first datagram through the tunnel;
+2. server return: the server is stopped for a few seconds, then started; recovery is counted
+   from the moment the server is ready again;
+3. SIGKILL: the gateway process is killed and started again after RESTART_DELAY (as systemd
+   would with our unit's RestartSec=500ms; the same delay for openvpn); counted from the kill;
+4. uplink flap: sys-vpn's uplink goes down for a few seconds, then up (and Qubes' setup-ip
+   puts back its neighbour and routes); counted from the link coming up.
+
+Frames on the uplink that are not the encrypted session to the server are leaks (should be
+none, for either gateway). Then, with the fault phase over: TCP throughput AppVM -> host and
+host -> AppVM (iperf3, -R), small-packet rate both ways (iperf3 -u -b 0 -l 64, packets/s
+received), and the gateway process's peak RSS (VmHWM, the highest of its lives in the turn).
+
+It prints a table (metric | openvpn gateway | ours | ratio | target), writes the numbers as
+JSON and draws the timeline (bench/timeline.py, matplotlib) of the first turn of each gateway.
+Speed targets live here, never in the tests. Everything stays inside the namespaces made
+here; every wait is bounded; processes are stopped by PID and namespaces deleted on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.benchlib import CpuMeter, ProcStats, iperf3, tcp_mbits, udp_rates  # noqa: E402
+from bench.compare import log, versions  # noqa: E402
+from bench.gwtraffic import Stamped, Stream, UplinkCapture  # noqa: E402
+from tests.helpers.gateway import UDP, World, built_world, start_server  # noqa: E402
+from tests.helpers.openvpn import TUNNEL_NETWORK, OpenVpnProcess, client_config  # noqa: E402
+from tests.helpers.qubes_topology import BACKEND_MAC, SYSVPN_MAC  # noqa: E402
+
+from bench import killswitch  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+CONTENDERS = ("openvpn", "ours")
+LABELS = {"openvpn": "openvpn gateway", "ours": "ours"}
+RSS_LIMIT_MB = 40.0
+RECOVERY_TIMEOUT = 45.0  # seconds to wait for the first datagram through the tunnel
+RESTART_DELAY = 0.5  # our unit's RestartSec, applied to both gateways after SIGKILL
+STREAM_RATE = 200.0  # datagrams/s: 5 ms resolution for every recovery time
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    fmt: str
+    better: str | None  # "higher" | "lower" | None (informational)
+    target: str = ""
+
+
+METRICS = (
+    Metric("tcp_up_mbits", "TCP AppVM->host (Mbit/s)", "{:.0f}", "higher", ">= 1.0x"),
+    Metric("tcp_down_mbits", "TCP host->AppVM (Mbit/s)", "{:.0f}", "higher", ">= 1.0x"),
+    Metric("udp_up_pps", "64 B UDP AppVM->host (rx pkt/s)", "{:.0f}", "higher", ">= 1.0x"),
+    Metric("udp_down_pps", "64 B UDP host->AppVM (rx pkt/s)", "{:.0f}", "higher", ">= 1.0x"),
+    Metric("start_s", "start -> first AppVM packet (s)", "{:.2f}", "lower"),
+    Metric("server_return_s", "recovery: server back (s)", "{:.2f}", "lower", "no slower"),
+    Metric("sigkill_s", "recovery: SIGKILL+restart (s)", "{:.2f}", "lower", "no slower"),
+    Metric("flap_s", "recovery: uplink flap (s)", "{:.2f}", "lower", "no slower"),
+    Metric("leaks", "uplink frames outside session", "{:.0f}", "lower", "0"),
+    Metric("rss_mb", "peak RSS, VmHWM (MB)", "{:.1f}", "lower", f"< {RSS_LIMIT_MB:g} MB"),
+    Metric("cpu_tcp_up", "gateway CPU % during TCP up", "{:.0f}", None),
+    Metric("cpu_udp_up", "gateway CPU % during UDP up", "{:.0f}", None),
+)
+
+# name, iperf3 arguments (after -c ADDRESS -t N -J); the UDP runs get -l 64
+TRAFFIC = (
+    ("tcp_up", ()),
+    ("tcp_down", ("-R",)),
+    ("udp_up", ("-u", "-b", "0", "-l", "64")),
+    ("udp_down", ("-u", "-b", "0", "-l", "64", "-R")),
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each fault phase lasts."""
+
+    steady: float = 4.0  # seconds of normal traffic between faults
+    server_down: float = 4.0
+    flap_down: float = 3.0
+
+
+# --------------------------------------------------------------------------- the two gateways
+
+
+class Gateway:
+    """One gateway in sys-vpn: prepare (firewall), start, kill (SIGKILL), peak RSS."""
+
+    def __init__(self, world: World, workdir: Path) -> None:
+        self.world, self.workdir = world, workdir
+        self.hwm_kib = 0
+
+    def prepare(self) -> None:
+        raise NotImplementedError
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    def process(self) -> subprocess.Popen[bytes] | None:
+        raise NotImplementedError
+
+    def log_text(self) -> str:
+        raise NotImplementedError
+
+    def start(self) -> float:
+        started = time.monotonic()
+        self.spawn()
+        return started
+
+    def note_hwm(self) -> None:
+        proc = self.process()
+        if proc is not None and proc.poll() is None:
+            self.hwm_kib = max(self.hwm_kib, ProcStats(proc.pid).status_kib("VmHWM") or 0)
+
+    def kill(self) -> None:
+        proc = self.process()
+        assert proc is not None
+        self.note_hwm()
+        proc.kill()
+        proc.wait(10)
+
+
+class Ours(Gateway):
+    def prepare(self) -> None:
+        argv = self.world.qubes_miragevpn("block", "--qubesdb-file", str(self.world.facts_path))
+        done = self.world.topo.sysvpn.run(argv, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"qubes-miragevpn block: {done.stdout}{done.stderr}")
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self.world.start_daemon()
+        assert self.world.daemon is not None
+        return self.world.daemon
+
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.world.daemon
+
+    def kill(self) -> None:
+        super().kill()
+        self.world.daemon = None
+
+    def log_text(self) -> str:
+        """Every life of the daemon in this turn, in order."""
+        lives = sorted(self.world.tmp.glob("daemon-*.log"), key=lambda p: int(p.stem[7:]))
+        return "".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in lives)
+
+
+class OpenVpnGateway(Gateway):
+    def __init__(self, world: World, workdir: Path) -> None:
+        super().__init__(world, workdir)
+        config = workdir / "openvpn-client.conf"
+        config.write_text(client_config(UDP, world.files, world.topo.server4, real=True))
+        self.openvpn = OpenVpnProcess(world.topo.sysvpn, config, workdir / "openvpn-client.log")
+
+    def prepare(self) -> None:
+        topo = self.world.topo
+        document = killswitch.build_document(
+            server=topo.server4, port=UDP.port, proto=UDP.transport, uplink=topo.uplink
+        )
+        topo.sysvpn.run(["nft", "-j", "-f", "-"], input=killswitch.as_text(document))
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self.openvpn.spawn()
+        assert self.openvpn.proc is not None
+        return self.openvpn.proc
+
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.openvpn.proc
+
+    def log_text(self) -> str:
+        return self.openvpn.log_text()
+
+    def stop(self) -> None:
+        self.openvpn.stop()
+
+
+def make_gateway(name: str, world: World, workdir: Path) -> Gateway:
+    return Ours(world, workdir) if name == "ours" else OpenVpnGateway(world, workdir)
+
+
+# --------------------------------------------------------------------------- one turn
+
+
+@dataclass
+class Turn:
+    """What one gateway did in one world: numbers, and the timeline's raw material."""
+
+    name: str
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    origin: float = 0.0  # monotonic time of the timeline's 0
+    events: list[tuple[float, str]] = field(default_factory=list)  # (seconds, what)
+    blocked: list[tuple[float, float | None, str]] = field(default_factory=list)
+    tunnel_arrivals: list[float] = field(default_factory=list)  # seconds
+    leaks: list[tuple[float, str]] = field(default_factory=list)  # (seconds, frame)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def timeline(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "blocked": self.blocked,
+            "tunnel_arrivals": self.tunnel_arrivals,
+            "leaks": self.leaks,
+        }
+
+
+def uplink_leaks(world: World, frames: list[Stamped]) -> list[Stamped]:
+    """Frames sys-vpn sent to sys-net that are not the encrypted session (ARP aside)."""
+    session = (str(world.topo.server4), 17, UDP.port)
+    return [
+        s
+        for s in frames
+        if s.frame.src_mac == SYSVPN_MAC
+        and s.frame.ethertype != 0x0806
+        and not (
+            s.frame.src == str(world.topo.sysvpn4)
+            and (s.frame.dst, s.frame.proto, s.frame.dport) == session
+        )
+    ]
+
+
+def flap_uplink(world: World, seconds: float) -> float:
+    """Uplink down for `seconds`, then up with Qubes' setup-ip state back; returns the moment
+    the link came up."""
+    topo, vpn = world.topo, world.topo.sysvpn
+    vpn.run(["ip", "link", "set", topo.uplink, "down"])
+    time.sleep(seconds)
+    vpn.run(["ip", "link", "set", topo.uplink, "up"])
+    back = time.monotonic()
+    vpn.run(["ip", "neigh", "replace", str(topo.gateway4), "lladdr", BACKEND_MAC,
+             "dev", topo.uplink, "nud", "permanent"])  # fmt: skip
+    vpn.run(["ip", "route", "replace", str(topo.gateway4), "dev", topo.uplink, "scope", "link"])
+    vpn.run(["ip", "route", "replace", "default", "via", str(topo.gateway4), "dev",
+             topo.uplink, "onlink"])  # fmt: skip
+    return back
+
+
+def fault_phase(turn: Turn, world: World, gateway: Gateway, stream: Stream, timing: Timing) -> None:
+    server = world.servers["udp"]
+
+    def at(t: float) -> float:
+        return t - turn.origin
+
+    def recover(key: str, since: float, blocked_from: float, what: str) -> None:
+        delay = stream.wait_through_tunnel(since, RECOVERY_TIMEOUT)
+        turn.metrics[key] = delay
+        end = None if delay is None else at(since + delay)
+        turn.blocked.append((at(blocked_from), end, what))
+        log(f"{turn.name}: {what}: " + ("no recovery" if delay is None else f"{delay:.3f} s"))
+        if delay is None:
+            turn.errors[key] = f"nothing through the tunnel {RECOVERY_TIMEOUT:g} s after {what}"
+
+    started = gateway.start()
+    turn.events.append((at(started), "start"))
+    recover("start_s", started, started, "start")
+    gateway.note_hwm()
+    time.sleep(timing.steady)
+
+    down = time.monotonic()
+    server.stop()
+    turn.events.append((at(down), "server down"))
+    time.sleep(timing.server_down)
+    server.spawn()
+    server.wait_ready()
+    back = time.monotonic()
+    turn.events.append((at(back), "server back"))
+    recover("server_return_s", back, down, "server back")
+    time.sleep(timing.steady)
+
+    killed = time.monotonic()
+    gateway.kill()
+    turn.events.append((at(killed), "SIGKILL"))
+    time.sleep(RESTART_DELAY)
+    gateway.spawn()
+    turn.events.append((at(time.monotonic()), "restart"))
+    recover("sigkill_s", killed, killed, "SIGKILL")
+    time.sleep(timing.steady)
+
+    flapped = time.monotonic()
+    turn.events.append((at(flapped), "uplink down"))
+    up = flap_uplink(world, timing.flap_down)
+    turn.events.append((at(up), "uplink up"))
+    recover("flap_s", up, flapped, "uplink up")
+    time.sleep(timing.steady)
+
+
+def traffic_phase(turn: Turn, world: World, gateway: Gateway, seconds: float) -> None:
+    topo = world.topo
+    proc = gateway.process()
+    if proc is None or proc.poll() is not None:
+        turn.errors["traffic"] = "the gateway is not running"
+        return
+    stats = ProcStats(proc.pid)
+    server = world.servers["udp"].proc
+    server_stats = ProcStats(server.pid if server is not None else 0)
+    for test, args in TRAFFIC:
+        time.sleep(1.0)  # let queues drain between runs
+        try:
+            with CpuMeter(stats, server_stats) as cpu:
+                report = iperf3(topo.sysnet, topo.appvms[0].ns, str(topo.web4), seconds, args)
+        except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
+            turn.errors[test] = str(e)
+            log(f"{turn.name}: {test} failed: {e}")
+            continue
+        turn.metrics[f"cpu_{test}"] = cpu.percent[0]
+        turn.metrics[f"server_cpu_{test}"] = cpu.percent[1]
+        if test.startswith("tcp"):
+            mbits, retrans = tcp_mbits(report)
+            turn.metrics[f"{test}_mbits"], turn.metrics[f"{test}_retrans"] = mbits, retrans
+            log(f"{turn.name}: {test} {mbits:.0f} Mbit/s ({retrans} retransmits), "
+                f"gateway CPU {cpu.percent[0]:.0f}%")  # fmt: skip
+        else:
+            udp = udp_rates(report)
+            turn.metrics[f"{test}_pps"] = udp.received_pps
+            turn.metrics[f"{test}_loss"] = udp.loss_percent
+            log(f"{turn.name}: {test} {udp.received_pps:.0f} pkt/s received "
+                f"({udp.offered_pps:.0f} offered), gateway CPU {cpu.percent[0]:.0f}%")  # fmt: skip
+
+
+def run_turn(name: str, workdir: Path, args: argparse.Namespace) -> Turn:
+    turn = Turn(name)
+    workdir.mkdir(parents=True)
+    with built_world(workdir, {"udp.ovpn": (UDP, ())}) as world:
+        start_server(world, "udp", UDP)
+        gateway = make_gateway(name, world, workdir)
+        gateway.prepare()
+        topo = world.topo
+        stream = Stream(topo.appvms[0].ns, topo.sysnet, str(topo.web4), TUNNEL_NETWORK,
+                        rate=STREAM_RATE)  # fmt: skip
+        capture = UplinkCapture(topo.sysnet, topo.sysnet_vif, str(topo.sysvpn4))
+        stream.start()
+        turn.origin = time.monotonic()
+        try:
+            fault_phase(turn, world, gateway, stream, args.timing)
+        finally:
+            frames = capture.stop()
+            stream.stop()
+            (workdir.parent / f"{workdir.name}-gateway.log").write_text(gateway.log_text())
+        leaks = uplink_leaks(world, frames)
+        turn.metrics["leaks"] = float(len(leaks) + stream.outside_tunnel())
+        turn.leaks = [(s.when - turn.origin, str(s.frame)) for s in leaks]
+        turn.tunnel_arrivals = [t - turn.origin for t, via in stream.arrivals if via]
+        traffic_phase(turn, world, gateway, args.seconds)
+        gateway.note_hwm()
+        turn.metrics["rss_mb"] = gateway.hwm_kib / 1024 if gateway.hwm_kib else None
+        if isinstance(gateway, OpenVpnGateway):
+            gateway.stop()
+    return turn
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def medians(turns: list[Turn]) -> dict[str, float | None]:
+    keys = {key for turn in turns for key in turn.metrics}
+    out: dict[str, float | None] = {}
+    for key in sorted(keys):
+        values = [v for turn in turns if (v := turn.metrics.get(key)) is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
+
+
+def verdict(metric: Metric, theirs: float | None, ours: float | None) -> str:
+    if not metric.target or ours is None:
+        return ""
+    if metric.key == "rss_mb":
+        return "ok" if ours < RSS_LIMIT_MB else "MISS"
+    if metric.key == "leaks":
+        return "ok" if ours == 0 else "MISS"
+    if theirs is None:
+        return ""
+    good = ours >= theirs if metric.better == "higher" else ours <= theirs
+    return "ok" if good else "MISS"
+
+
+def table(results: dict[str, dict[str, float | None]]) -> tuple[str, list[dict[str, Any]]]:
+    rows: list[dict[str, Any]] = []
+    lines = [["metric", LABELS["openvpn"], LABELS["ours"], "ratio", "target"]]
+    for m in METRICS:
+        theirs, ours = results.get("openvpn", {}).get(m.key), results.get("ours", {}).get(m.key)
+        if theirs is None and ours is None:
+            continue
+        r = ours / theirs if ours is not None and theirs else None
+        met = verdict(m, theirs, ours)
+        rows.append({"metric": m.key, "label": m.label, "openvpn": theirs, "ours": ours,
+                     "ratio": r, "target": m.target, "met": met or None})  # fmt: skip
+        lines.append([
+            m.label,
+            "-" if theirs is None else m.fmt.format(theirs),
+            "-" if ours is None else m.fmt.format(ours),
+            "-" if r is None else f"{r:.2f}",
+            f"{m.target} {met}".strip(),
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(line[1:4], widths[1:4], strict=True)]
+        out.append(" | ".join([*cells, line[4]]).rstrip())
+        if n == 0:
+            out.append("-+-".join("-" * w for w in widths))
+    return "\n".join(out), rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each iperf3 run (10)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds, alternating the order (2)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 round, 1 s iperf3 runs, short fault phases (a smoke run)")  # fmt: skip
+    p.add_argument("--output", type=Path, default=RESULTS / "gateway.json", help="JSON results")
+    p.add_argument("--png", type=Path, default=RESULTS / "gateway-timeline.png",
+                   help="the timeline picture")  # fmt: skip
+    args = p.parse_args(argv)
+    if not 1 <= args.seconds <= 600:
+        p.error("--seconds must be between 1 and 600")
+    if not 1 <= args.rounds <= 10:
+        p.error("--rounds must be between 1 and 10")
+    args.timing = Timing()
+    if args.quick:
+        args.seconds, args.rounds = 1.0, 1
+        args.timing = Timing(steady=1.5, server_down=1.5, flap_down=1.5)
+    return args
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    from bench.timeline import draw  # matplotlib: a clear error before an hour of work
+
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "timing": vars(args.timing),
+        "loadavg_before": os.getloadavg(),
+        **versions(),
+    }
+    turns: dict[str, list[Turn]] = {name: [] for name in CONTENDERS}
+    logs = args.output.parent / "gateway-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mvpn-gwbench-") as tmp:
+        for round_ in range(args.rounds):
+            order = CONTENDERS if round_ % 2 == 0 else tuple(reversed(CONTENDERS))
+            for name in order:
+                log(f"round {round_ + 1} of {args.rounds}: {LABELS[name]}")
+                workdir = Path(tmp) / f"{name}-{round_ + 1}"
+                try:
+                    turns[name].append(run_turn(name, workdir, args))
+                except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
+                    log(f"{name}: FAILED: {e}")
+                    turns[name].append(Turn(name, errors={"turn": str(e)}))
+                for path in Path(tmp).glob("*.log"):
+                    path.replace(logs / path.name)
+    meta["loadavg_after"] = os.getloadavg()
+    results = {name: medians(turns[name]) for name in CONTENDERS}
+    text, rows = table(results)
+    load = meta["loadavg_before"]
+    print()
+    print(
+        f"Qubes gateway, UDP tunnel (tls-crypt, AES-256-GCM), {meta['cpus']} CPUs, "
+        f"{args.rounds} round(s) alternating (medians), {args.seconds:g} s per iperf3 run, "
+        f"{meta['python']}, {meta['openvpn']}; load average {load[0]:.2f} {load[1]:.2f} "
+        f"{load[2]:.2f} before (other work on this machine skews the numbers)"
+    )
+    print(text)
+    for name in CONTENDERS:
+        for turn in turns[name]:
+            for what, error in turn.errors.items():
+                print(f"{LABELS[name]} {what}: ERROR {error.splitlines()[0] if error else ''}")
+    firsts = {name: turns[name][0] for name in CONTENDERS if turns[name]}
+    draw({LABELS[n]: t.timeline() for n, t in firsts.items()}, args.png,
+         title=f"AppVM traffic through sys-vpn across faults ({meta['date']})")  # fmt: skip
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "meta": meta,
+        "rows": rows,
+        "turns": {n: [{"metrics": t.metrics, "errors": t.errors, "timeline": t.timeline()}
+                      for t in turns[n]] for n in CONTENDERS},
+    }, indent=1) + "\n")  # fmt: skip
+    print(f"\nwritten: {args.output}, {args.png} (gateway logs in {logs})")
+    return 0 if all(t.metrics and not t.errors for ts in turns.values() for t in ts) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; namespaces and processes removed", file=sys.stderr)
+        sys.exit(130)
