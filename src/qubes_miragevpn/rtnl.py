@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib.metadata
 import ipaddress
 import logging
 import os
@@ -184,11 +183,18 @@ class AsyncRtnl:
 
 
 def pyroute2_version() -> str:
-    """The installed pyroute2's version (Debian's module says "unknown"; its metadata knows)."""
+    """The installed pyroute2's version: the module's own, else (Debian's module says
+    "unknown") its metadata. importlib.metadata is imported only then: on the newest stack it
+    would be the daemon's only user (about 1.2 MB of RSS; pyroute2 0.7 loads it anyway)."""
+    version = str(getattr(pyroute2, "__version__", "unknown"))
+    if version[:1].isdigit():
+        return version
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("pyroute2")
     except importlib.metadata.PackageNotFoundError:
-        return str(getattr(pyroute2, "__version__", "unknown"))
+        return version
 
 
 def has_async_iproute() -> bool:
