@@ -30,6 +30,9 @@ Frames on the uplink that are not the encrypted session to the server are leaks 
 none, for either gateway). Then, with the fault phase over: TCP throughput AppVM -> host and
 host -> AppVM (iperf3, -R), small-packet rate both ways (iperf3 -u -b 0 -l 64, packets/s
 received), and the gateway process's peak RSS (VmHWM, the highest of its lives in the turn).
+Each iperf3 run must show up in the VPN server's tun counters (at least 95% of what iperf3
+counted), or it is reported as an error instead of a number: a run that bypassed the tunnel
+would measure nothing.
 
 It prints a table (metric | openvpn gateway | ours | ratio | target), writes the numbers as
 JSON and draws the timeline (bench/timeline.py, matplotlib) of the first turn of each gateway.
@@ -71,6 +74,7 @@ LABELS = {"openvpn": "openvpn gateway", "ours": "ours"}
 RSS_LIMIT_MB = 40.0
 RECOVERY_TIMEOUT = 45.0  # seconds to wait for the first datagram through the tunnel
 RESTART_DELAY = 0.5  # our unit's RestartSec, applied to both gateways after SIGKILL
+SERVER_TUN = "tun0"  # the OpenVPN server's device in sys-net (the only tun there)
 STREAM_RATE = 200.0  # datagrams/s: 5 ms resolution for every recovery time
 
 
@@ -319,6 +323,29 @@ def fault_phase(turn: Turn, world: World, gateway: Gateway, stream: Stream, timi
     time.sleep(timing.steady)
 
 
+def server_tun(world: World) -> dict[str, int]:
+    """Packets and bytes the VPN server's tun device received (`rx`) and sent (`tx`) so far."""
+    links = world.topo.sysnet.json(["ip", "-j", "-s", "link", "show", "dev", SERVER_TUN])
+    stats = links[0]["stats64"]
+    return {f"{way}_{unit}": int(stats[way][unit]) for way in ("rx", "tx")
+            for unit in ("bytes", "packets")}  # fmt: skip
+
+
+def through_server_tun(test: str, report: dict[str, Any], moved: dict[str, int]) -> str | None:
+    """None if the VPN server's tun carried at least what iperf3 counted (the run went through
+    the tunnel), else what is missing."""
+    way = "rx" if test.endswith("_up") else "tx"
+    if test.startswith("tcp"):
+        counted, unit = int(report["end"]["sum_received"]["bytes"]), "bytes"
+    else:
+        summary = report["end"]["sum"]
+        counted = int(summary["packets"]) - max(0, int(summary["lost_packets"]))
+        unit = "packets"
+    if moved[f"{way}_{unit}"] >= 0.95 * counted:
+        return None
+    return f"the server's tun {way} moved {moved[f'{way}_{unit}']} {unit}, iperf3 counted {counted}"
+
+
 def traffic_phase(turn: Turn, world: World, gateway: Gateway, seconds: float) -> None:
     topo = world.topo
     proc = gateway.process()
@@ -331,11 +358,18 @@ def traffic_phase(turn: Turn, world: World, gateway: Gateway, seconds: float) ->
     for test, args in TRAFFIC:
         time.sleep(1.0)  # let queues drain between runs
         try:
+            before = server_tun(world)
             with CpuMeter(stats, server_stats) as cpu:
                 report = iperf3(topo.sysnet, topo.appvms[0].ns, str(topo.web4), seconds, args)
+            after = server_tun(world)
         except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
             turn.errors[test] = str(e)
             log(f"{turn.name}: {test} failed: {e}")
+            continue
+        missing = through_server_tun(test, report, {k: after[k] - before[k] for k in after})
+        if missing is not None:  # not through the tunnel: the number would mean nothing
+            turn.errors[test] = missing
+            log(f"{turn.name}: {test}: {missing}")
             continue
         turn.metrics[f"cpu_{test}"] = cpu.percent[0]
         turn.metrics[f"server_cpu_{test}"] = cpu.percent[1]
