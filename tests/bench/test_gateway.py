@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bench.gateway import METRICS, table, verdict
+from bench.gateway import METRICS, table, through_server_tun, udp_received, verdict
 from bench.gwtraffic import stamped_frames
 
 from bench import killswitch
@@ -49,6 +49,24 @@ def test_verdicts_follow_the_direction_of_each_metric() -> None:
     assert verdict(metric["leaks"], 0.0, 1.0) == "MISS"
     assert verdict(metric["start_s"], 1.0, 5.0) == ""  # informational
     assert verdict(metric["tcp_up_mbits"], None, 5.0) == ""  # nothing to compare with
+
+
+def test_udp_counts_what_the_receiver_read_and_must_match_the_server_tun() -> None:
+    # iperf3 3.12's end of a -u run: 1000 written, 600 read, 100 counted lost (the 300 dropped
+    # after the last datagram that arrived are in no count but the bytes)
+    end = {
+        "sum_sent": {"seconds": 2.0, "packets": 1000, "bytes": 64000},
+        "sum_received": {"seconds": 2.0, "packets": 1000, "lost_packets": 100, "bytes": 38400},
+        "sum": {"seconds": 2.0, "packets": 1000, "lost_packets": 100},
+    }
+    report = {"end": end}
+    assert udp_received(report) == (300.0, 500.0)
+    moved = {"rx_packets": 600, "rx_bytes": 0, "tx_packets": 10, "tx_bytes": 0}
+    assert through_server_tun("udp_up", report, moved) is None
+    assert "tx moved 10 packets" in str(through_server_tun("udp_down", report, moved))
+    tcp = {"end": {"sum_received": {"bytes": 10_000}}}
+    assert through_server_tun("tcp_down", tcp, {**moved, "tx_bytes": 10_400}) is None
+    assert through_server_tun("tcp_up", tcp, {**moved, "rx_bytes": 900}) is not None
 
 
 def test_pcap_records_get_their_timestamps() -> None:
