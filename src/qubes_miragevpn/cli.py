@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from miragevpn.config.keys import KeyMaterialError
-from miragevpn.config.model import AuthUserPass, Config, Secret
-from miragevpn.config.unlock import locked, with_passphrase
+from miragevpn.config.model import AuthRetry, AuthUserPass, Config, Secret
+from miragevpn.config.unlock import PassphraseError, locked, with_passphrase
 from miragevpn.errors import ConfigError
 
 from .session import engine_client_factory
@@ -114,6 +114,7 @@ def load_config(path: Path) -> Config:
 
 
 PASSPHRASE_PROMPT = "Enter Private Key Password: "  # OpenVPN's words (UP_TYPE_PRIVATE_KEY)
+PASSPHRASE_TRIES = 3  # with auth-retry interact
 ASKPASS_FIX = (
     "put the passphrase on the first line of a file (chmod 600) and add 'askpass FILE' to "
     "the config"
@@ -123,7 +124,9 @@ ASKPASS_FIX = (
 def passphrase_for(config: Config) -> Config:
     """`config` with the passphrase of its encrypted key or PKCS#12 bundle: from `askpass
     FILE` (already checked by the parser), else asked on the terminal as OpenVPN does, and
-    checked at once (a wrong one ends here, before any network change)."""
+    checked at once (a wrong one ends here, before any network change). With `auth-retry
+    interact` a wrong one is asked again, up to PASSPHRASE_TRIES times (OpenVPN asks again
+    without a limit: init.c do_init_crypto_tls_c1)."""
     try:
         what = locked(config)
     except KeyMaterialError as exc:
@@ -136,11 +139,18 @@ def passphrase_for(config: Config) -> Config:
             f"to ask on: {ASKPASS_FIX}",
             directive="askpass",
         )
-    passphrase = Secret(getpass.getpass(PASSPHRASE_PROMPT).encode())
-    try:
-        return with_passphrase(config, passphrase)
-    except KeyMaterialError as exc:
-        raise ConfigError(str(exc), directive="askpass") from None
+    tries_left = PASSPHRASE_TRIES if config.auth_retry is AuthRetry.INTERACT else 1
+    while True:  # bounded: each round uses one of tries_left
+        tries_left -= 1
+        passphrase = Secret(getpass.getpass(PASSPHRASE_PROMPT).encode())
+        try:
+            return with_passphrase(config, passphrase)
+        except PassphraseError as exc:
+            if tries_left <= 0:
+                raise ConfigError(str(exc), directive="askpass") from None
+            print(f"{exc}; try again (auth-retry interact)", file=sys.stderr)
+        except KeyMaterialError as exc:
+            raise ConfigError(str(exc), directive="askpass") from None
 
 
 def credentials_for(config: Config) -> AuthUserPass | None:

@@ -154,9 +154,10 @@ def test_passphrase_from_the_askpass_file_needs_no_terminal(tmp_path: Path, pki:
     assert run.stdout == "unlocked True True\n", run.stdout + run.stderr
 
 
-def _on_a_terminal(config: Path, typed: bytes) -> str:
-    """Run PASSPHRASE_CHECK with a pseudo-terminal as its standard input, type `typed` at the
-    prompt; what it printed (prompt included), bounded in time."""
+def _on_a_terminal(config: Path, *typed: bytes) -> str:
+    """Run PASSPHRASE_CHECK with a pseudo-terminal as its standard input, type each of `typed`
+    at each prompt in turn; what it printed (prompts included), bounded in time."""
+    answers = list(typed)
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-c", PASSPHRASE_CHECK, str(config)],
@@ -179,8 +180,8 @@ def _on_a_terminal(config: Path, typed: bytes) -> str:
                 if not chunk:
                     break
                 seen += chunk
-                if seen.endswith(b"Enter Private Key Password: "):
-                    os.write(controller, typed + b"\n")
+                if seen.endswith(b"Enter Private Key Password: ") and answers:
+                    os.write(controller, answers.pop(0) + b"\n")
             elif proc.poll() is not None:
                 break
         proc.wait(timeout=10)
@@ -208,3 +209,15 @@ def test_passphrase_is_asked_on_a_terminal(tmp_path: Path, pki: Pki, extra: tupl
     assert ENCRYPTED_KEY_PASSPHRASE not in out  # not echoed
     out = _on_a_terminal(config, b"wrong horse")
     assert "ConfigError the passphrase is wrong: it does not unlock the" in out, out
+
+
+def test_auth_retry_interact_asks_again_after_a_wrong_passphrase(tmp_path: Path, pki: Pki) -> None:
+    config = _locked_profile(tmp_path, pki, "pkcs12 client-protected.p12", "auth-retry interact")
+    out = _on_a_terminal(config, b"wrong", ENCRYPTED_KEY_PASSPHRASE.encode())
+    assert out.count("Enter Private Key Password: ") == 2, out
+    assert "the passphrase is wrong: it does not unlock the PKCS#12 bundle" in out
+    assert "try again (auth-retry interact)" in out
+    assert "unlocked True True" in out, out
+    out = _on_a_terminal(config, b"wrong", b"wrong again", b"still wrong")
+    assert out.count("Enter Private Key Password: ") == 3, out
+    assert "ConfigError the passphrase is wrong" in out, out
