@@ -6,7 +6,9 @@
   transfer both ways (IPv4 and IPv6 inside the tunnel).
 - a dual-stack name (an /etc/hosts that only our client sees: tests/helpers/ourclient.py) whose
   preferred address is dead: the client tries it, then falls back to the other family (over a
-  link that carries both here); on the IPv6-only link, a name with A and AAAA works at once.
+  link that carries both here), and so does OpenVPN's own client with the same hosts file (the
+  control case); on the IPv6-only link, a name with A and AAAA works at once (`tcp6-client`:
+  AAAA only).
 - `redirect-gateway ipv6 !ipv4` pushed: ::/1 and 8000::/1 into the tun, no IPv4 redirect, and
   the host route to the (off-link) server via the uplink's IPv6 gateway, a link-local router
   as in real networks; every route gone afterwards.
@@ -192,9 +194,13 @@ def test_the_real_openvpn_client_walks_the_same_order(pki_files: PkiFiles, workd
             ping(client, SERVER_TUN_ADDRESS)
 
 
-def test_dual_stack_name_on_an_ipv6_only_network(pki_files: PkiFiles, workdir: Path) -> None:
-    """A and AAAA on a network without IPv4: the AAAA address carries the session."""
-    s = scenario("udp")
+@pytest.mark.parametrize("proto", ["udp", "tcp6-client"])
+def test_dual_stack_name_on_an_ipv6_only_network(
+    pki_files: PkiFiles, workdir: Path, proto: str
+) -> None:
+    """A and AAAA on a network without IPv4: the AAAA address carries the session. With
+    `tcp6-client` only the AAAA lookup is made (getaddrinfo AF_INET6)."""
+    s = scenario(proto)
     with ipv6_only_pair() as pair:
         hosts = f"192.0.2.1 vpn.test\n{pair.server_address} vpn.test\n"
         config = client_config(s, pki_files, "vpn.test", real=False)
@@ -204,6 +210,8 @@ def test_dual_stack_name_on_an_ipv6_only_network(pki_files: PkiFiles, workdir: P
         ):
             c.wait_tunnel_up()
             assert f"connected to {pair.server_address} port 1194" in c.log_text(), c.tail()
+            if proto.startswith("tcp6"):
+                assert f"vpn.test is {pair.server_address}\n" in c.log_text(), c.tail()
             both_families_through_the_tunnel(pair.server, pair.client)
             assert c.stop() == 0
 
