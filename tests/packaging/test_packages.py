@@ -58,6 +58,7 @@ def test_deb_depends_on_debians_own_packages_and_only_recommends_qubes(deb: Path
     assert depends["python3-pyroute2"] == ">= 0.7.2"
     recommends = relations(deb_field(deb, "Recommends"))
     assert {"python3-qubesdb", "qubes-core-agent-networking"} <= recommends.keys()
+    assert {"python3-lz4", "python3-lzo"} <= recommends.keys()  # decompression (optional)
     assert not {"python3-qubesdb", "qubes-core-agent-networking"} & depends.keys()
     assert deb_field(deb, "Architecture") == "all"
     assert deb_field(deb, "Version") == (ROOT / "version").read_text().strip()
@@ -132,6 +133,8 @@ def test_rpm_requires_fedoras_python_packages_and_qubesdb(rpm: Path) -> None:
                     "python3-pyyaml", "python3-nftables", "python3-qubesdb", "nftables",
                     "qubes-core-agent-networking"):  # fmt: skip
         assert package in requires, (package, sorted(requires))
+    recommends = {line.split()[0] for line in rpm_query(rpm, "--recommends").splitlines()}
+    assert {"python3-lz4", "python3-lzo"} <= recommends, sorted(recommends)
     assert rpm_query(rpm, "--queryformat", "%{VERSION} %{ARCH} %{LICENSE}") == (
         f"{(ROOT / 'version').read_text().strip()} noarch BSD-2-Clause"
     )
