@@ -25,9 +25,18 @@ PASSWORD = "correct horse:battery"
 CODE = "271828"
 STATE = "st-8Xq2"
 QUESTION = "Enter the code sent to your phone"
+STATIC_QUESTION = "Enter Authenticator Code"
 VERIFY = """#!/bin/sh
 user=$(sed -n 1p "$1")
 pass=$(sed -n 2p "$1")
+field() {{ printf '%s' "$pass" | cut -d: -f"$1" | base64 -d; }}
+case "$pass" in
+SCRV1:*)
+    if [ "$user" = alice ] && [ "$(field 2)" = "{password}" ] && [ "$(field 3)" = "{code}" ]; then
+        echo "$user static-ok" >> {dir}/calls
+        exit 0
+    fi;;
+esac
 if [ "$user" = carol@corp ] && [ "$pass" = "CRV1::{state}::{code}" ]; then
     echo "$user dynamic-ok" >> {dir}/calls
     exit 0
@@ -47,16 +56,20 @@ exit 2
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """The profile authenticates with carol's password (inline); a stand-in notify-send
-    records the desktop notices for /default-user root in `world.tmp / "notices"`."""
+    """otp.ovpn authenticates with carol's password (inline), static.ovpn with alice's and a
+    static-challenge; a stand-in notify-send records the desktop notices for /default-user
+    root in `world.tmp / "notices"`."""
     tmp = tmp_path_factory.mktemp("challenge")
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     notify = bin_dir / "notify-send"
     notify.write_text(f'#!/bin/sh\nline=$(printf "%s|" "$@")\necho "$line" >> {tmp / "notices"}\n')
     notify.chmod(0o755)
-    extra = ("<auth-user-pass>", "carol", PASSWORD, "</auth-user-pass>")
-    with pytest.MonkeyPatch.context() as mp, built_world(tmp, {"otp.ovpn": (UDP, extra)}) as world:
+    dynamic = ("<auth-user-pass>", "carol", PASSWORD, "</auth-user-pass>")
+    static = ("<auth-user-pass>", "alice", PASSWORD, "</auth-user-pass>",
+              f'static-challenge "{STATIC_QUESTION}" 0')  # fmt: skip
+    profiles = {"otp.ovpn": (UDP, dynamic), "static.ovpn": (UDP, static)}
+    with pytest.MonkeyPatch.context() as mp, built_world(tmp, profiles) as world:
         mp.setenv("PATH", f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/bin')}")
         with world.facts_path.open("a") as facts:
             facts.write("/default-user: root\n")
@@ -124,3 +137,27 @@ def test_the_gateway_waits_blocked_for_the_code_and_answer_supplies_it(world: Wo
     assert CODE not in log and PASSWORD not in log and STATE not in log  # secrets never logged
     notices = (world.tmp / "notices").read_text()
     assert "VPN needs a one-time code" in notices and "qubes-miragevpn answer CODE" in notices
+
+
+def test_a_static_challenge_is_asked_before_the_gateway_connects(world: World) -> None:
+    """After the first test: the server runs, the tunnel is up with otp.ovpn."""
+    with world.topo.capture() as cap:
+        done = world.control("profile", "static.ovpn")
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: (status(world).get("one_time_code") or {}).get("text"), 30,
+                   interval=0.2, what="the daemon to ask for the static code")  # fmt: skip
+        asked = status(world)["one_time_code"]
+        assert asked["text"] == STATIC_QUESTION and asked["dynamic"] is False, asked
+        before = len(calls(world))
+        time.sleep(2)
+        assert world.fetch() is None
+    # asked before connecting: no new login reached the server while the question was open,
+    # and nothing left sys-vpn outside the session (the old one's goodbye is allowed)
+    assert len(calls(world)) == before
+    assert_no_leaks(world, cap, "switching to a static-challenge profile")
+    answered = time.monotonic()
+    done = world.control("answer", CODE)
+    assert done.returncode == 0, done.stderr
+    world.wait_through_tunnel(answered, "after the static code")
+    assert calls(world)[-1] == "alice static-ok"
+    assert CODE not in world.daemon_log()
