@@ -353,10 +353,16 @@ def test_server_halt_holds_blocked_until_a_restart(tmp_path: Path) -> None:
 def test_an_ipv6_server_endpoint(tmp_path: Path) -> None:
     """`remote 2001:db8:100::1 1194 udp6` with an IPv6 uplink (/qubes-ip6, /qubes-gateway6):
     from boot (blocked), the Connecting policy lets out only the session to the IPv6 endpoint,
-    the host route to the server goes via the uplink's IPv6 gateway, the AppVMs' traffic goes
-    through the tunnel, and nothing else leaves sys-vpn, whatever the AppVMs try."""
+    the tunnel carries IPv6 too (::/1 and 8000::/1 into it) and the host route keeps the
+    server on the uplink's IPv6 gateway, the AppVMs' traffic goes through the tunnel, and
+    nothing else leaves sys-vpn, whatever the AppVMs try."""
     topo_server6 = "2001:db8:100::1"
-    udp6 = replace(UDP, client_proto="udp6", extra_server=(f"local {topo_server6}", "proto udp6"))
+    udp6 = replace(
+        UDP,
+        client_proto="udp6",
+        ipv6=True,
+        extra_server=(f"local {topo_server6}", "proto udp6"),
+    )
     with built_world(
         tmp_path, {"udp6.ovpn": (udp6, ())}, remote=topo_server6, uplink_ipv6=True
     ) as world:
@@ -372,6 +378,11 @@ def test_an_ipv6_server_endpoint(tmp_path: Path) -> None:
         assert_no_leaks(world, cap, "IPv6 server endpoint")
         session = [f for f in cap.frames_from_sysvpn() if f.dst == topo_server6]
         assert session and all(f.src == str(topo.sysvpn6) and f.proto == 17 for f in session)
+        shown = topo.sysvpn.json(["ip", "-j", "-6", "route", "show"])
+        routes = {r["dst"]: r for r in shown if r.get("type") != "unreachable"}
+        assert routes["::/1"]["dev"] == routes["8000::/1"]["dev"] == "miragevpn0", routes
+        host = routes[topo_server6]  # without it, ::/1 would carry the session into itself
+        assert (host.get("gateway"), host.get("dev")) == (str(topo.gateway6), topo.uplink)
         route = topo.sysvpn.json(["ip", "-j", "-6", "route", "get", topo_server6])[0]
         assert (route.get("gateway"), route.get("dev")) == (str(topo.gateway6), topo.uplink)
         assert f"connecting to {topo_server6} port 1194 over UDP" in world.daemon_log()
