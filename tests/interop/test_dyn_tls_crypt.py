@@ -14,6 +14,10 @@ for key id 1 in our session, wrapped the way key id 0 is (the configured tls-cry
 tls-auth or no wrapping, with a fresh replay id). With dynamic tls-crypt the server must refuse
 it ("tls-crypt unwrapping failed"); without (`--prf` announces neither EKM nor IV_PROTO bit 9),
 the same packet begins a renegotiation at once: the control case.
+
+At verb 7 the server logs, for every control packet it reads, the replay window of the wrap that
+took it: the tests read from it that each packet of a renegotiation was unwrapped with the
+dynamic key ("TLS_WRAP_RENEG"), and in the control case with the static one ("TLS_WRAP").
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import select
 import socket
 import sys
@@ -233,8 +238,7 @@ if __name__ != "__main__":
 
     pytestmark = pytest.mark.interop
 
-    REPO = Path(__file__).resolve().parents[2]
-    PYTHON = str(REPO / ".venv" / "bin" / "python")
+    PYTHON = sys.executable  # the driver runs on the stack under test
     DYNAMIC_NOTE = "renegotiations use a dynamic tls-crypt key (protocol-flags dyn-tls-crypt)"
     # crypto.c: init_key_ctx at verb 4 (D_CIPHER_INIT), for the key tls_crypt.c makes
     SERVER_DYNAMIC_KEY = (
@@ -343,16 +347,65 @@ if __name__ != "__main__":
             else:
                 assert "TLS Error" not in log, context
 
+    READ_CONTROL = re.compile(r" READ \[\d+\] from .*: P_(?:CONTROL\w*|ACK_V1) kid=(\d)")
+    PID_TEST = re.compile(r" PID_TEST \[\d+\] \[(TLS_WRAP\w*)-\d+\]")
+
+    def windows_by_key_id(log: str) -> list[tuple[int, str]]:
+        """(key id, replay window) of each control packet the server read, at verb 7: the
+        PID_TEST line after its READ line names the window of the wrap that unwrapped it
+        (packet_id.c; "TLS_WRAP" is key id 0's, "TLS_WRAP_RENEG" the dynamic key's)."""
+        out: list[tuple[int, str]] = []
+        pending: int | None = None
+        for line in log.splitlines():
+            if (read := READ_CONTROL.search(line)) is not None:
+                pending = int(read.group(1))
+            elif (test := PID_TEST.search(line)) is not None and pending is not None:
+                out.append((pending, test.group(1)))
+                pending = None
+        return out
+
+    @pytest.mark.parametrize("transport", ["udp", "tcp"])
+    def test_the_servers_verb_7_log_shows_each_renegotiation_packet_under_the_dynamic_key(
+        transport: str, pki_files: PkiFiles, tmp_path: Path
+    ) -> None:
+        """At verb 7 the server logs every control packet it reads and the replay window that
+        took it: key id 0's under the configured tls-crypt-v2 key, every packet of the
+        renegotiation (key id 1) under the dynamic key's window, its replay ids from 1."""
+        scenario = Scenario(
+            transport=transport,
+            protection=Protection.TLS_CRYPT_V2,
+            extra_server=("reneg-sec 6", "verb 7"),
+            extra_client=("hand-window 3",),
+        )
+        with (
+            netns_pair_context() as pair,
+            OpenVpnServer.start(
+                pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
+            ) as server,
+        ):
+            result = run_driver(pair, scenario, pki_files, tmp_path, 1)
+            context = check_tunnel(result, server, goal=1)
+            check_dynamic_key(result, server, context)
+            log = server.log_text()
+            windows = windows_by_key_id(log)
+            renegotiation = [window for kid, window in windows if kid == 1]
+            assert len(renegotiation) >= 5, (windows, context)
+            assert set(renegotiation) == {"TLS_WRAP_RENEG"}, (windows, context)
+            assert {w for kid, w in windows if kid == 0} == {"TLS_WRAP"}, (windows, context)
+            first = next(line for line in log.splitlines() if "[TLS_WRAP_RENEG-" in line)
+            assert re.search(r"\] 0:0 \d+:1 t=", first), first  # the dynamic counter's id 1
+
     def test_without_dynamic_tls_crypt_the_probe_is_a_renegotiation(
         pki_files: PkiFiles, tmp_path: Path
     ) -> None:
         """The control case: a client announcing neither EKM nor IV_PROTO bit 9 gets no
         dyn-tls-crypt; the server takes the same probe under the static tls-crypt key and
-        renegotiates key id 1 at once (long before its reneg-sec 60), with us."""
+        renegotiates key id 1 at once (long before its reneg-sec 60), with us, every packet
+        of it under the static key's replay window (verb 7)."""
         scenario = Scenario(
             transport="udp",
             protection=Protection.TLS_CRYPT,
-            extra_server=("reneg-sec 60",),
+            extra_server=("reneg-sec 60", "verb 7"),
             extra_client=("hand-window 3",),
         )
         with (
@@ -371,6 +424,9 @@ if __name__ != "__main__":
             assert DYNAMIC_NOTE not in [t for _, t in result["progress"]], context
             began = progress_at(result, "server renegotiates keys (key id 1)")
             assert result["probe_at"] <= began < result["probe_at"] + 2.0, context
+            windows = windows_by_key_id(log)
+            assert len([kid for kid, _ in windows if kid == 1]) >= 5, (windows, context)
+            assert {window for _, window in windows} == {"TLS_WRAP"}, (windows, context)
 
     @pytest.mark.parametrize("transport", ["udp", "tcp"])
     def test_reneg_sec_max_min_renegotiates_within_the_window(
