@@ -14,6 +14,7 @@ checks whether the terminal echoes, and types the code.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import termios
 import time
@@ -213,3 +214,20 @@ def test_without_a_terminal_the_client_says_so_and_exits_3(
         assert "the server asks for a one-time code" in c.log_text(), c.tail()
         assert "standard input is not a terminal" in c.log_text(), c.tail()
         wait_until(lambda: calls(workdir) == ["carol plain"], timeout=5, what="one login")
+
+
+def test_sigint_at_the_prompt_stops_at_once_and_restores_the_terminal(
+    netns_pair: NetnsPair, pki_files: PkiFiles, workdir: Path, terminal: Terminal
+) -> None:
+    pair = netns_pair
+    config = our_config(pair, pki_files, "alice", 'static-challenge "Enter Authenticator Code" 0')
+    with OurClient.start(pair.client, config, workdir / "client", stdin=terminal.slave) as client:
+        terminal.read_until(b"CHALLENGE: Enter Authenticator Code", client)
+        assert not terminal.echoes()
+        started = time.monotonic()
+        # Ctrl-C; the pty is not the client's controlling terminal, so the test sends the
+        # SIGINT the terminal would send (by PID)
+        client.proc.send_signal(signal.SIGINT)
+        assert client.wait_exit(timeout=10) == 0, client.tail()
+        assert time.monotonic() - started < 5
+        assert terminal.echoes()  # echo put back although the question was never answered
