@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from . import ruleset
+from . import nft, ruleset
 from .policy import IPAddress
 from .policy import Report as PolicyReport
 
@@ -279,7 +279,7 @@ class CounterReader:
         counted: dict[Flow, int] = {}
         for name in (ruleset.SET_BLOCKED4, ruleset.SET_BLOCKED6):
             try:
-                counted.update(parse_counted(self._backend.run(ruleset.list_set_document(name))))
+                counted.update(parse_counted(self._backend.run(nft.list_set_document(name))))
             except Exception as e:  # the table is being replaced, or gone: next time
                 log.debug("cannot list set %s: %s", name, e)
         now = time.time()

@@ -5,6 +5,7 @@
     verify_policy(Blocked(), facts, backend=backend)                  # raises FirewallError
     verify_unchanged(installed, backend=backend)   # installed = what apply_policy returned
     remove_all(backend=backend)              # what `qubes-miragevpn unblock` runs
+    kernel_has_queue(backend=backend)        # nftables' queue expression (blocked-traffic report)
 
 Two backends behind one Protocol (`NftBackend`): `LibNftables` uses the `nftables` module
 (Debian's python3-nftables, or PyPI's pip-nftables on a newer stack), which needs
@@ -289,12 +290,40 @@ def remove_all(*, backend: NftBackend | None = None) -> None:
         raise FirewallError(f"table {ruleset.FAMILY} {ruleset.TABLE} is still there after delete")
 
 
+def list_set_document(name: str) -> Any:
+    """The document asking for one set of our table, elements and counters included."""
+    return {
+        "nftables": [
+            {"list": {"set": {"family": ruleset.FAMILY, "table": ruleset.TABLE, "name": name}}}
+        ]
+    }
+
+
+def queue_probe_document() -> Any:
+    """A transaction that adds a throw-away table with a `queue` rule and deletes it again:
+    the kernel accepts it only if it has nftables' queue expression (CONFIG_NFT_QUEUE).
+    Nothing of it remains either way; our own table is not touched."""
+    probe = {"family": ruleset.FAMILY, "name": ruleset.TABLE + "-probe"}
+    chain = {"family": ruleset.FAMILY, "table": probe["name"], "name": "probe"}
+    rule = {**chain, "chain": "probe", "expr": [{"queue": {"num": 0}}]}
+    del rule["name"]
+    return {
+        "nftables": [
+            {"metainfo": {"json_schema_version": 1}},
+            {"add": {"table": probe}},
+            {"add": {"chain": chain}},
+            {"add": {"rule": rule}},
+            {"delete": {"table": probe}},
+        ]
+    }
+
+
 def kernel_has_queue(*, backend: NftBackend | None = None) -> bool:
     """Whether the kernel has nftables' `queue` expression: a throw-away table with a queue
     rule, added and deleted in one transaction (nothing remains; our table is untouched)."""
     backend = backend or open_backend()
     try:
-        backend.run(ruleset.queue_probe_document())
+        backend.run(queue_probe_document())
     except FirewallError as e:
         log.debug("no nftables queue expression: %s", e)
         return False

@@ -569,30 +569,6 @@ def list_document() -> Json:
     return {"nftables": [{"list": _table()}]}
 
 
-def list_set_document(name: str) -> Json:
-    """The document asking for one set of our table, elements and counters included."""
-    return {"nftables": [{"list": {"set": {"family": FAMILY, "table": TABLE, "name": name}}}]}
-
-
-def queue_probe_document() -> Json:
-    """A transaction that adds a throw-away table with a `queue` rule and deletes it again:
-    the kernel accepts it only if it has nftables' queue expression (CONFIG_NFT_QUEUE).
-    Nothing of it remains either way; our own table is not touched."""
-    probe = {"family": FAMILY, "name": TABLE + "-probe"}
-    chain = {"family": FAMILY, "table": probe["name"], "name": "probe"}
-    rule = {**chain, "chain": "probe", "expr": [{"queue": {"num": 0}}]}
-    del rule["name"]
-    return {
-        "nftables": [
-            {"metainfo": {"json_schema_version": 1}},
-            {"add": {"table": probe}},
-            {"add": {"chain": chain}},
-            {"add": {"rule": rule}},
-            {"delete": {"table": probe}},
-        ]
-    }
-
-
 def policy_name(policy: Policy) -> str:
     match policy:
         case Blocked():
