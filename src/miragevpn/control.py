@@ -297,6 +297,7 @@ def push_reply(
             ProgressReported(message=f"keys renegotiated every {seconds:g} s (reneg-sec {window})")
         )
     reactions += [ProgressReported(message=note) for note in notes]
+    reactions += [ProgressReported(message=f"pushed option: {note}") for note in pushed.notes]
     reactions += [
         ProgressReported(message=f"pushed option ignored: {ignored.text} ({ignored.reason})")
         for ignored in pushed.ignored

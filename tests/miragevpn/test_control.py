@@ -219,6 +219,23 @@ def test_a_complete_push_reply_gives_the_tunnel_then_the_token(pki: Pki) -> None
     assert not prf_tunnel.params.ekm and prf_tunnel.settings.key_derivation == "tls1-prf"
 
 
+def test_a_pushed_option_applied_with_a_remark_is_reported(pki: Pki) -> None:
+    state = pulling(pki)
+    reactions = control.push_reply(
+        [*REPLY, "route 10.9.1.7 255.255.255.0"],
+        state.session,
+        config=make_config(pki),
+        tls_ekm=True,
+    )
+    [tunnel] = [r for r in reactions if isinstance(r, control.Tunnel)]
+    assert tunnel.pushed.notes
+    said = [r.message for r in reactions if isinstance(r, ProgressReported)]
+    assert [m for m in said if m.startswith("pushed option: ")] == [
+        f"pushed option: {note}" for note in tunnel.pushed.notes
+    ]
+    assert any("host bits" in m and "10.9.1.0/24" in m for m in said)
+
+
 def test_push_replies_we_cannot_use(pki: Pki) -> None:
     state = pulling(pki)
     config = make_config(pki, data_ciphers=("AES-128-GCM",))
