@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from miragevpn.config.check import printable
 from miragevpn.config.keys import KeyMaterialError
 from miragevpn.config.model import AuthRetry, AuthUserPass, Config, Secret
 from miragevpn.config.unlock import PassphraseError, locked, with_passphrase
@@ -148,7 +149,7 @@ def passphrase_for(config: Config) -> Config:
         except PassphraseError as exc:
             if tries_left <= 0:
                 raise ConfigError(str(exc), directive="askpass") from None
-            print(f"{exc}; try again (auth-retry interact)", file=sys.stderr)
+            print(printable(f"{exc}; try again (auth-retry interact)"), file=sys.stderr)
         except KeyMaterialError as exc:
             raise ConfigError(str(exc), directive="askpass") from None
 
@@ -173,6 +174,12 @@ def credentials_for(config: Config) -> AuthUserPass | None:
     return replace(auth, username=username, password=password)
 
 
+def print_config_error(exc: ConfigError, path: Path) -> None:
+    """`FILE:LINE:COL: directive: message` on stderr, control characters escaped (the text
+    may quote the profile: a downloaded one must not drive the terminal)."""
+    print(printable(str(exc if exc.file else exc.with_file(str(path)))), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("debug" if args.verbose else "info")
@@ -183,12 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = passphrase_for(load_config(args.config))
         credentials = credentials_for(config)
     except ConfigError as e:
-        print(str(e if e.file else e.with_file(str(args.config))), file=sys.stderr)
+        print_config_error(e, args.config)
         return ExitCode.CONFIG
     for ignored in config.ignored:
-        log.debug("%s:%d: %s ignored: %s", args.config, ignored.line, ignored.name, ignored.reason)
+        text = f"{ignored.name} ignored: {ignored.reason}"
+        log.debug("%s:%d: %s", args.config, ignored.line, printable(text))
     for warning in config.warnings:
-        log.warning("%s:%d: %s: %s", args.config, warning.line, warning.directive, warning.message)
+        text = f"{warning.directive}: {warning.message}"
+        log.warning("%s:%d: %s", args.config, warning.line, printable(text))
     if not config.remotes:
         print(f"{args.config}: no `remote` to connect to", file=sys.stderr)
         return ExitCode.CONFIG
@@ -201,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome = asyncio.run(client.run())
     except ConfigError as e:  # the engine refuses the configuration (e.g. an unusable key)
-        print(str(e if e.file else e.with_file(str(args.config))), file=sys.stderr)
+        print_config_error(e, args.config)
         return ExitCode.CONFIG
     except OSError as e:
         log.error("local set-up failed: %s", e)

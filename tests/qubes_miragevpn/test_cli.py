@@ -57,6 +57,18 @@ def test_config_error_is_file_line_message(
     assert "missing-ca.crt" in err
 
 
+@needs_parser
+def test_config_error_text_from_the_profile_cannot_drive_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.ovpn"
+    config.write_text("client\nremote vpn.example 1194 udp\nca \x1b]0;owned\x07ca.crt\n")
+    assert main([str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err, repr(err)
+    assert err.startswith(f"{config}:3:") and "\\x1b]0;owned\\x07ca.crt" in err, err
+
+
 def test_credentials_complete_are_used_as_is() -> None:
     auth = AuthUserPass(username="alice", password=Secret(b"s3cret"))
     assert credentials_for(Config(auth_user_pass=auth)) == auth
