@@ -15,6 +15,7 @@ import os
 import sys
 import termios
 
+from miragevpn.config.check import printable
 from miragevpn.events import ChallengeRequested
 
 from .hooks import CannotAsk
@@ -23,9 +24,9 @@ MAX_ANSWER = 1024  # bytes of one line; OpenVPN's USER_PASS_LEN is smaller
 
 
 def prompt_for(challenge: ChallengeRequested) -> str:
-    """The question as the terminal shows it (OpenVPN says "CHALLENGE: <text>")."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in challenge.text)
-    return f"CHALLENGE: {text} "
+    """The question as the terminal shows it (OpenVPN says "CHALLENGE: <text>"), control
+    characters escaped (a static-challenge text comes from the profile)."""
+    return f"CHALLENGE: {printable(challenge.text)} "
 
 
 async def ask_on_terminal(challenge: ChallengeRequested) -> str:

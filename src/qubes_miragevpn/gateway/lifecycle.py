@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from miragevpn.config.check import printable
 from miragevpn.config.model import Transport
 from miragevpn.events import TunnelSettings
 
@@ -126,7 +127,7 @@ def status_line(phase: Phase) -> str:
             return f"blocked: {reason}"
         case Asking(text=text, timeout=timeout):
             return (
-                f"waiting for a one-time code: {text} (blocked; give it with "
+                f"waiting for a one-time code: {printable(text)} (blocked; give it with "
                 f"`qubes-miragevpn answer CODE` within {timeout:.0f}s)"
             )
         case Resolving(hosts=hosts):

@@ -21,6 +21,8 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from miragevpn.config.check import printable
+
 from .lifecycle import Asking, Held, Phase, Up
 
 log = logging.getLogger("qubes-miragevpn")
@@ -59,7 +61,7 @@ def notice_for(old: Phase | None, new: Phase) -> Notice | None:
         return Notice(
             Kind.CODE_WANTED,
             "VPN needs a one-time code",
-            f"{new.text}. In the VPN qube run: sudo qubes-miragevpn answer CODE "
+            f"{printable(new.text)}. In the VPN qube run: sudo qubes-miragevpn answer CODE "
             f"(within {new.timeout:.0f}s). AppVMs stay blocked meanwhile.",
             "critical",
         )

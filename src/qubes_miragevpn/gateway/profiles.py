@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miragevpn.config import parse_config
+from miragevpn.config.check import printable
 from miragevpn.config.context import INLINE_MARKER
 from miragevpn.config.lexer import decode_config, lex
 from miragevpn.config.model import AuthUserPass, Config
@@ -100,7 +101,7 @@ def load_profile(
         config = parse_config(data, read_file=read_file)
     except ConfigError as exc:
         located = exc if exc.file else exc.with_file(where)
-        return ProfileBlocked(reason=f"the profile cannot be used: {located}", name=name)
+        return ProfileBlocked(reason=printable(f"the profile cannot be used: {located}"), name=name)
     except OSError as exc:
         return ProfileBlocked(reason=f"cannot read {where}: {exc.strerror or exc}", name=name)
     exposed = exposed_secrets(config_dir, name, data)
@@ -128,7 +129,8 @@ def load_profile(
             name=name,
         )
     notes = tuple(
-        [f"{where}:{i.line}: {i.name}: ignored ({i.reason})" for i in config.ignored]
+        printable(note)
+        for note in [f"{where}:{i.line}: {i.name}: ignored ({i.reason})" for i in config.ignored]
         + [f"{where}:{w.line}: {w.directive}: {w.message}" for w in config.warnings]
     )
     return LoadedProfile(name=name, path=path, config=config, credentials=auth, notes=notes)

@@ -206,6 +206,8 @@ def test_no_code_in_time_holds() -> None:
     asking = lifecycle.Asking(text="Code", dynamic=False)
     assert policy_for(asking) == Blocked()
     assert status_line(asking).startswith("waiting for a one-time code: Code (blocked;")
+    hostile = lifecycle.Asking(text="\x1b[2JCode", dynamic=False)
+    assert status_line(hostile).startswith("waiting for a one-time code: \\x1b[2JCode (blocked;")
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,8 @@ def test_a_one_time_code_wanted_is_a_critical_notice_that_says_how_to_answer() -
     assert notice is not None and notice.urgency == "critical"
     assert "Enter the code sent to your phone" in notice.body
     assert "qubes-miragevpn answer CODE" in notice.body and "300s" in notice.body
+    hostile = notice_for(None, Asking(text="\x1b]0;x\x07Code", dynamic=False, timeout=300))
+    assert hostile is not None and hostile.body.startswith("\\x1b]0;x\\x07Code. ")
 
 
 def test_rate_limit_per_kind_and_in_total() -> None:

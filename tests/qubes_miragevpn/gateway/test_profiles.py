@@ -187,6 +187,18 @@ def test_profile_errors_name_file_and_line(folder: Path, blocked: Blocked) -> No
     assert "cannot read" in blocked(folder) and "client.crt" in blocked(folder)
 
 
+def test_profile_text_in_reasons_and_notes_is_escaped(folder: Path, load: Load) -> None:
+    write(folder / "work.ovpn", PROFILE.replace("proto udp", "proto \x1b]0;x\x07udp"))
+    reason = load(folder)
+    assert isinstance(reason, ProfileBlocked)
+    assert "\x1b" not in reason.reason and "\\x1b]0;x\\x07udp" in reason.reason, reason
+    write(folder / "work.ovpn", PROFILE + "setenv opt \x1b[2Jwhatever 1\n")
+    result = load(folder)
+    assert isinstance(result, LoadedProfile), result
+    assert not any("\x1b" in note for note in result.notes), result.notes
+    assert any("\\x1b[2Jwhatever" in note for note in result.notes), result.notes
+
+
 def test_side_files_stay_in_the_folder(folder: Path, tmp_path: Path, blocked: Blocked) -> None:
     outside = write(tmp_path / "elsewhere.crt", (folder / "ca.crt").read_text())
     write(folder / "work.ovpn", PROFILE.replace("ca ca.crt", f"ca {outside}"))
