@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Challenge",
@@ -48,7 +48,9 @@ class Challenge:
     text: str  # the server's or the config's words, shown as they are
     echo: bool  # the code may be shown while it is typed
     response_required: bool = True  # CRV1 without R: an empty answer is fine
-    state_id: str = ""  # dynamic: the server's handle for this question
+    # dynamic: the server's handle for this question; it authenticates the answer, so it is
+    # kept out of repr (as the code and the password are)
+    state_id: str = field(default="", repr=False)
     username: str = ""  # dynamic: the username to send with the answer
 
 

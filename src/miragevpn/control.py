@@ -199,6 +199,8 @@ def react(
                 challenge = parse_dynamic_challenge(reason)
                 if challenge is not None:
                     return [ForgetAuthToken(), AskChallenge(challenge=challenge)]
+                # its fields are not shown: a malformed request may still hold the state id
+                error = AuthFailedError(f"{DYNAMIC_PREFIX}<not shown>")
                 why = f"{error}: its one-time code request (CRV1) is malformed"
                 return [ForgetAuthToken(), StopSession(reason=why, error=error)]
             if auth_token_in_use:

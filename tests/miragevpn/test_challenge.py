@@ -40,6 +40,7 @@ def test_a_dynamic_challenge_is_read_as_openvpns_get_auth_challenge() -> None:
         "Enter PIN",
     )
     assert c.echo and c.response_required
+    assert "Om01u7Fh4LrGBS7uh0SWmzwabUiGiW6l" not in repr(c)  # it authenticates the answer
     # no flags; the text keeps its colons (only the first four split)
     c = parse_dynamic_challenge(f"CRV1::s1:{b64('bob')}:Code: sent to +41:79")
     assert c is not None and not c.echo and not c.response_required
@@ -155,10 +156,11 @@ def test_a_malformed_dynamic_challenge_ends_the_session(pki: Pki) -> None:
         make_config(pki, auth_user_pass=ALICE), rng=counter_rng(), now=T0, wall_clock=wall_clock
     )
     client.handle_connected(now=T0)
-    exchange(client, MiniServer(pki, reply="AUTH_FAILED,CRV1:R:st"), T0)
+    exchange(client, MiniServer(pki, reply="AUTH_FAILED,CRV1:R:st4te:not base64:Code?"), T0)
     ended = drain(client)[-1]
     assert isinstance(ended, SessionEnded) and isinstance(ended.error, AuthFailed)
     assert "one-time code request (CRV1) is malformed" in ended.reason
+    assert "st4te" not in ended.reason and "st4te" not in str(ended.error), ended.reason
 
 
 def test_closing_while_asking_ends_at_once(pki: Pki) -> None:
