@@ -11,9 +11,10 @@ from a vif), written as libnftables JSON data, applied in one transaction:
     output   filter, priority -10, policy drop: sys-vpn itself may send to lo, to tun0, to
              its AppVMs (vif*) and, on the uplink, only to the server's endpoint
 
-That is the usual recipe (Qubes forum / qubes-vpn-support style: "forward vif -> tun only,
-output only to the VPN server"); it has no anti-spoofing, DNS redirection or MSS clamping of
-its own, and nothing for IPv6 beyond dropping it on the uplink. The table outlives openvpn
+That is the usual hand-made recipe ("AppVMs forward into tun0 only; sys-vpn's own output goes
+to the VPN server only"), here as nftables rules; it has no anti-spoofing, DNS redirection or
+MSS clamping of its own (openvpn's default mssfix clamps TCP inside the tunnel), and nothing for
+IPv6 beyond dropping it on the uplink. The table outlives openvpn
 (a crashed client leaves it closed) and is removed with `remove_document()`.
 """
 
