@@ -261,6 +261,26 @@ def test_proxy_credentials_outside_the_folder_are_never_shown(
         assert json.loads(out)["config"]["proxy"].startswith("<not shown")
 
 
+def test_json_redacts_credential_headers_of_the_http_proxy(
+    config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_dir / "headers.ovpn"
+    path.write_text(
+        HEAD
+        + "proto tcp-client\nauth-user-pass creds\nhttp-proxy p 3128\n"
+        + "http-proxy-option CUSTOM-HEADER Proxy-Authorization 'Bearer t0ken1'\n"
+        + "http-proxy-option CUSTOM-HEADER 'Cookie: sid=t0ken2'\n"
+        + "http-proxy-option CUSTOM-HEADER X-Client qubes\n"
+    )
+    out, err, _ = _check(capsys, "--json", str(path), status=0)
+    assert "t0ken" not in out + err
+    assert json.loads(out)["config"]["proxy"]["custom_headers"] == [
+        ["Proxy-Authorization", "<redacted>"],
+        ["Cookie: <redacted>", None],
+        ["X-Client", "qubes"],
+    ]
+
+
 def test_an_encrypted_key_with_askpass_is_shown_redacted_and_inlined_locked(
     config_dir: Path, tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -40,6 +40,9 @@ FILE_FIELDS = {
     "http-proxy-user-pass": "proxy",
     "socks-proxy": "proxy",
 }
+# `http-proxy-option CUSTOM-HEADER` headers whose content is a credential: --json shows only
+# that they are there.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 # C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide text.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
@@ -67,6 +70,8 @@ def config_document(config: Config, hidden: Collection[str] = ()) -> dict[str, o
 def to_jsonable(value: object, *, reveal: bool = False) -> object:
     if isinstance(value, Secret):
         return base64.b64encode(value.value).decode() if reveal else "<redacted>"
+    if isinstance(value, HttpProxy) and not reveal:
+        value = dataclasses.replace(value, custom_headers=_redacted(value.custom_headers))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: to_jsonable(getattr(value, f.name), reveal=reveal)
@@ -83,6 +88,21 @@ def to_jsonable(value: object, *, reveal: bool = False) -> object:
     if isinstance(value, ipaddress._BaseAddress | ipaddress._BaseNetwork | ipaddress.IPv6Interface):
         return str(value)
     return value
+
+
+def _redacted(headers: tuple[tuple[str, str | None], ...]) -> tuple[tuple[str, str | None], ...]:
+    """Custom headers with the content of credential headers replaced (a header given whole,
+    `Name: content` in one word, keeps only its name)."""
+    out: list[tuple[str, str | None]] = []
+    for name, content in headers:
+        field_name = name.split(":", 1)[0].strip()
+        if field_name.lower() not in SECRET_HEADERS:
+            out.append((name, content))
+        elif content is None:
+            out.append((f"{field_name}: <redacted>", None))
+        else:
+            out.append((name, "<redacted>"))
+    return tuple(out)
 
 
 def _data_cipher_lines(c: Config) -> list[str]:
