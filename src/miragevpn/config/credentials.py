@@ -26,17 +26,24 @@ def h_auth_user_pass(ctx: Context, d: Directive) -> None:
     if rest:
         raise error(d, "takes one file name", 1)
     try:
-        text = data.decode("utf-8")
+        username, password = user_and_password(data)
     except UnicodeDecodeError:
         raise error(d, "the credentials are not UTF-8 text", 0 if d.args else None) from None
-    lines = [line.rstrip("\r") for line in text.split("\n")]
-    username = lines[0].strip() if lines else ""
     if not username:
         raise error(d, "the credentials' first line (the user name) is empty")
-    password = lines[1].rstrip() if len(lines) > 1 and lines[1].rstrip() else None
     ctx.put(
         d, "auth_user_pass", AuthUserPass(username, Secret(password.encode()) if password else None)
     )
+
+
+def user_and_password(data: bytes) -> tuple[str, str]:
+    """A credentials file or block (auth-user-pass, the proxies' auth files): the user name on
+    line 1 (stripped), the password on line 2 (trailing blanks dropped; "" when there is none).
+    Raises UnicodeDecodeError when it is not UTF-8."""
+    lines = [line.rstrip("\r") for line in data.decode("utf-8").split("\n")]
+    username = lines[0].strip()
+    password = lines[1].rstrip() if len(lines) > 1 else ""
+    return username, password
 
 
 def h_auth_retry(ctx: Context, d: Directive) -> None:

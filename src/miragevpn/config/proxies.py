@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import ConfigError
 from .context import INLINE_MARKER, MAX_FILE_BYTES, Context, Setting, bad_arg, error
+from .credentials import user_and_password
 from .lexer import Directive
 from .model import HttpProxy, Proxy, ProxyCredentials, Remote, Secret, SocksProxy, Transport
 from .values import port
@@ -203,12 +204,9 @@ def _credentials(ctx: Context, s: Setting, source: CredentialsSource) -> ProxyCr
         if len(data) > MAX_FILE_BYTES:
             raise _fail(s, f"the proxy credentials file is larger than {MAX_FILE_BYTES} bytes")
     try:
-        text = data.decode("utf-8")
+        username, password = user_and_password(data)
     except UnicodeDecodeError:
         raise _fail(s, "the proxy credentials are not UTF-8 text") from None
-    lines = [line.rstrip("\r") for line in text.split("\n")]
-    username = lines[0].strip() if lines else ""
-    password = lines[1].rstrip() if len(lines) > 1 else ""
     if not username or not password:
         raise _fail(
             s, "the proxy credentials need the user name on line 1 and the password on line 2"

@@ -178,11 +178,6 @@ def locked(config: Config) -> str | None:
     return None
 
 
-def needs_passphrase(config: Config) -> bool:
-    """Whether a runtime must find a passphrase before connecting (none was given)."""
-    return config.key_passphrase is None and locked(config) is not None
-
-
 def with_passphrase(config: Config, passphrase: Secret) -> Config:
     """`config` with `passphrase` for its key material, checked the way the parser checks a
     passphrase from `askpass FILE`: it must unlock, the key must be the certificate's, and a

@@ -22,7 +22,6 @@ from miragevpn.config.unlock import (
     load_pkcs12,
     load_private_key,
     locked,
-    needs_passphrase,
     parse_askpass,
     pkcs12_ca_pem,
     pkcs12_is_locked,
@@ -192,12 +191,12 @@ def test_broken_bundles_do_not_decode_whatever_the_passphrase(pki: Pki) -> None:
 
 def test_what_a_config_needs(pki: Pki) -> None:
     plain = Config(cert=pki.client.cert_pem, key=Secret(pki.client.key_pem.encode()))
-    assert locked(plain) is None and not needs_passphrase(plain)
+    assert locked(plain) is None
     key = Config(cert=pki.client.cert_pem, key=Secret(pki.client_key_encrypted_pem.encode()))
-    assert locked(key) == "the private key is encrypted" and needs_passphrase(key)
+    assert locked(key) == "the private key is encrypted"
     bundle = Config(pkcs12=Secret(pki.client_p12_protected))
     assert locked(bundle) == "the PKCS#12 bundle is protected by a password"
-    assert not needs_passphrase(with_passphrase(bundle, RIGHT))
+    assert with_passphrase(bundle, RIGHT).key_passphrase == RIGHT
 
 
 def test_with_passphrase_checks_and_brings_the_bundles_ca(pki: Pki) -> None:
