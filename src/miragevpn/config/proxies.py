@@ -27,7 +27,7 @@ file that counts is read, as OpenVPN does) and checks the combination:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
 from .context import INLINE_MARKER, MAX_FILE_BYTES, Context, Setting, bad_arg, error
@@ -50,7 +50,7 @@ class CredentialsSource:
     """Where credentials come from: a file name, or the text of an inline block."""
 
     file: str | None = None
-    inline: str | None = None
+    inline: str | None = field(default=None, repr=False)  # the user name and password
 
 
 @dataclass(frozen=True, slots=True)

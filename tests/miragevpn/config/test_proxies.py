@@ -152,3 +152,9 @@ def test_connection_blocks(read: Reader) -> None:
         "<connection>\nremote b 443 tcp\n</connection>\n"
     )
     fails(differ, read, "a different proxy per <connection> block is not supported", 8)
+
+
+def test_inline_credentials_stay_out_of_repr() -> None:
+    from miragevpn.config.proxies import CredentialsSource
+
+    assert "sw0rd" not in repr(CredentialsSource(inline="bob\nsw0rd\n"))
