@@ -53,6 +53,7 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from miragevpn import icmp6
 from miragevpn.client import Client
+from miragevpn.config.check import printable
 from miragevpn.config.model import AddressFamily, AuthUserPass, Config, Transport
 from miragevpn.errors import ProxyError
 from miragevpn.events import (
@@ -351,7 +352,7 @@ class SessionLoop:
                 self._hooks.restarting(reason, retry_in)
             case ChallengeRequested(text=text, dynamic=dynamic):
                 who = "the server asks for" if dynamic else "the profile asks for"
-                log.warning("%s a one-time code: %s", who, text)
+                log.warning("%s a one-time code: %s", who, printable(text))
                 self._enter(Phase.ASKING, detail=text)
                 self._spawn(self._ask(event))
             case SessionEnded(reason=reason, error=error):

@@ -7,7 +7,7 @@ ends in `SessionEnded`), over a toy wire protocol that a test can play the serve
     client → server   b"HELLO" after connecting, b"PING" on each keepalive deadline,
                       b"D" + packet for each tunnel packet, b"EXIT" on close()
     server → client   b"WELCOME" (tunnel up), b"D" + packet (to the tun), b"RESTART" (session
-                      lost, reconnect after `retry_in`), b"HALT" (terminal error), b"CODE?"
+                      lost, reconnect after `retry_in`), b"HALT" (terminal error), b"CODE?[ TEXT]"
                       (before WELCOME: a one-time code is asked, ChallengeRequested; the
                       answer, kept in `answers`, starts a new connection: b"HELLO " + code)
 
@@ -124,10 +124,11 @@ class ScriptedClient:
             self.events.append(SessionRestarting(reason="server restart", retry_in=self.retry_in))
             self.events.append(DisconnectionRequested(reason="server restart"))
             self.deadline = now + self.retry_in
-        elif self.state == "connected" and data == b"CODE?":
+        elif self.state == "connected" and data.startswith(b"CODE?"):
             self.state = "asking"
             self.events.append(DisconnectionRequested(reason="a code is asked"))
-            self.events.append(ChallengeRequested(text="Enter code", echo=False, dynamic=True))
+            text = data[6:].decode() or "Enter code"
+            self.events.append(ChallengeRequested(text=text, echo=False, dynamic=True))
         elif data == b"HALT":
             self.state = "ended"
             self.events.append(DisconnectionRequested(reason="HALT"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -262,6 +263,26 @@ def test_a_one_time_code_is_asked_of_the_application_and_given_to_the_engine() -
 
     asyncio.run(with_udp_server(body))
     assert hooks.asked == [ChallengeRequested(text="Enter code", echo=False, dynamic=True)]
+
+
+def test_the_logged_question_has_its_control_characters_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hooks = RecordingHooks(code="1", code_delay=60.0)
+
+    async def body(server: UdpServer, port: int) -> None:
+        session, _ = make_session(port, Transport.UDP, hooks)
+        run = asyncio.create_task(session.run())
+        await server.expect(b"HELLO")
+        server.send(b"CODE? \x1b]0;x\x07Code")
+        await asyncio.sleep(0.1)
+        session.close()
+        await asyncio.wait_for(run, TIMEOUT)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(with_udp_server(body))
+    asked = [r.getMessage() for r in caplog.records if "one-time code" in r.getMessage()]
+    assert asked == ["the server asks for a one-time code: \\x1b]0;x\\x07Code"], asked
 
 
 def test_nobody_to_ask_ends_the_session_and_close_cancels_the_question() -> None:
