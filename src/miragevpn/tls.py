@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -130,8 +130,9 @@ class TlsSettings:
 
     ca_pem: str | None = None
     cert_pem: str | None = None
-    key_pem: bytes | None = None  # maybe encrypted
-    pkcs12_der: bytes | None = None  # maybe protected by a password
+    # the private key (maybe encrypted) and the bundle (maybe protected): never in repr
+    key_pem: bytes | None = field(default=None, repr=False)
+    pkcs12_der: bytes | None = field(default=None, repr=False)
     key_passphrase: Secret | None = None  # unlocks either (config/unlock.py)
     extra_certs_pem: str | None = None
     peer_fingerprints: tuple[bytes, ...] = ()

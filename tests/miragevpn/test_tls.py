@@ -436,3 +436,10 @@ def test_a_protected_bundle_without_ca_trusts_its_own_ca(pki: dict[str, Identity
     with pytest.raises(ConfigError) as info:
         build_context(lonely)
     assert "the PKCS#12 bundle carries no CA certificate" in info.value.message
+
+
+def test_the_settings_repr_shows_no_key_material() -> None:
+    settings = TlsSettings(
+        key_pem=b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n", pkcs12_der=b"\x30\x82bundle"
+    )
+    assert "c2VjcmV0" not in repr(settings) and "bundle" not in repr(settings)
