@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from miragevpn.config.check import printable
+
 from . import blocked, control, lifecycle, nft
 from .conntrack import ConntrackError, flush_connections
 from .daemon import (
@@ -350,11 +352,15 @@ def ask(message: dict[str, object], directory: Path, *, as_json: bool = False) -
             print(json.dumps({"ok": False, "error": str(e)}))
         return ExitCode.CONFIG
     if not answer.get("ok"):
-        print(f"qubes-miragevpn: the daemon refused: {answer.get('error')}", file=sys.stderr)
+        refused = f"qubes-miragevpn: the daemon refused: {answer.get('error')}"
+        print(printable(refused), file=sys.stderr)
         return ExitCode.CONFIG
     status = answer.get("status")
     if isinstance(status, dict):
-        print(json.dumps(status, indent=2) if as_json else control.render(status))
+        if as_json:
+            print(json.dumps(status, indent=2))
+        else:  # profile text (errors, a challenge) reaches a terminal: escaped, line by line
+            print("\n".join(map(printable, control.render(status).splitlines())))
     return ExitCode.OK
 
 

@@ -69,6 +69,27 @@ def test_status_without_a_daemon_says_so_and_json_callers_still_get_json(
     assert cli.build_parser().parse_args(["reconnect"]).control_dir == Path("/run/qubes-miragevpn")
 
 
+def test_status_for_people_escapes_what_came_from_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = {
+        "state": "blocked",
+        "why": "the profile cannot be used: \x1b]0;x\x07",
+        "since": "2026-12-05T08:00:00Z",
+        "seconds_in_state": 3,
+        "one_time_code": {"text": "\x1b[2JCode", "seconds_left": 200},
+    }
+    answers = iter([{"ok": True, "status": status}, {"ok": False, "error": "bad \x1b[2J"}])
+    monkeypatch.setattr(cli.control, "request", lambda message, directory: next(answers))
+    assert cli.main(["status", "--control-dir", str(tmp_path)]) == ExitCode.OK
+    out, _ = capsys.readouterr()
+    assert "\x1b" not in out and "\\x1b]0;x\\x07" in out and "\\x1b[2JCode" in out, out
+    assert out.startswith("state: blocked (") and out.count("\n") > 3
+    assert cli.main(["reconnect", "--control-dir", str(tmp_path)]) == ExitCode.CONFIG
+    _, err = capsys.readouterr()
+    assert err == "qubes-miragevpn: the daemon refused: bad \\x1b[2J\n"
+
+
 def test_the_console_script_is_installed() -> None:
     done = subprocess.run(
         [*COMMAND, "run", "--help"],
