@@ -352,8 +352,9 @@ class SessionLoop:
                 self._hooks.restarting(reason, retry_in)
             case ChallengeRequested(text=text, dynamic=dynamic):
                 who = "the server asks for" if dynamic else "the profile asks for"
-                log.warning("%s a one-time code: %s", who, printable(text))
-                self._enter(Phase.ASKING, detail=text)
+                shown = printable(text)  # a static-challenge text comes from the profile
+                log.warning("%s a one-time code: %s", who, shown)
+                self._enter(Phase.ASKING, detail=shown)
                 self._spawn(self._ask(event))
             case SessionEnded(reason=reason, error=error):
                 self._close_transport()

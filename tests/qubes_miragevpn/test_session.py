@@ -276,6 +276,7 @@ def test_the_logged_question_has_its_control_characters_escaped(
         await server.expect(b"HELLO")
         server.send(b"CODE? \x1b]0;x\x07Code")
         await asyncio.sleep(0.1)
+        assert session.state.detail == "\\x1b]0;x\\x07Code"  # shown by SIGUSR1, STATUS=
         session.close()
         await asyncio.wait_for(run, TIMEOUT)
 
