@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from miragevpn.config.model import HttpProxy
-from miragevpn.errors import ProxyRefused
+from miragevpn.errors import ProxyProtocolError, ProxyRefused
 from miragevpn.events import ProxyRoute
 from miragevpn.httpconnect import HttpConnect
 from miragevpn.socks5 import Socks5Connect
@@ -391,7 +391,7 @@ async def proxy_handshake(
                 await loop.sock_sendall(sock, reply)
             if socks.done:
                 return socks.leftover
-    raise ProxyRefused(f"the proxy's answer did not end after {PROXY_MAX_READS} reads")
+    raise ProxyProtocolError(f"the proxy's answer did not end after {PROXY_MAX_READS} reads")
 
 
 async def _proxy_read(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:

@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import os
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -337,3 +339,77 @@ def test_a_tcp_connect_that_times_out_closes_its_socket(netns: Netns) -> None:
         assert len(os.listdir("/proc/self/fd")) == before
 
     netns.call(lambda: asyncio.run(main()))
+
+
+# --------------------------------------------------------------------------- proxy handshake
+
+
+def _through_proxy(answer: Callable[[socket.socket], None]) -> bytes | BaseException:
+    """proxy_handshake to vpn.example:1194 through a SOCKS5 proxy played by `answer` on the
+    other end of a socket pair: the leftover bytes, or the error."""
+    from miragevpn.config.model import SocksProxy
+    from miragevpn.events import ProxyRoute
+
+    async def main() -> bytes | BaseException:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        try:
+            loop = asyncio.get_running_loop()
+            via = ProxyRoute(proxy=SocksProxy(host="p"), host="vpn.example", port=1194)
+            proxy = loop.run_in_executor(None, answer, theirs)
+            try:
+                return await asyncio.wait_for(transport.proxy_handshake(loop, ours, via), 5)
+            except Exception as e:
+                return e
+            finally:
+                with contextlib.suppress(OSError):
+                    theirs.shutdown(socket.SHUT_RDWR)
+                await proxy
+        finally:
+            ours.close()
+            theirs.close()
+
+    return asyncio.run(main())
+
+
+def test_a_socks5_handshake_answered_in_pieces_hands_over_what_follows() -> None:
+    def answer(sock: socket.socket) -> None:
+        assert sock.recv(16) == b"\x05\x01\x00"  # SOCKS5, one method: no authentication
+        sock.sendall(b"\x05\x00")
+        assert sock.recv(64).startswith(b"\x05\x01\x00\x03\x0bvpn.example")
+        for piece in (b"\x05\x00\x00", b"\x01\x7f\x00", b"\x00\x01\x04\xaaserver"):
+            sock.sendall(piece)
+
+    assert _through_proxy(answer) == b"server"
+
+
+def test_a_proxy_that_closes_or_never_finishes_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from miragevpn.errors import ProxyProtocolError, ProxyRefused
+
+    def closes(sock: socket.socket) -> None:
+        sock.recv(16)
+        sock.shutdown(socket.SHUT_WR)
+
+    error = _through_proxy(closes)
+    assert isinstance(error, ProxyRefused) and "closed the connection" in str(error)
+
+    # reads: the method answer, then the reply's head and at least one more piece of a reply
+    # that never ends (its name is 255 bytes long; fewer come, 10 ms apart)
+    monkeypatch.setattr(transport, "PROXY_MAX_READS", 3)
+
+    def trickles(sock: socket.socket) -> None:
+        sock.recv(16)
+        sock.sendall(b"\x05\x00")
+        sock.recv(64)
+        sock.sendall(b"\x05\x00\x00\x03\xff")
+        for _ in range(200):
+            time.sleep(0.01)
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                return
+
+    error = _through_proxy(trickles)
+    assert isinstance(error, ProxyProtocolError) and "did not end" in str(error), error
