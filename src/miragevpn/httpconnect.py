@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 
+from .config.check import printable
 from .config.model import HttpProxy
 from .errors import ProxyAuthFailed, ProxyProtocolError, ProxyRefused
 
@@ -66,9 +67,11 @@ def encode_request(proxy: HttpProxy, host: str, port: int) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
-def _printable(text: str) -> str:
-    clean = "".join(c if c.isprintable() else "?" for c in text)
-    return clean[:MAX_REASON_CHARS] + ("..." if len(clean) > MAX_REASON_CHARS else "")
+def _shown(text: str) -> str:
+    """The proxy's words in ours: at most MAX_REASON_CHARS of them, control characters
+    escaped (config.check.printable, as everything a peer or a profile says)."""
+    more = "..." if len(text) > MAX_REASON_CHARS else ""
+    return printable(text[:MAX_REASON_CHARS]) + more
 
 
 def decode_status(header: bytes) -> tuple[int, str, dict[str, str]]:
@@ -78,18 +81,18 @@ def decode_status(header: bytes) -> tuple[int, str, dict[str, str]]:
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         raise ProxyProtocolError(
-            f"the HTTP proxy did not answer with an HTTP status line: {_printable(lines[0])!r} "
+            f"the HTTP proxy did not answer with an HTTP status line: '{_shown(lines[0])}' "
             "(is it an HTTP proxy?)"
         )
     if len(parts[1]) != 3:
-        raise ProxyProtocolError(f"the HTTP proxy sent a bad status code {_printable(parts[1])}")
+        raise ProxyProtocolError(f"the HTTP proxy sent a bad status code {_shown(parts[1])}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
     reason = parts[2].strip() if len(parts) > 2 else ""
-    return int(parts[1]), _printable(reason), headers
+    return int(parts[1]), _shown(reason), headers
 
 
 class HttpConnect:
@@ -133,7 +136,7 @@ class HttpConnect:
         if status in (401, 407):  # tinyproxy 1.11 answers a CONNECT with 401, not 407
             challenge = headers.get("proxy-authenticate") or headers.get("www-authenticate", "")
             scheme = challenge.split(" ", 1)[0]
-            asks = f" (it asks for {_printable(scheme)})" if scheme else ""
+            asks = f" (it asks for {_shown(scheme)})" if scheme else ""
             if self._proxy.credentials is None:
                 raise ProxyAuthFailed(
                     f"the HTTP proxy requires authentication ({status} {reason}){asks}: add "

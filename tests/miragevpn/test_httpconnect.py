@@ -103,6 +103,17 @@ def test_refusals_say_whose_fault(answer: bytes, error: type[Exception], words: 
     assert words in str(info.value)
 
 
+def test_the_proxys_words_are_shown_escaped_and_bounded() -> None:
+    with pytest.raises(ProxyProtocolError) as info:
+        HttpConnect(HttpProxy("p", 1), "vpn", 443).receive(b"\x1b[2JSSH-2.0\r\n\r\n")
+    assert "'\\x1b[2JSSH-2.0'" in str(info.value) and "\x1b" not in str(info.value)
+    with pytest.raises(ProxyRefused) as refused:
+        HttpConnect(HttpProxy("p", 1), "vpn", 443).receive(
+            b"HTTP/1.1 403 \x07" + b"n" * 200 + b"\r\n\r\n"
+        )
+    assert str(refused.value).endswith(": 403 \\x07" + "n" * 79 + "...")
+
+
 def test_header_size_is_bounded() -> None:
     h = HttpConnect(HttpProxy("p", 1), "vpn", 443)
     assert h.receive(b"HTTP/1.0 200 OK\r\n") is False
