@@ -28,15 +28,17 @@ TEST_STACKS := system newest
 # the real OpenVPN we interoperate with, and the tools the tests drive. gcc, python3-dev and
 # libnetfilter-queue-dev build NetfilterQueue (PyPI has its source only; extra blocked-report);
 # iptables puts in the stand-in queue rule of test_blocked_queue_topology.py; python3-matplotlib
-# draws bench/gateway.py's timeline.
+# draws bench/gateway.py's timeline; softether-vpnserver is the SoftEther server of
+# tests/interop/test_softether.py (without it those tests skip).
 APT_PACKAGES := openvpn python3-cryptography python3-openssl python3-pyroute2 python3-nftables python3-yaml \
 	python3-lz4 python3-lzo liblzo2-dev \
 	nftables python3-venv iproute2 iputils-ping iperf3 tcpdump procps \
 	gcc python3-dev libnetfilter-queue-dev iptables tinyproxy dante-server \
-	python3-matplotlib
+	python3-matplotlib softether-vpnserver
 # Packages whose install starts a system service the tests do not want (the tests start their own
 # proxies with their own config and PID files): disabled and stopped right after we install them.
-APT_SERVICES := tinyproxy:tinyproxy.service dante-server:danted.service
+APT_SERVICES := tinyproxy:tinyproxy.service dante-server:danted.service \
+	softether-vpnserver:softether-vpnserver.service
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--seconds 5 --proto tcp --profile"
 GWBENCH_ARGS ?=  # e.g. GWBENCH_ARGS="--rounds 4 --seconds 20" or "--quick"
