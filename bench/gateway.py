@@ -418,7 +418,7 @@ def run_turn(name: str, workdir: Path, args: argparse.Namespace) -> Turn:
         leaks = uplink_leaks(world, frames)
         turn.metrics["leaks"] = float(len(leaks) + stream.outside_tunnel())
         turn.leaks = [(s.when - turn.origin, str(s.frame)) for s in leaks]
-        turn.tunnel_arrivals = [t - turn.origin for t, via in stream.arrivals if via]
+        turn.tunnel_arrivals = [t - turn.origin for t, via, _ in stream.arrivals if via]
         traffic_phase(turn, world, gateway, args.seconds)
         gateway.note_hwm()
         turn.metrics["rss_mb"] = gateway.hwm_kib / 1024 if gateway.hwm_kib else None

@@ -4,8 +4,10 @@ sys-vpn's uplink seen from sys-net.
 - `Stream`: appvm1 sends small UDP datagrams to a host behind the VPN at a fixed rate; the
   receiver in sys-net records when each arrived and from which source address. A datagram
   from the tunnel's address range went through the tunnel (the VPN server routed it out of
-  its tun); from any other address it left sys-vpn outside the tunnel. The first arrival
-  after an event is that event's recovery time (resolution: one send interval).
+  its tun); from any other address it left sys-vpn outside the tunnel. Each datagram carries
+  its sequence number: an event's recovery time is the arrival of the first datagram SENT
+  after the event (one still in flight when the gateway was killed proves nothing), with the
+  resolution of one send interval.
 - `UplinkCapture`: tcpdump on sys-net's end of the uplink (as `QubesTopology.capture`), read
   back with each frame's timestamp, so leaks can be drawn on the timeline.
 
@@ -44,8 +46,8 @@ class Stream:
     address: str
     tunnel: ipaddress.IPv4Network
     rate: float = 200.0
-    sent: list[float] = field(default_factory=list)
-    arrivals: list[tuple[float, bool]] = field(default_factory=list)  # (time, via the tunnel)
+    sent: dict[int, float] = field(default_factory=dict)  # sequence number: sent no earlier
+    arrivals: list[tuple[float, bool, int]] = field(default_factory=list)  # time, tunnel, seq
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -71,9 +73,10 @@ class Stream:
         next_send = time.monotonic()
         while not self._stop.is_set():
             seq += 1
+            before = time.monotonic()
             with contextlib.suppress(OSError):  # no route / refused while blocked: not sent
                 self._tx.sendto(struct.pack("!Q", seq) + padding, (self.address, STREAM_PORT))
-                self.sent.append(time.monotonic())
+                self.sent[seq] = before
             next_send += interval
             delay = next_send - time.monotonic()
             if delay > 0:
@@ -87,14 +90,18 @@ class Stream:
             if not ready:
                 continue
             with contextlib.suppress(OSError):
-                _, (source, _) = self._rx.recvfrom(2048)
+                data, (source, _) = self._rx.recvfrom(2048)
                 now = time.monotonic()
-                self.arrivals.append((now, ipaddress.IPv4Address(source) in self.tunnel))
+                if len(data) < 8:
+                    continue
+                (seq,) = struct.unpack_from("!Q", data)
+                self.arrivals.append((now, ipaddress.IPv4Address(source) in self.tunnel, seq))
 
     def first_through_tunnel(self, after: float) -> float | None:
-        """Seconds from `after` to the first datagram through the tunnel that arrived later."""
-        for when, tunnelled in list(self.arrivals):
-            if tunnelled and when >= after:
+        """Seconds from `after` to the arrival of the first datagram through the tunnel that
+        was sent at `after` or later."""
+        for when, tunnelled, seq in list(self.arrivals):
+            if tunnelled and self.sent.get(seq, -1.0) >= after:
                 return when - after
         return None
 
@@ -110,7 +117,7 @@ class Stream:
 
     def outside_tunnel(self) -> int:
         """Datagrams that reached the receiver from a non-tunnel address (must be none)."""
-        return sum(1 for _, tunnelled in self.arrivals if not tunnelled)
+        return sum(1 for _, tunnelled, _ in self.arrivals if not tunnelled)
 
     def stop(self) -> None:
         self._stop.set()

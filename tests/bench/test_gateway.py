@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from bench.gateway import METRICS, table, through_server_tun, udp_received, verdict
-from bench.gwtraffic import stamped_frames
+from bench.gwtraffic import Stream, stamped_frames
 
 from bench import killswitch
 from tests.helpers.netns import Netns
@@ -67,6 +67,17 @@ def test_udp_counts_what_the_receiver_read_and_must_match_the_server_tun() -> No
     tcp = {"end": {"sum_received": {"bytes": 10_000}}}
     assert through_server_tun("tcp_down", tcp, {**moved, "tx_bytes": 10_400}) is None
     assert through_server_tun("tcp_up", tcp, {**moved, "rx_bytes": 900}) is not None
+
+
+def test_recovery_counts_from_the_first_datagram_sent_after_the_event() -> None:
+    stream = Stream(None, None, "198.51.100.80", ipaddress.IPv4Network("10.8.0.0/24"))  # type: ignore[arg-type]
+    stream.sent = {1: 0.99, 2: 1.00, 3: 1.50}
+    # 1 was in flight at the event (arrives after it: proves nothing), 2 left sys-vpn outside
+    # the tunnel, 3 is the first one sent after the event that came through
+    stream.arrivals = [(1.01, True, 1), (1.02, False, 2), (1.60, True, 3)]
+    assert stream.first_through_tunnel(1.0) == pytest.approx(0.60)
+    assert stream.first_through_tunnel(1.6) is None
+    assert stream.outside_tunnel() == 1
 
 
 def test_pcap_records_get_their_timestamps() -> None:
