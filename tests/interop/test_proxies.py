@@ -42,6 +42,13 @@ def profile(pair: NetnsPair, files: PkiFiles, workdir: Path, *proxy_lines: str) 
     return client_config(SCENARIO, files, BEHIND_PROXY, real=False) + "\n".join(proxy_lines) + "\n"
 
 
+def server(pair: NetnsPair, files: PkiFiles, workdir: Path) -> OpenVpnServer:
+    """The real OpenVPN server of SCENARIO, in the server namespace."""
+    return OpenVpnServer.start(
+        pair.server, SCENARIO, files, workdir / "server", pair.server_address
+    )
+
+
 def tunnel_works(pair: NetnsPair, client: OurClient) -> None:
     client.wait_tunnel_up()
     ping(pair.client, SERVER_TUN_ADDRESS)
@@ -64,9 +71,7 @@ def test_http_connect_with_basic_auth_and_options(
         "http-proxy-option CUSTOM-HEADER X-Test yes",
     )
     with (
-        OpenVpnServer.start(
-            pair.server, SCENARIO, pki_files, workdir / "server", pair.server_address
-        ),
+        server(pair, pki_files, workdir),
         start_tinyproxy(
             pair.server,
             workdir / "tinyproxy",
@@ -95,9 +100,7 @@ def test_http_proxy_without_auth_and_inline_credentials(
         "<http-proxy-user-pass>\nbob\nsecond-secret\n</http-proxy-user-pass>",
     )
     with (
-        OpenVpnServer.start(
-            pair.server, SCENARIO, pki_files, workdir / "server", pair.server_address
-        ),
+        server(pair, pki_files, workdir),
         start_tinyproxy(
             pair.server,
             workdir / "tinyproxy",
@@ -164,9 +167,7 @@ def test_socks5_without_auth(netns_pair: NetnsPair, pki_files: PkiFiles, workdir
     pair = netns_pair
     config = profile(pair, pki_files, workdir, f"socks-proxy {pair.server_address} 1080")
     with (
-        OpenVpnServer.start(
-            pair.server, SCENARIO, pki_files, workdir / "server", pair.server_address
-        ),
+        server(pair, pki_files, workdir),
         start_danted(pair.server, workdir / "danted", pair.server_address),
         OurClient.start(pair.client, config, workdir / "client") as client,
     ):
@@ -181,9 +182,7 @@ def test_socks5_username_password_and_a_wrong_password(
     pair = netns_pair
     with (
         throwaway_user() as (user, password),
-        OpenVpnServer.start(
-            pair.server, SCENARIO, pki_files, workdir / "server", pair.server_address
-        ),
+        server(pair, pki_files, workdir),
         start_danted(pair.server, workdir / "danted", pair.server_address, username=True),
     ):
         (workdir / "socks.txt").write_text(f"{user}\n{password}\n")
