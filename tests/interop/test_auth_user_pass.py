@@ -18,6 +18,8 @@ import pytest
 from tests.helpers.netns import NetnsPair, wait_until
 from tests.helpers.openvpn import SERVER_TUN_ADDRESS, OpenVpnServer, Protection, Scenario
 from tests.helpers.ourclient import OurClient, engine_ready
+from tests.helpers.password_auth import calls, verify_script_lines
+from tests.helpers.password_auth import password_client_config as our_config
 from tests.helpers.pki import PkiFiles
 from tests.helpers.traffic import ping
 
@@ -50,47 +52,19 @@ exit 2
 
 
 def start_server(pair: NetnsPair, files: PkiFiles, workdir: Path) -> OpenVpnServer:
-    script = workdir / "verify.sh"
-    script.write_text(VERIFY.format(dir=workdir, password=PASSWORD))
-    script.chmod(0o755)
+    script = VERIFY.format(dir=workdir, password=PASSWORD)
     scenario = Scenario(
         protection=Protection.TLS_CRYPT,
         extra_server=(
             "verify-client-cert none",
             "username-as-common-name",
-            "script-security 2",
-            f"auth-user-pass-verify {script} via-file",
-            f"tmp-dir {workdir}",
-            "auth-gen-token 0 120",  # renewal: at least twice hand-window
+            *verify_script_lines(workdir, script),
             "reneg-sec 6",
         ),
     )
     return OpenVpnServer.start(
         pair.server, scenario, files, workdir / "server", pair.server_address
     )
-
-
-def our_config(pair: NetnsPair, files: PkiFiles, credentials: str, *extra: str) -> str:
-    lines = [
-        "client",
-        "dev tun",
-        f"remote {pair.server_address} 1194 udp",
-        "nobind",
-        f"ca {files.ca}",
-        "remote-cert-tls server",
-        f"tls-crypt {files.ta_key}",
-        "data-ciphers AES-256-GCM",
-        "<auth-user-pass>",
-        credentials,
-        "</auth-user-pass>",
-        *extra,
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def calls(workdir: Path) -> list[str]:
-    path = workdir / "calls"
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_password_once_then_the_auth_token_at_renegotiation(

@@ -26,6 +26,7 @@ import pytest
 from tests.helpers.netns import NetnsPair, wait_until
 from tests.helpers.openvpn import SERVER_TUN_ADDRESS, OpenVpnServer, Protection, Scenario
 from tests.helpers.ourclient import OurClient, engine_ready
+from tests.helpers.password_auth import calls, password_client_config, verify_script_lines
 from tests.helpers.pki import PkiFiles
 from tests.helpers.traffic import ping
 
@@ -74,18 +75,13 @@ exit 2
 
 
 def start_server(pair: NetnsPair, files: PkiFiles, workdir: Path) -> OpenVpnServer:
-    script = workdir / "verify.sh"
-    script.write_text(VERIFY.format(dir=workdir, password=PASSWORD, code=CODE, state=STATE))
-    script.chmod(0o755)
+    script = VERIFY.format(dir=workdir, password=PASSWORD, code=CODE, state=STATE)
     scenario = Scenario(
         protection=Protection.TLS_CRYPT,
         extra_server=(
             "verify-client-cert none",
             "username-as-common-name",
-            "script-security 2",
-            f"auth-user-pass-verify {script} via-file",
-            f"tmp-dir {workdir}",
-            "auth-gen-token 0 120",
+            *verify_script_lines(workdir, script),
         ),
     )
     return OpenVpnServer.start(
@@ -94,26 +90,7 @@ def start_server(pair: NetnsPair, files: PkiFiles, workdir: Path) -> OpenVpnServ
 
 
 def our_config(pair: NetnsPair, files: PkiFiles, user: str, *extra: str) -> str:
-    lines = [
-        "client",
-        "dev tun",
-        f"remote {pair.server_address} 1194 udp",
-        "nobind",
-        f"ca {files.ca}",
-        "remote-cert-tls server",
-        f"tls-crypt {files.ta_key}",
-        "data-ciphers AES-256-GCM",
-        "<auth-user-pass>",
-        f"{user}\n{PASSWORD}",
-        "</auth-user-pass>",
-        *extra,
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def calls(workdir: Path) -> list[str]:
-    path = workdir / "calls"
-    return path.read_text().splitlines() if path.exists() else []
+    return password_client_config(pair, files, f"{user}\n{PASSWORD}", *extra)
 
 
 class Terminal:

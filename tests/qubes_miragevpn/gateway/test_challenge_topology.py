@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers.gateway import UDP, World, assert_no_leaks, built_world, busy, start_server
 from tests.helpers.netns import wait_until
+from tests.helpers.password_auth import calls, verify_script_lines
 
 pytestmark = [pytest.mark.qubes, pytest.mark.netns, pytest.mark.timeout(600)]
 
@@ -82,26 +83,12 @@ def status(world: World) -> dict[str, Any]:
     return answer
 
 
-def calls(world: World) -> list[str]:
-    path = world.tmp / "calls"
-    return path.read_text().splitlines() if path.exists() else []
-
-
 def test_the_gateway_waits_blocked_for_the_code_and_answer_supplies_it(world: World) -> None:
-    script = world.tmp / "verify.sh"
-    script.write_text(
-        VERIFY.format(dir=world.tmp, password=PASSWORD, code=CODE, state=STATE, question=QUESTION)
+    script = VERIFY.format(
+        dir=world.tmp, password=PASSWORD, code=CODE, state=STATE, question=QUESTION
     )
-    script.chmod(0o755)
     scenario = replace(
-        UDP,
-        extra_server=(
-            *UDP.extra_server,
-            "script-security 2",
-            f"auth-user-pass-verify {script} via-file",
-            f"tmp-dir {world.tmp}",
-            "auth-gen-token 0 120",
-        ),
+        UDP, extra_server=(*UDP.extra_server, *verify_script_lines(world.tmp, script))
     )
     start_server(world, "udp", scenario)
     world.start_daemon()  # Blocked first (at boot the block unit has done it already)
@@ -114,7 +101,7 @@ def test_the_gateway_waits_blocked_for_the_code_and_answer_supplies_it(world: Wo
         assert s["one_time_code"]["text"] == QUESTION and s["one_time_code"]["dynamic"], s
         assert 0 < s["one_time_code"]["seconds_left"] <= 300, s
         assert "one-time code wanted" in world.control("status").stdout
-        assert calls(world) == ["carol plain"]
+        assert calls(world.tmp) == ["carol plain"]
         time.sleep(3)  # waiting: appvm2 keeps trying, nothing may get out
         assert world.fetch() is None
         assert status(world)["state"] == "blocked"
@@ -127,7 +114,7 @@ def test_the_gateway_waits_blocked_for_the_code_and_answer_supplies_it(world: Wo
         world.wait_through_tunnel(answered, "after the one-time code")
     assert asked_at > 0  # the background traffic ran while the daemon waited
     assert_no_leaks(world, cap, "waiting for a one-time code, then connecting")
-    assert calls(world) == ["carol plain", "carol@corp dynamic-ok"]
+    assert calls(world.tmp) == ["carol plain", "carol@corp dynamic-ok"]
     s = status(world)
     assert s["state"] == "connected" and s["one_time_code"] is None, s
     late = world.control("answer", "123")
@@ -148,16 +135,16 @@ def test_a_static_challenge_is_asked_before_the_gateway_connects(world: World) -
                    interval=0.2, what="the daemon to ask for the static code")  # fmt: skip
         asked = status(world)["one_time_code"]
         assert asked["text"] == STATIC_QUESTION and asked["dynamic"] is False, asked
-        before = len(calls(world))
+        before = len(calls(world.tmp))
         time.sleep(2)
         assert world.fetch() is None
     # asked before connecting: no new login reached the server while the question was open,
     # and nothing left sys-vpn outside the session (the old one's goodbye is allowed)
-    assert len(calls(world)) == before
+    assert len(calls(world.tmp)) == before
     assert_no_leaks(world, cap, "switching to a static-challenge profile")
     answered = time.monotonic()
     done = world.control("answer", CODE)
     assert done.returncode == 0, done.stderr
     world.wait_through_tunnel(answered, "after the static code")
-    assert calls(world)[-1] == "alice static-ok"
+    assert calls(world.tmp)[-1] == "alice static-ok"
     assert CODE not in world.daemon_log()
