@@ -22,7 +22,6 @@ dynamic key ("TLS_WRAP_RENEG"), and in the control case with the static one ("TL
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import re
@@ -35,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.ippacket import icmp_echo_request, is_echo_reply
+from tests.helpers.reneg_driver import EchoLedger, is_data, run_driver
 
 DRIVER_TIMEOUT = 60.0
 ECHO_INTERVAL = 0.25
@@ -107,10 +106,7 @@ def drive(config_path: str, goal: int, *, probe: bool, tls_ekm: bool) -> dict[st
         config, rng=os.urandom, now=time.monotonic(), wall_clock=time.time, tls_ekm=tls_ekm
     )
     result: dict[str, Any] = {"progress": []}
-    sent_kids: collections.Counter[int] = collections.Counter()
-    received_kids: collections.Counter[int] = collections.Counter()
-    requests: dict[int, float] = {}  # seq -> sent at (monotonic)
-    replies: set[int] = set()
+    ledger = EchoLedger(ECHO_INTERVAL, REPLY_GRACE)
     sock: socket.socket | None = None
     tcp = False
     peek = StreamDecoder()  # TCP: our own split of what the server sends, to count key ids
@@ -119,23 +115,11 @@ def drive(config_path: str, goal: int, *, probe: bool, tls_ekm: bool) -> dict[st
     my_replay: tuple[int, int] | None = None  # of our newest control packet (key id 0)
     up_at: float | None = None
     probed = False
-    ident, seq = os.getpid() & 0xFFFF, 0
-    next_echo = 0.0
     goal_reached_at: float | None = None
     deadline = time.monotonic() + DRIVER_TIMEOUT
 
     def finish(failure: str | None) -> dict[str, Any]:
-        if failure is not None:
-            result["failure"] = failure
-        cutoff = time.monotonic() - REPLY_GRACE
-        result["requests"] = len(requests)
-        result["lost"] = sorted(s for s, at in requests.items() if s not in replies and at < cutoff)
-        result["replies"] = len(replies)
-        result["sent_kids"] = dict(sent_kids)
-        result["received_kids"] = dict(received_kids)
-        result["renegotiations"] = client.stats.renegotiations
-        result["dropped"] = {r.value: n for r, n in client.stats.dropped.items()}
-        return result
+        return ledger.finish(result, client, failure)
 
     def send(wire: bytes) -> None:
         assert sock is not None
@@ -143,10 +127,6 @@ def drive(config_path: str, goal: int, *, probe: bool, tls_ekm: bool) -> dict[st
             sock.sendall(wire)
         else:
             sock.send(wire)
-
-    def count_data(counter: collections.Counter[int], packet: bytes) -> None:
-        if packet and packet[0] >> 3 in (6, 9):  # P_DATA_V1 / P_DATA_V2 (pings too)
-            counter[packet[0] & 7] += 1
 
     while time.monotonic() < deadline:
         now = time.monotonic()
@@ -175,9 +155,9 @@ def drive(config_path: str, goal: int, *, probe: bool, tls_ekm: bool) -> dict[st
             packet = wire[2:] if tcp else wire  # TCP: after the 2-byte length
             if my_session_id is None:
                 my_session_id = packet[1:9]
-            if packet[0] >> 3 not in (6, 9) and packet[0] & 7 == 0:
+            if not is_data(packet) and packet[0] & 7 == 0:
                 my_replay = replay_field(config, packet)
-            count_data(sent_kids, packet)
+            ledger.count(ledger.sent_kids, packet)
             send(wire)
         if probe and not probed and up_at is not None and now - up_at >= PROBE_AFTER:
             assert my_session_id is not None
@@ -185,15 +165,8 @@ def drive(config_path: str, goal: int, *, probe: bool, tls_ekm: bool) -> dict[st
             send(encode_frame(wire) if tcp else wire)
             probed = True
             result["probe_at"] = round(now - up_at, 3)
-        if source is not None and time.monotonic() >= next_echo:
-            seq += 1
-            request = icmp_echo_request(source, socket.inet_aton("10.8.0.1"), ident, seq)
-            wire = client.encrypt_tunnel_packet(request, now=now)
-            if wire is not None:
-                count_data(sent_kids, wire[2:] if tcp else wire)
-                send(wire)
-                requests[seq] = time.monotonic()
-            next_echo = time.monotonic() + ECHO_INTERVAL
+        if source is not None:
+            ledger.echo(client, source, now, send, framing=2 if tcp else 0)
         timer = client.get_timer()
         wait = 0.05 if timer is None else min(max(timer - time.monotonic(), 0.0), 0.05)
         readable, _, _ = select.select([sock], [], [], wait)
@@ -202,12 +175,9 @@ def drive(config_path: str, goal: int, *, probe: bool, tls_ekm: bool) -> dict[st
             if not data:
                 return finish("the server closed the connection")
             for packet in peek.feed(data) if tcp else [data]:
-                count_data(received_kids, packet)
+                ledger.count(ledger.received_kids, packet)
             client.receive(data, now=time.monotonic())
-            for packet in client.tunnel_packets():
-                for s in range(max(seq - 40, 1), seq + 1):
-                    if is_echo_reply(packet, ident, s):
-                        replies.add(s)
+            ledger.take_replies(client)
         timer = client.get_timer()
         if timer is not None and time.monotonic() >= timer:
             client.handle_timer(now=time.monotonic())
@@ -233,7 +203,7 @@ def main() -> int:
 
 if __name__ != "__main__":
     from tests.helpers.netns import NetnsPair, netns_pair_context
-    from tests.helpers.openvpn import OpenVpnServer, Protection, Scenario, client_config
+    from tests.helpers.openvpn import OpenVpnServer, Protection, Scenario
     from tests.helpers.pki import PkiFiles
 
     pytestmark = pytest.mark.interop
@@ -247,21 +217,20 @@ if __name__ != "__main__":
     )
     UNWRAP_FAILED = "tls-crypt unwrapping failed"
 
-    def run_driver(
+    def drive_in(
         pair: NetnsPair, scenario: Scenario, files: PkiFiles, tmp: Path, goal: int, *flags: str
     ) -> dict[str, Any]:
-        config = tmp / "engine-client.conf"
-        config.write_text(client_config(scenario, files, pair.server_address, real=False))
-        completed = pair.client.run(
-            [PYTHON, "-m", "tests.interop.test_dyn_tls_crypt", str(config), str(goal), *flags],
+        return run_driver(
+            pair,
+            scenario,
+            files,
+            tmp,
+            str(goal),
+            *flags,
+            python=PYTHON,
+            module="tests.interop.test_dyn_tls_crypt",
             timeout=DRIVER_TIMEOUT + 15,
-            check=False,
         )
-        lines = completed.stdout.strip().splitlines()
-        assert lines, f"driver printed nothing; stderr:\n{completed.stderr}"
-        result: dict[str, Any] = json.loads(lines[-1])
-        result["returncode"] = completed.returncode
-        return result
 
     def progress_at(result: dict[str, Any], message: str) -> float:
         """When (seconds after the tunnel came up) the client reported `message`."""
@@ -330,7 +299,7 @@ if __name__ != "__main__":
             ) as server,
         ):
             flags = ("--probe",) if probe else ()
-            result = run_driver(pair, scenario, pki_files, tmp_path, 2, *flags)
+            result = drive_in(pair, scenario, pki_files, tmp_path, 2, *flags)
             context = check_tunnel(result, server, goal=2)
             check_dynamic_key(result, server, context)
             log = server.log_text()
@@ -383,7 +352,7 @@ if __name__ != "__main__":
                 pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
             ) as server,
         ):
-            result = run_driver(pair, scenario, pki_files, tmp_path, 1)
+            result = drive_in(pair, scenario, pki_files, tmp_path, 1)
             context = check_tunnel(result, server, goal=1)
             check_dynamic_key(result, server, context)
             log = server.log_text()
@@ -414,7 +383,7 @@ if __name__ != "__main__":
                 pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
             ) as server,
         ):
-            result = run_driver(pair, scenario, pki_files, tmp_path, 1, "--probe", "--prf")
+            result = drive_in(pair, scenario, pki_files, tmp_path, 1, "--probe", "--prf")
             log = server.log_text()
             context = f"{result}\nserver log:\n{log[-5000:]}"
             assert "failure" not in result and result["returncode"] == 0, context
@@ -447,7 +416,7 @@ if __name__ != "__main__":
                 pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
             ) as server,
         ):
-            result = run_driver(pair, scenario, pki_files, tmp_path, 2)
+            result = drive_in(pair, scenario, pki_files, tmp_path, 2)
             context = check_tunnel(result, server, goal=2)
             check_dynamic_key(result, server, context)
             chosen = [

@@ -17,7 +17,6 @@ received, the client's progress messages. Every loop is bounded by a wall-clock 
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import select
@@ -29,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.ippacket import icmp_echo_request, is_echo_reply
+from tests.helpers.reneg_driver import EchoLedger, run_driver
 
 DRIVER_TIMEOUT = 45.0
 ECHO_INTERVAL = 0.25
@@ -51,29 +50,14 @@ def drive(config_path: str, goal: int) -> dict[str, Any]:
     config = load_config(Path(config_path))
     client = Client(config, rng=os.urandom, now=time.monotonic(), wall_clock=time.time)
     result: dict[str, Any] = {"progress": []}
-    sent_kids: collections.Counter[int] = collections.Counter()
-    received_kids: collections.Counter[int] = collections.Counter()
-    requests: dict[int, float] = {}  # seq -> sent at (monotonic)
-    replies: set[int] = set()
+    ledger = EchoLedger(ECHO_INTERVAL, REPLY_GRACE)
     sock: socket.socket | None = None
     source: bytes | None = None
-    ident, seq = os.getpid() & 0xFFFF, 0
-    next_echo = 0.0
     goal_reached_at: float | None = None
     deadline = time.monotonic() + DRIVER_TIMEOUT
 
     def finish(failure: str | None) -> dict[str, Any]:
-        if failure is not None:
-            result["failure"] = failure
-        cutoff = time.monotonic() - REPLY_GRACE
-        result["requests"] = len(requests)
-        result["lost"] = sorted(s for s, at in requests.items() if s not in replies and at < cutoff)
-        result["replies"] = len(replies)
-        result["sent_kids"] = dict(sent_kids)
-        result["received_kids"] = dict(received_kids)
-        result["renegotiations"] = client.stats.renegotiations
-        result["dropped"] = {r.value: n for r, n in client.stats.dropped.items()}
-        return result
+        return ledger.finish(result, client, failure)
 
     while time.monotonic() < deadline:
         now = time.monotonic()
@@ -93,30 +77,18 @@ def drive(config_path: str, goal: int) -> dict[str, Any]:
         if sock is None:
             return finish("the client asked for no connection")
         for wire in client.data_to_send(now=now):
-            if wire[0] >> 3 in (6, 9):  # P_DATA_V1 / P_DATA_V2 (pings)
-                sent_kids[wire[0] & 7] += 1
+            ledger.count(ledger.sent_kids, wire)
             sock.send(wire)
-        if source is not None and time.monotonic() >= next_echo:
-            seq += 1
-            request = icmp_echo_request(source, socket.inet_aton("10.8.0.1"), ident, seq)
-            wire = client.encrypt_tunnel_packet(request, now=now)
-            if wire is not None:
-                sent_kids[wire[0] & 7] += 1
-                sock.send(wire)
-                requests[seq] = time.monotonic()
-            next_echo = time.monotonic() + ECHO_INTERVAL
+        if source is not None:
+            ledger.echo(client, source, now, sock.send)
         timer = client.get_timer()
         wait = 0.05 if timer is None else min(max(timer - time.monotonic(), 0.0), 0.05)
         readable, _, _ = select.select([sock], [], [], wait)
         if readable:
             data = sock.recv(65536)
-            if data and data[0] >> 3 in (6, 9):
-                received_kids[data[0] & 7] += 1
+            ledger.count(ledger.received_kids, data)
             client.receive(data, now=time.monotonic())
-            for packet in client.tunnel_packets():
-                for s in range(max(seq - 40, 1), seq + 1):
-                    if is_echo_reply(packet, ident, s):
-                        replies.add(s)
+            ledger.take_replies(client)
         timer = client.get_timer()
         if timer is not None and time.monotonic() >= timer:
             client.handle_timer(now=time.monotonic())
@@ -140,7 +112,7 @@ def main() -> int:
 
 if __name__ != "__main__":
     from tests.helpers.netns import NetnsPair, netns_pair_context
-    from tests.helpers.openvpn import OpenVpnServer, Protection, Scenario, client_config
+    from tests.helpers.openvpn import OpenVpnServer, Protection, Scenario
     from tests.helpers.pki import PkiFiles, make_pki, write_pki
 
     pytestmark = pytest.mark.interop
@@ -152,21 +124,19 @@ if __name__ != "__main__":
     def pki_files(tmp_path_factory: pytest.TempPathFactory) -> PkiFiles:
         return write_pki(make_pki(), tmp_path_factory.mktemp("pki"))
 
-    def run_driver(
+    def drive_in(
         pair: NetnsPair, scenario: Scenario, files: PkiFiles, tmp: Path, goal: int
     ) -> dict[str, Any]:
-        config = tmp / "engine-client.conf"
-        config.write_text(client_config(scenario, files, pair.server_address, real=False))
-        completed = pair.client.run(
-            [PYTHON, "-m", "tests.interop.test_renegotiation", str(config), str(goal)],
+        return run_driver(
+            pair,
+            scenario,
+            files,
+            tmp,
+            str(goal),
+            python=PYTHON,
+            module="tests.interop.test_renegotiation",
             timeout=DRIVER_TIMEOUT + 10,
-            check=False,
         )
-        lines = completed.stdout.strip().splitlines()
-        assert lines, f"driver printed nothing; stderr:\n{completed.stderr}"
-        result: dict[str, Any] = json.loads(lines[-1])
-        result["returncode"] = completed.returncode
-        return result
 
     def new_key_lines(server: OpenVpnServer) -> list[str]:
         """One line per data channel key the server initialised (2.6 at verb 4)."""
@@ -199,7 +169,7 @@ if __name__ != "__main__":
                 pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
             ) as server,
         ):
-            result = run_driver(pair, scenario, pki_files, tmp_path, goal=2)
+            result = drive_in(pair, scenario, pki_files, tmp_path, goal=2)
             check_no_loss(result, server)
             progress = result["progress"]
             for kid in (1, 2):
@@ -232,7 +202,7 @@ if __name__ != "__main__":
                 pair.server, scenario, pki_files, tmp_path / "server", pair.server_address
             ) as server,
         ):
-            result = run_driver(pair, scenario, pki_files, tmp_path, goal=2)
+            result = drive_in(pair, scenario, pki_files, tmp_path, goal=2)
             check_no_loss(result, server)
             progress = result["progress"]
             for kid in (1, 2):
