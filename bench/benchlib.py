@@ -6,6 +6,8 @@
   never leaves a busy server behind), returning the parsed JSON.
 - `ProcStats`: CPU seconds and peak RSS of a process from /proc.
 - `PySpy`: optional py-spy sampling of a process, reduced to "top functions by self time".
+- `Metric`, `median_metrics`, `comparison_table`: the openvpn-vs-ours table of bench/compare.py
+  and bench/gateway.py (each keeps its own metrics and verdicts).
 
 Everything is bounded by timeouts; processes are stopped by PID.
 """
@@ -18,11 +20,13 @@ import os
 import select
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -341,3 +345,69 @@ def _is_io_line(leaf: str) -> bool:
         if source:
             return any(call in source for call in _SYSCALL_CALLS)
     return True  # source not found: trust the function name
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    fmt: str
+    better: str | None  # "higher" | "lower" | None (informational)
+    target: str = ""
+
+
+def median_metrics(runs: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Per metric, the median over the rounds that measured it."""
+    keys = {key for run in runs for key in run}
+    out: dict[str, float | None] = {}
+    for key in sorted(keys):
+        values = [v for run in runs if (v := run.get(key)) is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return ours / theirs
+
+
+def comparison_table(
+    metrics: Sequence[Metric],
+    results: Mapping[str, Mapping[str, float | None]],
+    header: Sequence[str],
+    verdict: Callable[[Metric, float | None, float | None], str],
+) -> tuple[str, list[dict[str, Any]]]:
+    """The text table (`header`: five column titles) and its rows for the JSON report, one per
+    metric that either contender measured: openvpn's value, ours, the ratio ours/openvpn and
+    the target with `verdict(metric, openvpn's, ours)` ("ok", "MISS" or "")."""
+    rows: list[dict[str, Any]] = []
+    lines: list[list[str]] = [list(header)]
+    for m in metrics:
+        theirs = results.get("openvpn", {}).get(m.key)
+        ours = results.get("ours", {}).get(m.key)
+        if theirs is None and ours is None:
+            continue
+        r = ratio(ours, theirs)
+        met = verdict(m, theirs, ours)
+        rows.append({"metric": m.key, "label": m.label.strip(), "openvpn": theirs, "ours": ours,
+                     "ratio": r, "target": m.target, "met": met or None})  # fmt: skip
+        lines.append([
+            m.label,
+            "-" if theirs is None else m.fmt.format(theirs),
+            "-" if ours is None else m.fmt.format(ours),
+            "-" if r is None else f"{r:.2f}",
+            f"{m.target} {met}".strip(),
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(line[1:4], widths[1:4], strict=True)]
+        out.append(" | ".join([*cells, line[4]]).rstrip())
+        if n == 0:
+            out.append("-+-".join("-" * w for w in widths))
+    return "\n".join(out), rows

@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,11 +49,15 @@ if str(ROOT) not in sys.path:
 
 from bench.benchlib import (  # noqa: E402
     CpuMeter,
+    Metric,
     Pinger,
     ProcStats,
     PySpy,
+    comparison_table,
     find_py_spy,
     iperf3,
+    median_metrics,
+    ratio,
     tcp_mbits,
     udp_rates,
 )
@@ -78,15 +81,6 @@ UP_TIMEOUT = 40.0  # seconds from process start to the first answered ping
 PROBE_INTERVAL = 0.005
 CONTENDERS = ("openvpn", "ours")
 RSS_LIMIT_MB = 60.0
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    label: str
-    fmt: str
-    better: str | None  # "higher" | "lower" | None (informational)
-    target: str = ""
 
 
 METRICS = (
@@ -302,22 +296,6 @@ def run_contender(
 # --------------------------------------------------------------------------- report
 
 
-def median_metrics(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
-    """Per metric, the median over the rounds that measured it."""
-    keys = {key for run in runs for key in run}
-    out: dict[str, float | None] = {}
-    for key in sorted(keys):
-        values = [v for run in runs if (v := run.get(key)) is not None]
-        out[key] = statistics.median(values) if values else None
-    return out
-
-
-def ratio(ours: float | None, theirs: float | None) -> float | None:
-    if ours is None or theirs is None or theirs == 0:
-        return None
-    return ours / theirs
-
-
 def verdict(metric: Metric, ours: float | None, r: float | None) -> str:
     if not metric.target:
         return ""
@@ -330,45 +308,10 @@ def verdict(metric: Metric, ours: float | None, r: float | None) -> str:
 
 
 def table(results: dict[str, dict[str, float | None]]) -> tuple[str, list[dict[str, Any]]]:
-    rows: list[dict[str, Any]] = []
-    lines: list[list[str]] = [["metric", "openvpn", "ours", "ours/openvpn", "target"]]
-    for m in METRICS:
-        theirs = results.get("openvpn", {}).get(m.key)
-        ours = results.get("ours", {}).get(m.key)
-        if theirs is None and ours is None:
-            continue
-        r = ratio(ours, theirs)
-        met = verdict(m, ours, r)
-        rows.append(
-            {
-                "metric": m.key,
-                "label": m.label.strip(),
-                "openvpn": theirs,
-                "ours": ours,
-                "ratio": r,
-                "target": m.target,
-                "met": met or None,
-            }
-        )
-        lines.append(
-            [
-                m.label,
-                "-" if theirs is None else m.fmt.format(theirs),
-                "-" if ours is None else m.fmt.format(ours),
-                "-" if r is None else f"{r:.2f}",
-                f"{m.target} {met}".strip(),
-            ]
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(5)]
-    out = []
-    for n, line in enumerate(lines):
-        cells = [line[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(line[1:4], widths[1:4], strict=True)
-        ]
-        out.append(" | ".join([*cells, line[4]]).rstrip())
-        if n == 0:
-            out.append("-+-".join("-" * w for w in widths))
-    return "\n".join(out), rows
+    header = ("metric", "openvpn", "ours", "ours/openvpn", "target")
+    return comparison_table(
+        METRICS, results, header, lambda m, theirs, ours: verdict(m, ours, ratio(ours, theirs))
+    )
 
 
 def print_profile(test: str, summary: dict[str, list[tuple[str, float]]]) -> None:

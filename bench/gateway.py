@@ -46,7 +46,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.benchlib import CpuMeter, ProcStats, iperf3, tcp_mbits  # noqa: E402
+from bench.benchlib import (  # noqa: E402
+    CpuMeter,
+    Metric,
+    ProcStats,
+    comparison_table,
+    iperf3,
+    median_metrics,
+    tcp_mbits,
+)
 from bench.compare import log, versions  # noqa: E402
 from bench.gwtraffic import Stamped, Stream, UplinkCapture  # noqa: E402
 from tests.helpers.gateway import UDP, World, built_world, start_server  # noqa: E402
@@ -76,15 +83,6 @@ RECOVERY_TIMEOUT = 45.0  # seconds to wait for the first datagram through the tu
 RESTART_DELAY = 0.5  # our unit's RestartSec, applied to both gateways after SIGKILL
 SERVER_TUN = "tun0"  # the OpenVPN server's device in sys-net (the only tun there)
 STREAM_RATE = 200.0  # datagrams/s: 5 ms resolution for every recovery time
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    label: str
-    fmt: str
-    better: str | None  # "higher" | "lower" | None (informational)
-    target: str = ""
 
 
 METRICS = (
@@ -430,15 +428,6 @@ def run_turn(name: str, workdir: Path, args: argparse.Namespace) -> Turn:
 # --------------------------------------------------------------------------- the table
 
 
-def medians(turns: list[Turn]) -> dict[str, float | None]:
-    keys = {key for turn in turns for key in turn.metrics}
-    out: dict[str, float | None] = {}
-    for key in sorted(keys):
-        values = [v for turn in turns if (v := turn.metrics.get(key)) is not None]
-        out[key] = statistics.median(values) if values else None
-    return out
-
-
 def verdict(metric: Metric, theirs: float | None, ours: float | None) -> str:
     if not metric.target or ours is None:
         return ""
@@ -453,32 +442,8 @@ def verdict(metric: Metric, theirs: float | None, ours: float | None) -> str:
 
 
 def table(results: dict[str, dict[str, float | None]]) -> tuple[str, list[dict[str, Any]]]:
-    rows: list[dict[str, Any]] = []
-    lines = [["metric", LABELS["openvpn"], LABELS["ours"], "ratio", "target"]]
-    for m in METRICS:
-        theirs, ours = results.get("openvpn", {}).get(m.key), results.get("ours", {}).get(m.key)
-        if theirs is None and ours is None:
-            continue
-        r = ours / theirs if ours is not None and theirs else None
-        met = verdict(m, theirs, ours)
-        rows.append({"metric": m.key, "label": m.label, "openvpn": theirs, "ours": ours,
-                     "ratio": r, "target": m.target, "met": met or None})  # fmt: skip
-        lines.append([
-            m.label,
-            "-" if theirs is None else m.fmt.format(theirs),
-            "-" if ours is None else m.fmt.format(ours),
-            "-" if r is None else f"{r:.2f}",
-            f"{m.target} {met}".strip(),
-        ])  # fmt: skip
-    widths = [max(len(line[i]) for line in lines) for i in range(5)]
-    out = []
-    for n, line in enumerate(lines):
-        cells = [line[0].ljust(widths[0])]
-        cells += [c.rjust(w) for c, w in zip(line[1:4], widths[1:4], strict=True)]
-        out.append(" | ".join([*cells, line[4]]).rstrip())
-        if n == 0:
-            out.append("-+-".join("-" * w for w in widths))
-    return "\n".join(out), rows
+    header = ("metric", LABELS["openvpn"], LABELS["ours"], "ratio", "target")
+    return comparison_table(METRICS, results, header, verdict)
 
 
 # --------------------------------------------------------------------------- main
@@ -541,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 for path in Path(tmp).glob("*.log"):
                     path.replace(logs / path.name)
     meta["loadavg_after"] = os.getloadavg()
-    results = {name: medians(turns[name]) for name in CONTENDERS}
+    results = {name: median_metrics([t.metrics for t in turns[name]]) for name in CONTENDERS}
     text, rows = table(results)
     load = meta["loadavg_before"]
     print()
