@@ -1,8 +1,8 @@
 """The kernel network state of a tunnel: MTU, addresses, routes; applied and reverted exactly.
 
 `Netlink.apply(ifname, settings, allow_routes=...)` configures the tun device for
-`TunnelSettings` through route netlink (`rtnl.open_rtnl`: pyroute2's `AsyncIPRoute` or the
-synchronous `IPRoute` in a worker thread; the event loop never blocks). Every change is logged
+`TunnelSettings` through route netlink (`rtnl.open_rtnl`: our own netlink socket on the event
+loop, which never blocks). Every change is logged
 before it is made, in words a person could replay ("adding route 0.0.0.0/1 dev tun0"), and
 its exact inverse is recorded; `revert()` undoes the tunnel's changes in reverse order,
 touching only what we added.
@@ -35,27 +35,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from miragevpn.events import TunnelSettings
 
+from .nlmsg import IFA_F_NODAD, IFA_F_NOPREFIXROUTE, RT_SCOPE_LINK, RTNH_F_ONLINK, NetlinkError
 from .rtnl import RoutePath, Rtnl, open_rtnl
 from .tun import Tun, open_tun
 
 log = logging.getLogger(__name__)
 
-# <linux/if_addr.h>
-IFA_F_NODAD = 0x02  # no duplicate address detection on a point-to-point tun
-IFA_F_NOPREFIXROUTE = 0x200  # the kernel adds no prefix route for this address (Linux >= 3.14)
-RT_SCOPE_LINK = 253  # <linux/rtnetlink.h>
-RTNH_F_ONLINK = 0x04  # <linux/rtnetlink.h>: the gateway is on the link, whatever routes say
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Undo = tuple[str, Callable[[], Awaitable[None]]]
-# What a failed change may raise: the kernel's refusal, or a value it cannot even encode.
-STEP_ERRORS = (NetlinkError, OSError, ValueError, TypeError)
+# What a failed change may raise: the kernel's refusal (NetlinkError, an OSError), no answer
+# (TimeoutError), or a value it cannot even encode.
+STEP_ERRORS = (OSError, ValueError, TypeError)
 
 
 class TunnelSetupError(Exception):
@@ -128,8 +122,8 @@ class Netlink:
         self._applied: tuple[TunnelSettings, bool] | None = None
 
     @classmethod
-    async def open(cls, *, backend: str | None = None) -> Netlink:
-        return cls(await open_rtnl(backend))
+    async def open(cls) -> Netlink:
+        return cls(await open_rtnl())
 
     # ---- the protocol
 
@@ -229,7 +223,7 @@ class Netlink:
             ),
         )
         log.info("bringing %s up", ifname)
-        await rtnl.link_set(index, state="up")  # without it nothing works: not skippable
+        await rtnl.link_set(index, up=True)  # without it nothing works: not skippable
 
         added = 0
         for interface, peer in wanted:
@@ -308,7 +302,7 @@ class Netlink:
             await self._step(
                 run,
                 f"adding {words} to {ifname} (no prefix route)",
-                lambda: rtnl.addr("add", IFA_FLAGS=flags, **kwargs),
+                lambda: rtnl.addr("add", flags=flags, **kwargs),
                 (f"removing {words} from {ifname}", lambda: rtnl.addr("del", **kwargs)),
             )
         )

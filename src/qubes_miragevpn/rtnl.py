@@ -1,58 +1,90 @@
-"""Route netlink (pyroute2) behind one small async interface, on pyroute2 0.7 through 0.9.
+"""Route netlink on the running event loop: one socket, one request at a time, no threads.
 
-pyroute2 0.9's synchronous `IPRoute` runs an asyncio loop of its own, so it cannot be called
-from code that already runs in one (pyroute2 issue #1342), and it opens its socket lazily in
-whichever thread first uses it. Two backends, chosen by `open_rtnl()`:
+`open_rtnl()` opens an AF_NETLINK/NETLINK_ROUTE socket in the calling thread's network
+namespace (a socket stays in the namespace it was made in) and returns a `KernelRtnl`; its
+requests are built and read by `nlmsg` (the bytes `ip` sends for the same change) and go through
+`loop.sock_sendall`/`sock_recv` on the non-blocking socket:
 
-- `AsyncRtnl`: pyroute2's `AsyncIPRoute` (0.9 and later), on the caller's event loop.
-- `ThreadRtnl`: the synchronous `IPRoute` (0.7, 0.8), created and used only in one dedicated
-  worker thread (never shared across threads); each request is awaited on the caller's loop
-  through `run_in_executor`. A request that has started always completes, even if its caller
-  is cancelled.
+    request     one in flight (a lock); each with a fresh sequence number, NLM_F_ACK
+    reply       datagrams of at most RECV_SIZE bytes, at most MAX_DATAGRAMS per request, until
+                the kernel's acknowledgement or refusal; answers to an earlier request that was
+                given up on (cancelled, timed out) are recognised by their sequence number and
+                dropped
+    timeout     REQUEST_TIMEOUT seconds per request: a kernel that stays silent raises
+                TimeoutError instead of hanging the tunnel's set-up
 
-Both open their socket in the calling thread's network namespace (the worker thread is started
-from the calling thread and inherits its namespace) and both return plain values, so the
-adapter above (`netlink.Netlink`) never sees which pyroute2 it runs on. Use one instance from
-one event loop. Errors are pyroute2's `NetlinkError` (with `.code`, an errno) or `OSError`.
+Errors: the kernel's refusal is `nlmsg.NetlinkError` (an OSError, `.code` = errno); a timeout is
+TimeoutError; a reply we cannot read is OSError(EBADMSG); a value that cannot be encoded (an
+address of the wrong family, an unknown command) is ValueError, the caller's. Use one instance
+from one event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
+import errno
 import ipaddress
 import logging
-import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-import pyroute2
+from . import nlmsg
+from .nlmsg import NetlinkError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-RTN_LOCAL = 2  # <linux/rtnetlink.h>: a route to one of our own addresses
-BACKEND_ENV = "QUBES_MIRAGEVPN_NETLINK"  # "thread" or "async": force a backend (tests, diagnosis)
+REQUEST_TIMEOUT = 20.0  # seconds; the RTNL lock can be held for seconds (namespaces going away)
+RECV_SIZE = 65536  # above the kernel's largest netlink datagram for our requests
+MAX_DATAGRAMS = 64  # per request: ours are answered in one or two
 
 
 class Rtnl(Protocol):
     """The route-netlink requests the tunnel needs, as plain values."""
 
-    name: str  # "AsyncIPRoute" or "IPRoute in a worker thread", for the log
-
-    async def link_index(self, ifname: str) -> int | None: ...
+    async def link_index(self, ifname: str) -> int | None:
+        """The index of the link `ifname`, or None if there is none."""
+        ...
 
     async def link_info(self, index: int) -> tuple[str, int] | None:
         """(name, MTU) of the link `index`, or None if there is none."""
         ...
 
-    async def link_set(self, index: int, **changes: Any) -> None: ...
+    async def link_set(self, index: int, *, mtu: int | None = None, up: bool = False) -> None: ...
 
-    async def addr(self, command: str, **kwargs: Any) -> None: ...
+    async def addr(
+        self,
+        command: str,
+        *,
+        index: int,
+        family: int,
+        address: str,
+        prefixlen: int,
+        local: str | None = None,
+        flags: int = 0,
+    ) -> None:
+        """`ip addr add|del` (see `nlmsg.address_change`)."""
+        ...
 
-    async def route(self, command: str, **kwargs: Any) -> None: ...
+    async def route(
+        self,
+        command: str,
+        *,
+        dst: str,
+        family: int,
+        oif: int | None = None,
+        gateway: str | None = None,
+        scope: int = nlmsg.RT_SCOPE_UNIVERSE,
+        priority: int | None = None,
+        flags: int = 0,
+        route_type: int | None = None,
+    ) -> None:
+        """`ip route add|replace|del` (see `nlmsg.route_change`)."""
+        ...
 
     async def route_get(self, dst: IPAddress, family: int) -> RoutePath:
         """The kernel's route to `dst` (`ip route get`)."""
@@ -70,157 +102,160 @@ class RoutePath:
     local: bool  # the address is one of this system's own (route type "local")
 
 
-def _route_answer(messages: Any) -> RoutePath:
-    msg = next(iter(messages))
-    gateway = msg.get_attr("RTA_GATEWAY")
-    return RoutePath(
-        gateway=ipaddress.ip_address(gateway) if gateway else None,
-        oif=int(msg.get_attr("RTA_OIF")),
-        local=msg["type"] == RTN_LOCAL,
-    )
+def netlink_socket(protocol: int) -> socket.socket:
+    """A non-blocking netlink socket of `protocol`, in the calling thread's namespace, that
+    only the kernel can send to, with the kernel's error messages switched on where it has
+    them (Linux >= 4.12)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+    try:
+        sock.setblocking(False)
+        for option in (nlmsg.NETLINK_CAP_ACK, nlmsg.NETLINK_EXT_ACK):
+            with contextlib.suppress(OSError):  # an older kernel: errors without words
+                sock.setsockopt(nlmsg.SOL_NETLINK, option, 1)
+        sock.bind((0, 0))  # the kernel picks our port id
+        sock.connect((0, 0))  # a connected netlink socket takes unicasts from the kernel only
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
-def _link_answer(messages: Any) -> tuple[str, int] | None:
-    for msg in messages:
-        return str(msg.get_attr("IFLA_IFNAME")), int(msg.get_attr("IFLA_MTU"))
-    return None
+class KernelRtnl:
+    """`Rtnl` on one route-netlink socket, used on the running event loop."""
 
+    def __init__(self, sock: socket.socket, *, timeout: float = REQUEST_TIMEOUT) -> None:
+        self._sock: socket.socket | None = sock
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        self._seq = 0
 
-# --------------------------------------------------------------------------- thread
-
-
-class ThreadRtnl:
-    """The synchronous `IPRoute`, owned by one worker thread."""
-
-    name = "IPRoute in a worker thread"
-
-    def __init__(self) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="netlink"
+    async def _ask(self, request: nlmsg.Request) -> list[nlmsg.Message]:
+        """Send `request`, return the kernel's answers (none for a plain acknowledgement)."""
+        async with self._lock:
+            sock = self._sock
+            if sock is None:
+                raise OSError(errno.EBADF, f"{request.words}: the netlink socket is closed")
+            loop = asyncio.get_running_loop()
+            self._seq = self._seq % 0xFFFFFFFF + 1
+            reply = nlmsg.Reply(self._seq, request.words)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await loop.sock_sendall(sock, nlmsg.encode_request(request, reply.seq))
+                    for _ in range(MAX_DATAGRAMS):
+                        if reply.receive(await loop.sock_recv(sock, RECV_SIZE)):
+                            return reply.answers
+            except TimeoutError:
+                raise TimeoutError(
+                    errno.ETIMEDOUT,
+                    f"the kernel did not answer {request.words} within {self._timeout:g} s",
+                ) from None
+            except nlmsg.MalformedReply as e:
+                raise _malformed(request, e) from e
+        raise OSError(
+            errno.EBADMSG,
+            f"the kernel's answer to {request.words} went on past {MAX_DATAGRAMS} datagrams",
         )
-        self._ipr: Any = None
 
-    def _open(self) -> None:
-        self._ipr = pyroute2.IPRoute()
-        self._ipr.link_lookup(ifname="lo")  # 0.9 opens the socket on first use: here, now
-
-    async def start(self) -> None:
+    async def _ask_one(self, request: nlmsg.Request, decode: Callable[[nlmsg.Message], T]) -> T:
+        answers = await self._ask(request)
         try:
-            await self._run(self._open)
-        except BaseException:
-            self._executor.shutdown(wait=False)
+            if len(answers) != 1:
+                raise nlmsg.MalformedReply(f"{len(answers)} answers instead of one")
+            return decode(answers[0])
+        except nlmsg.MalformedReply as e:
+            raise _malformed(request, e) from e
+
+    async def link_index(self, ifname: str) -> int | None:
+        try:
+            return (await self._ask_one(nlmsg.link_by_name(ifname), nlmsg.decode_link)).index
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
             raise
 
-    async def _run(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
-    async def link_index(self, ifname: str) -> int | None:
-        found = await self._run(lambda: self._ipr.link_lookup(ifname=ifname))
-        return int(found[0]) if found else None
-
     async def link_info(self, index: int) -> tuple[str, int] | None:
-        return await self._run(lambda: _link_answer(self._ipr.get_links(index)))
+        try:
+            link = await self._ask_one(nlmsg.link_by_index(index), nlmsg.decode_link)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise
+        return link.name, link.mtu
 
-    async def link_set(self, index: int, **changes: Any) -> None:
-        await self._run(lambda: self._ipr.link("set", index=index, **changes))
+    async def link_set(self, index: int, *, mtu: int | None = None, up: bool = False) -> None:
+        await self._ask(nlmsg.set_link(index, mtu=mtu, up=up))
 
-    async def addr(self, command: str, **kwargs: Any) -> None:
-        await self._run(lambda: self._ipr.addr(command, **kwargs))
+    async def addr(
+        self,
+        command: str,
+        *,
+        index: int,
+        family: int,
+        address: str,
+        prefixlen: int,
+        local: str | None = None,
+        flags: int = 0,
+    ) -> None:
+        request = nlmsg.address_change(
+            command,
+            index=index,
+            family=family,
+            address=address,
+            prefixlen=prefixlen,
+            local=local,
+            flags=flags,
+        )
+        await self._ask(request)
 
-    async def route(self, command: str, **kwargs: Any) -> None:
-        await self._run(lambda: self._ipr.route(command, **kwargs))
+    async def route(
+        self,
+        command: str,
+        *,
+        dst: str,
+        family: int,
+        oif: int | None = None,
+        gateway: str | None = None,
+        scope: int = nlmsg.RT_SCOPE_UNIVERSE,
+        priority: int | None = None,
+        flags: int = 0,
+        route_type: int | None = None,
+    ) -> None:
+        request = nlmsg.route_change(
+            command,
+            dst=dst,
+            family=family,
+            oif=oif,
+            gateway=gateway,
+            scope=scope,
+            priority=priority,
+            flags=flags,
+            route_type=route_type,
+        )
+        await self._ask(request)
 
     async def route_get(self, dst: IPAddress, family: int) -> RoutePath:
-        return await self._run(
-            lambda: _route_answer(self._ipr.route("get", dst=str(dst), family=family))
+        if family != (socket.AF_INET if dst.version == 4 else socket.AF_INET6):
+            raise ValueError(f"{dst} is not of address family {family}")
+        request = nlmsg.route_lookup(dst)
+        found = await self._ask_one(request, nlmsg.decode_route)
+        if found.oif is None:
+            raise _malformed(request, nlmsg.MalformedReply("a route without an interface"))
+        return RoutePath(
+            gateway=found.gateway, oif=found.oif, local=found.route_type == nlmsg.RTN_LOCAL
         )
 
     async def close(self) -> None:
-        if self._ipr is not None:
-            ipr, self._ipr = self._ipr, None
-            await self._run(ipr.close)
-        self._executor.shutdown(wait=False)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
 
-# --------------------------------------------------------------------------- async
+def _malformed(request: nlmsg.Request, error: nlmsg.MalformedReply) -> OSError:
+    return OSError(errno.EBADMSG, f"the kernel's answer to {request.words} is malformed: {error}")
 
 
-class AsyncRtnl:
-    """pyroute2's `AsyncIPRoute`, on the running loop."""
-
-    name = "AsyncIPRoute"
-
-    def __init__(self) -> None:
-        self._ipr: Any = pyroute2.AsyncIPRoute()
-
-    async def start(self) -> None:
-        await self._ipr.link_lookup(ifname="lo")  # opens the socket here, in this namespace
-
-    async def link_index(self, ifname: str) -> int | None:
-        found = await self._ipr.link_lookup(ifname=ifname)
-        return int(found[0]) if found else None
-
-    async def link_info(self, index: int) -> tuple[str, int] | None:
-        return _link_answer(await self._ipr.link("get", index=index))
-
-    async def link_set(self, index: int, **changes: Any) -> None:
-        await self._ipr.link("set", index=index, **changes)
-
-    async def addr(self, command: str, **kwargs: Any) -> None:
-        await self._ipr.addr(command, **kwargs)
-
-    async def route(self, command: str, **kwargs: Any) -> None:
-        await self._ipr.route(command, **kwargs)
-
-    async def route_get(self, dst: IPAddress, family: int) -> RoutePath:
-        return _route_answer(await self._ipr.route("get", dst=str(dst), family=family))
-
-    async def close(self) -> None:
-        self._ipr.close()
-
-
-# --------------------------------------------------------------------------- choice
-
-
-def pyroute2_version() -> str:
-    """The installed pyroute2's version: the module's own, else (Debian's module says
-    "unknown") its metadata. importlib.metadata is imported only then: on the newest stack it
-    would be the daemon's only user (about 1.2 MB of RSS; pyroute2 0.7 loads it anyway)."""
-    version = str(getattr(pyroute2, "__version__", "unknown"))
-    if version[:1].isdigit():
-        return version
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("pyroute2")
-    except importlib.metadata.PackageNotFoundError:
-        return version
-
-
-def has_async_iproute() -> bool:
-    return hasattr(pyroute2, "AsyncIPRoute")
-
-
-async def open_rtnl(backend: str | None = None) -> ThreadRtnl | AsyncRtnl:
-    """A started backend: `AsyncIPRoute` where pyroute2 has it, else the worker thread.
-
-    `backend` ("async" or "thread", default `$QUBES_MIRAGEVPN_NETLINK`) forces one."""
-    wanted = (
-        backend or os.environ.get(BACKEND_ENV) or ("async" if has_async_iproute() else "thread")
-    )
-    rtnl: ThreadRtnl | AsyncRtnl
-    if wanted == "async":
-        if not has_async_iproute():
-            raise RuntimeError(f"pyroute2 {pyroute2_version()} has no AsyncIPRoute")
-        rtnl = AsyncRtnl()
-    elif wanted == "thread":
-        rtnl = ThreadRtnl()
-    else:
-        raise ValueError(f"unknown netlink backend {wanted!r} (async or thread)")
-    try:
-        await rtnl.start()
-    except BaseException:
-        await rtnl.close()
-        raise
-    log.info("netlink through %s (pyroute2 %s)", rtnl.name, pyroute2_version())
+async def open_rtnl() -> KernelRtnl:
+    """A route-netlink adapter in the calling thread's network namespace."""
+    rtnl = KernelRtnl(netlink_socket(nlmsg.NETLINK_ROUTE))
+    log.debug("netlink: route netlink socket open")
     return rtnl

@@ -11,12 +11,19 @@ packet is new again and meets the forward chain.
     apply_policy(Blocked(), facts)      # first, so every new packet meets the kill switch
     flush_connections()                 # then, in sys-vpn's network namespace
 
-The flush acts on the network namespace of the calling thread.
+The flush acts on the network namespace of the calling thread: one NETLINK_NETFILTER socket
+(`nlmsg.conntrack_count`, then `conntrack_flush` for IPv4 and IPv6, as `conntrack -C` and
+`conntrack -F` send them), blocking, each answer awaited at most REQUEST_TIMEOUT seconds (the
+daemon calls it in a worker thread).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+
+from .. import nlmsg
+from ..rtnl import MAX_DATAGRAMS, RECV_SIZE, REQUEST_TIMEOUT, netlink_socket
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +34,32 @@ class ConntrackError(RuntimeError):
 
 def flush_connections() -> int:
     """Delete every conntrack entry of this network namespace; return how many there were."""
-    from pyroute2 import Conntrack
-
     log.info("firewall: flushing connection tracking (ends flows that predate our firewall)")
     try:
-        ct = Conntrack()
+        sock = netlink_socket(nlmsg.NETLINK_NETFILTER)
+        sock.settimeout(REQUEST_TIMEOUT)
     except OSError as e:
         raise ConntrackError(f"cannot open the conntrack netlink socket: {e}") from e
-    try:
-        before = int(ct.count())
-        reply = ct.flush()
-        if reply is not None:  # pyroute2 0.7 returns a generator that sends only when consumed
-            for _ in reply:
-                pass
-    except OSError as e:
-        raise ConntrackError(f"the kernel refused to flush connection tracking: {e}") from e
-    finally:
-        ct.close()
+    with sock:
+        try:
+            stats = _ask(sock, 1, nlmsg.conntrack_count())
+            if len(stats) != 1:
+                raise nlmsg.MalformedReply(f"{len(stats)} statistics messages instead of one")
+            before = nlmsg.decode_conntrack_count(stats[0])
+            _ask(sock, 2, nlmsg.conntrack_flush(socket.AF_INET))
+            _ask(sock, 3, nlmsg.conntrack_flush(socket.AF_INET6))
+        except nlmsg.NetlinkError as e:
+            raise ConntrackError(f"the kernel refused to flush connection tracking: {e}") from e
+        except (OSError, nlmsg.MalformedReply) as e:  # no answer, or not one we can read
+            raise ConntrackError(f"no usable answer from the kernel's conntrack: {e}") from e
     return before
+
+
+def _ask(sock: socket.socket, seq: int, request: nlmsg.Request) -> list[nlmsg.Message]:
+    """One request on the blocking socket; the kernel's answers (raises NetlinkError)."""
+    sock.sendall(nlmsg.encode_request(request, seq))
+    reply = nlmsg.Reply(seq, request.words)
+    for _ in range(MAX_DATAGRAMS):
+        if reply.receive(sock.recv(RECV_SIZE)):
+            return reply.answers
+    raise OSError(f"the kernel's answer to {request.words} went on past {MAX_DATAGRAMS} datagrams")

@@ -18,7 +18,7 @@ server pushes:
 The firewall, not the routing, is what keeps traffic off the uplink: a missing route can make a
 packet go nowhere, never elsewhere. Every change is logged before it is made; `replace` makes
 each step idempotent, so applying twice is harmless. Netlink goes through the runtime's `Rtnl`
-(`qubes_miragevpn.rtnl`: pyroute2 0.7 in a worker thread, or 0.9's AsyncIPRoute on the loop).
+(`qubes_miragevpn.rtnl`: our own route-netlink socket on the event loop).
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import logging
 import socket
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from miragevpn.events import TunnelSettings
 
+from ..nlmsg import IFA_F_NODAD, RTN_UNREACHABLE, RTNH_F_ONLINK, NetlinkError
 from ..rtnl import Rtnl
 from ..tun import Tun, open_tun
 
@@ -41,8 +40,6 @@ log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-RTNH_F_ONLINK = 4  # <linux/rtnetlink.h>: the gateway is on the link, whatever its address
-IFA_F_NODAD = 0x02  # <linux/if_addr.h>: no duplicate address detection on a tun
 FALLBACK_METRIC = 0xFFFFFFFF  # the server's unreachable route: only when the uplink's is gone
 ALL_IPV4 = (ipaddress.ip_network("0.0.0.0/1"), ipaddress.ip_network("128.0.0.0/1"))
 ALL_IPV6 = (ipaddress.ip_network("::/1"), ipaddress.ip_network("8000::/1"))
@@ -103,7 +100,7 @@ class GatewayRouting:
         """MTU, link up, exactly the session's addresses, the gateway's routes into `ifname`."""
         index = await self._index(ifname)
         log.info("setting MTU of %s to %d and bringing it up", ifname, settings.mtu)
-        await self._rtnl.link_set(index, mtu=settings.mtu, state="up")
+        await self._rtnl.link_set(index, mtu=settings.mtu, up=True)
         wanted = tunnel_addresses(settings)
         for address in [a for a in self._addresses if a not in wanted]:
             await self._address("del", ifname, index, address)
@@ -158,7 +155,8 @@ class GatewayRouting:
         """Make `server` reachable `via gateway dev uplink onlink`, whatever the tun routes say;
         the previous server's host route (another profile, another remote) is removed. True if
         a route was (re)added; False if the kernel already sends `server` that way. Raises
-        OSError/NetlinkError when the uplink is down or gone (the caller retries later)."""
+        OSError (NetlinkError: the kernel's refusal) when the uplink is down or gone (the
+        caller retries later)."""
         wanted = (server, gateway, uplink)
         if self._server is not None and self._server != wanted:
             await self._remove_server_route(*self._server)
@@ -168,13 +166,18 @@ class GatewayRouting:
             log.info(
                 "adding unreachable %s metric %d (never into the tunnel)", server, FALLBACK_METRIC
             )
-            fallback = {"type": "unreachable", "priority": FALLBACK_METRIC}
-            await self._rtnl.route("replace", dst=host, family=_family(server), **fallback)
+            await self._rtnl.route(
+                "replace",
+                dst=host,
+                family=_family(server),
+                route_type=RTN_UNREACHABLE,
+                priority=FALLBACK_METRIC,
+            )
         index = await self._index(uplink)
         if self._server == wanted:
             try:
                 path = await self._rtnl.route_get(server, _family(server))
-            except (NetlinkError, OSError):
+            except OSError:  # NetlinkError included
                 path = None  # unreachable: the uplink's route is gone
             if path is not None and path.oif == index and path.gateway == gateway:
                 return False
@@ -195,11 +198,18 @@ class GatewayRouting:
     ) -> None:
         log.info("removing the routes to %s (via %s dev %s; unreachable)", server, gateway, uplink)
         host = f"{server}/{server.max_prefixlen}"
-        for extra in ({"priority": 0}, {"type": "unreachable", "priority": FALLBACK_METRIC}):
+        # (route type, metric): the host route (metric 0, any type), then the unreachable one
+        for route_type, metric in ((None, 0), (RTN_UNREACHABLE, FALLBACK_METRIC)):
             try:
-                await self._rtnl.route("del", dst=host, family=_family(server), **extra)
-            except (NetlinkError, OSError) as e:
-                if getattr(e, "code", None) not in (errno.ESRCH, errno.ENOENT):
+                await self._rtnl.route(
+                    "del",
+                    dst=host,
+                    family=_family(server),
+                    route_type=route_type,
+                    priority=metric,
+                )
+            except OSError as e:  # NetlinkError included
+                if e.errno not in (errno.ESRCH, errno.ENOENT):
                     log.warning("cannot remove a host route to %s: %s", server, e)
 
     async def _index(self, ifname: str) -> int:
