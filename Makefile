@@ -25,7 +25,8 @@ STACK_SETUP = $(if $(filter newest,$(STACK)),setup-newest,setup)
 # the stacks `make test` (and so CI) runs
 TEST_STACKS := system newest
 # Debian packages: the libraries we run on (the versions Debian 12 ships, not newer wheels),
-# the real OpenVPN we interoperate with, and the tools the tests drive. gcc, python3-dev and
+# the real OpenVPN we interoperate with, and the tools the tests drive (python3-pyroute2 is one:
+# the programs speak netlink themselves, the tests check their bytes against pyroute2's). gcc, python3-dev and
 # libnetfilter-queue-dev build NetfilterQueue (PyPI has its source only; extra blocked-report);
 # iptables puts in the stand-in queue rule of test_blocked_queue_topology.py; python3-matplotlib
 # draws bench/gateway.py's timeline; softether-vpnserver is the SoftEther server of

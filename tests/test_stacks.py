@@ -83,6 +83,19 @@ def test_the_decompression_bindings_load() -> None:
         assert line.count(origin) == 2, line
 
 
+def test_pyroute2_is_a_test_dependency_only() -> None:
+    """The programs speak netlink themselves (rtnl.py, nlmsg.py); pyroute2 is the tests'
+    second opinion, on Debian's 0.7 on the system stack and the newest release on the other."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [r for r in project["dependencies"] if r.lower().startswith("pyroute2")]
+    assert "pyroute2>=0.7.2" in project["optional-dependencies"]["dev"]
+    installed = importlib.metadata.version("pyroute2")
+    if STACK == "system":
+        assert _numbers(installed) == (0, 7, 2), installed
+    elif STACK == "newest":
+        assert _numbers(installed) >= (0, 9), installed
+
+
 @pytest.mark.skipif(STACK != "system", reason="only on the Debian 12 stack (make test-system)")
 def test_system_stack_is_debian_12_at_pyprojects_floors() -> None:
     assert sys.version_info[:2] == (3, 11)

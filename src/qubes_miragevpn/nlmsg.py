@@ -142,6 +142,8 @@ def _address(text: str, family: int, what: str) -> IPAddress:
     value = ipaddress.ip_address(text)
     if _family_of(value) != family:
         raise ValueError(f"{what} {text} is not of address family {family}")
+    if getattr(value, "scope_id", None):  # the kernel takes the interface from the request
+        raise ValueError(f"{what} {text} names a scope, which netlink cannot carry")
     return value
 
 
@@ -232,6 +234,7 @@ def route_change(
     network = ipaddress.ip_network(dst)
     if _family_of(network) != family:
         raise ValueError(f"route {dst} is not of address family {family}")
+    _address(str(network.network_address), family, "route")  # no scope either
     if command == "del":
         protocol, kind = RTPROT_UNSPEC, route_type or RTN_UNSPEC
     else:
@@ -387,11 +390,13 @@ def decode_conntrack_count(message: Message) -> int:
 
 def decode_error(message: Message) -> tuple[int, str]:
     """(errno, the kernel's words or "") of an NLMSG_ERROR; errno 0 is an acknowledgement."""
-    if len(message.payload) < _ERRNO.size + _HEADER.size:
+    if len(message.payload) < _ERRNO.size:
         raise MalformedReply(f"an error message of {len(message.payload)} bytes")
     code = -int(_ERRNO.unpack_from(message.payload)[0])
+    if code < 0:
+        raise MalformedReply(f"a positive error number {-code}")
     detail = ""
-    if message.flags & NLM_F_ACK_TLVS:
+    if message.flags & NLM_F_ACK_TLVS and len(message.payload) >= _ERRNO.size + _HEADER.size:
         echoed = _HEADER.size
         if not message.flags & NLM_F_CAPPED:  # the whole request is echoed before the TLVs
             echoed = _HEADER.unpack_from(message.payload, _ERRNO.size)[0]

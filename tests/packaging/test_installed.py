@@ -149,7 +149,7 @@ def test_apt_installed_the_program_its_units_and_enabled_them(installed: None) -
         links
     )
     # the dependencies came from Debian's packages, not from pip
-    for package in ("python3-cryptography", "python3-openssl", "python3-pyroute2",
+    for package in ("python3-cryptography", "python3-openssl",
                     "python3-yaml", "python3-nftables", "nftables"):  # fmt: skip
         status = run(["dpkg-query", "-W", "-f=${Status}", package]).stdout
         assert status == "install ok installed", (package, status)
@@ -162,13 +162,13 @@ def test_the_installed_program_runs_on_the_system_python_and_libraries(installed
     assert "block" in done.stdout and "unblock" in done.stdout
     # -I: no PYTHONPATH, no user site, no current folder; what a systemd unit gets
     where = run(["/usr/bin/python3", "-I", "-c",
-                 "import qubes_miragevpn.gateway.cli, miragevpn, cryptography, OpenSSL, pyroute2, "
+                 "import qubes_miragevpn.gateway.cli, miragevpn, cryptography, OpenSSL, "
                  "yaml, nftables\n"
-                 "for m in (qubes_miragevpn, miragevpn, cryptography, OpenSSL, pyroute2, yaml, "
+                 "for m in (qubes_miragevpn, miragevpn, cryptography, OpenSSL, yaml, "
                  "nftables): print(m.__file__)"], cwd=Path("/"))  # fmt: skip
     assert where.returncode == 0, where.stderr
     paths = where.stdout.split()
-    assert len(paths) == 7 and all(p.startswith(f"{DIST_PACKAGES}/") for p in paths), paths
+    assert len(paths) == 6 and all(p.startswith(f"{DIST_PACKAGES}/") for p in paths), paths
 
 
 # ---------------------------------------------------------------- the leak tests, installed

@@ -1,8 +1,7 @@
 """The netlink adapter for real, inside a namespace: tun, addresses, routes, exact undo.
 
 Each scenario runs on one event loop in a thread inside the client namespace (where the
-adapter opens its netlink socket), on every backend this pyroute2 has: the synchronous
-`IPRoute` in a worker thread always, `AsyncIPRoute` where it exists (0.9).
+adapter opens its netlink socket).
 
 Hostile pushes (issue 8): a route whose gateway is not on the tunnel, a scoped IPv6 route, an
 MTU IPv6 cannot live with, a prefix route standing in for a route the client refused
@@ -22,7 +21,6 @@ import pytest
 
 from miragevpn.events import RouteSpec, TunnelSettings
 from qubes_miragevpn.netlink import ApplyReport, Netlink, TunnelSetupError
-from qubes_miragevpn.rtnl import has_async_iproute
 from qubes_miragevpn.tun import Tun, open_tun, tun_name_pattern
 from tests.helpers.netns import NetnsPair, netns_pair_context
 
@@ -56,14 +54,6 @@ def settings(**changes: Any) -> TunnelSettings:
     return TunnelSettings(**base)
 
 
-BACKENDS = ["thread", *(["async"] if has_async_iproute() else [])]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def pair() -> Iterator[NetnsPair]:
     with netns_pair_context(client_default_route=True) as pair:
@@ -94,12 +84,12 @@ def addresses(pair: NetnsPair, ifname: str) -> set[str]:
 Scenario = Callable[[Netlink, Tun], Awaitable[None]]
 
 
-def run_in(pair: NetnsPair, backend: str, scenario: Scenario) -> None:
+def run_in(pair: NetnsPair, scenario: Scenario) -> None:
     """Open a tun and the adapter in the client namespace and run `scenario` on one loop
     there; close both afterwards, whatever happens."""
 
     async def main() -> None:
-        netlink = await Netlink.open(backend=backend)
+        netlink = await Netlink.open()
         tun = open_tun(tun_name_pattern("tun"))
         try:
             await scenario(netlink, tun)
@@ -110,9 +100,7 @@ def run_in(pair: NetnsPair, backend: str, scenario: Scenario) -> None:
     pair.client.call(lambda: asyncio.run(main()), timeout=60)
 
 
-def test_apply_and_revert_subnet(
-    pair: NetnsPair, backend: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_apply_and_revert_subnet(pair: NetnsPair, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="qubes_miragevpn.netlink")
     veth = pair.link.b_if
     before = routes(pair)
@@ -144,12 +132,12 @@ def test_apply_and_revert_subnet(
         assert routes(pair) == before  # exactly what was there before, nothing more or less
         assert not any("fd00:99" in r for r in routes(pair, "-6"))
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
     links = pair.client.json(["ip", "-j", "link", "show"])
     assert "tun0" not in {link["ifname"] for link in links}
 
 
-def test_apply_p2p_and_leave_foreign_routes(pair: NetnsPair, backend: str) -> None:
+def test_apply_p2p_and_leave_foreign_routes(pair: NetnsPair) -> None:
     # a route that is not ours, identical to one the tunnel wants
     pair.client.run(["ip", "route", "add", "192.168.100.0/24", "via", "10.250.0.1"])
     p2p = settings(
@@ -169,10 +157,10 @@ def test_apply_p2p_and_leave_foreign_routes(pair: NetnsPair, backend: str) -> No
         assert addresses(pair, tun.name) == set()
         assert f"192.168.100.0/24 10.250.0.1 {pair.link.b_if}" in routes(pair)
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
-def test_tun_carries_packets(pair: NetnsPair, backend: str) -> None:
+def test_tun_carries_packets(pair: NetnsPair) -> None:
     """A packet the kernel routes into the tun comes out of our fd."""
 
     async def scenario(netlink: Netlink, tun: Tun) -> None:
@@ -185,13 +173,13 @@ def test_tun_carries_packets(pair: NetnsPair, backend: str) -> None:
         assert icmp, packets
         assert icmp[0][16:20] == ipaddress.IPv4Address("10.8.0.77").packed
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
 # --------------------------------------------------------------------------- issue 8
 
 
-def test_a_route_that_fails_is_skipped_and_the_rest_applied(pair: NetnsPair, backend: str) -> None:
+def test_a_route_that_fails_is_skipped_and_the_rest_applied(pair: NetnsPair) -> None:
     """`route 10.3.0.0 255.255.0.0 1.1.1.1`: the gateway is not on the tunnel (ENETUNREACH);
     `route-ipv6 fe80::%eth0/64`: a scope the kernel cannot take. Both logged and skipped."""
     hostile = settings(
@@ -223,10 +211,10 @@ def test_a_route_that_fails_is_skipped_and_the_rest_applied(pair: NetnsPair, bac
         await netlink.revert()
         assert "192.0.2.0/24 tun0" not in routes(pair)
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
-def test_an_mtu_ipv6_cannot_take_loses_ipv6_not_the_tunnel(pair: NetnsPair, backend: str) -> None:
+def test_an_mtu_ipv6_cannot_take_loses_ipv6_not_the_tunnel(pair: NetnsPair) -> None:
     """`tun-mtu 68` with IPv6: IPv4 works at that MTU, IPv6 (minimum 1280) is refused."""
 
     async def scenario(netlink: Netlink, tun: Tun) -> None:
@@ -237,10 +225,10 @@ def test_an_mtu_ipv6_cannot_take_loses_ipv6_not_the_tunnel(pair: NetnsPair, back
         assert addresses(pair, "tun0") == {"10.8.0.2/24"}
         assert "192.168.100.0/24 10.8.0.1 tun0 5" in routes(pair)  # IPv4 goes on
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
-def test_no_usable_address_is_a_setup_error(pair: NetnsPair, backend: str) -> None:
+def test_no_usable_address_is_a_setup_error(pair: NetnsPair) -> None:
     only_v6 = settings(ipv4=None, mtu=68, routes=(), redirect_gateway_ipv4=False)
 
     async def scenario(netlink: Netlink, tun: Tun) -> None:
@@ -248,12 +236,10 @@ def test_no_usable_address_is_a_setup_error(pair: NetnsPair, backend: str) -> No
             await netlink.apply(tun.name, only_v6)
         assert addresses(pair, "tun0") == set()
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
-def test_route_nopull_is_not_bypassed_by_the_prefix_of_an_address(
-    pair: NetnsPair, backend: str
-) -> None:
+def test_route_nopull_is_not_bypassed_by_the_prefix_of_an_address(pair: NetnsPair) -> None:
     """`ifconfig-ipv6 2001:db8:9::2/0` and `topology subnet` + `ifconfig 200.0.0.2 128.0.0.0`
     gave the kernel's prefix routes `default dev tun0` and `128.0.0.0/1 dev tun0`."""
     wide = settings(
@@ -276,12 +262,10 @@ def test_route_nopull_is_not_bypassed_by_the_prefix_of_an_address(
         await netlink.revert()
         assert addresses(pair, "tun0") == set()
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
-def test_config_routes_via_the_tunnel_gateway_work_under_route_nopull(
-    pair: NetnsPair, backend: str
-) -> None:
+def test_config_routes_via_the_tunnel_gateway_work_under_route_nopull(pair: NetnsPair) -> None:
     mine = settings(ipv6=None, redirect_gateway_ipv4=False)  # 192.168.100.0/24 via 10.8.0.1
 
     async def scenario(netlink: Netlink, tun: Tun) -> None:
@@ -290,11 +274,11 @@ def test_config_routes_via_the_tunnel_gateway_work_under_route_nopull(
         assert "192.168.100.0/24 10.8.0.1 tun0 5" in routes(pair)
         assert "10.8.0.0/24 tun0" not in routes(pair)
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
 def test_a_route_covering_the_server_gets_the_host_route_first(
-    pair: NetnsPair, backend: str, caplog: pytest.LogCaptureFixture
+    pair: NetnsPair, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`route <server> 255.255.255.255` and `route 0.0.0.0 0.0.0.0` without redirect-gateway:
     the host route to the server through the pre-tunnel gateway comes first."""
@@ -320,12 +304,10 @@ def test_a_route_covering_the_server_gets_the_host_route_first(
         await netlink.revert()
         assert str(REMOTE) not in " ".join(routes(pair))
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
-def test_a_route_covering_the_server_is_refused_without_a_path(
-    pair: NetnsPair, backend: str
-) -> None:
+def test_a_route_covering_the_server_is_refused_without_a_path(pair: NetnsPair) -> None:
     unreachable = ipaddress.ip_address("203.0.113.9")  # no route to it from the client
     pair.client.run(["ip", "route", "del", "default"])
     covering = settings(
@@ -343,7 +325,7 @@ def test_a_route_covering_the_server_is_refused_without_a_path(
         }
         assert "0.0.0.0/1 tun0" in routes(pair)  # the half without the server is fine
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)
 
 
 @pytest.mark.parametrize(
@@ -356,7 +338,7 @@ def test_a_route_covering_the_server_is_refused_without_a_path(
     ],
 )
 def test_a_tunnel_address_that_collides_with_the_system_is_refused(
-    pair: NetnsPair, backend: str, ipv4: str, peer: str | None, why: str
+    pair: NetnsPair, ipv4: str, peer: str | None, why: str
 ) -> None:
     """`ifconfig` accepted the LAN gateway's own address and the server's address."""
     colliding = settings(
@@ -377,4 +359,4 @@ def test_a_tunnel_address_that_collides_with_the_system_is_refused(
             await netlink.apply(tun.name, replace(colliding, ipv6=None))
         assert routes(pair) == before
 
-    run_in(pair, backend, scenario)
+    run_in(pair, scenario)

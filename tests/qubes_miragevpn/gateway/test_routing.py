@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
 
 from miragevpn.events import RouteSpec, TunnelSettings
 from qubes_miragevpn.gateway.routing import FALLBACK_METRIC, GatewayRouting, tunnel_routes
+from qubes_miragevpn.nlmsg import NetlinkError
 from qubes_miragevpn.rtnl import open_rtnl
 from tests.helpers.netns import Netns
 
