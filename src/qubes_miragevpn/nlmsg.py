@@ -134,6 +134,14 @@ def encode_attr(attr_type: int, value: bytes) -> bytes:
     return _ATTR.pack(length, attr_type) + value + b"\0" * (-length % 4)
 
 
+def _u32_attr(attr_type: int, value: int, what: str) -> bytes:
+    """A 32-bit attribute; a value out of range is the caller's error (ValueError), never a
+    struct.error."""
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{what} {value} is out of range (0 to 4294967295)")
+    return encode_attr(attr_type, _U32.pack(value))
+
+
 def _family_of(address: IPAddress | ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
     return socket.AF_INET if address.version == 4 else socket.AF_INET6
 
@@ -164,7 +172,7 @@ def set_link(index: int, *, mtu: int | None = None, up: bool = False) -> Request
     """`ip link set`: bring the link up (IFF_UP in flags and change mask) and/or set its MTU."""
     body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP if up else 0, IFF_UP if up else 0)
     if mtu is not None:
-        body += encode_attr(IFLA_MTU, _U32.pack(mtu))
+        body += _u32_attr(IFLA_MTU, mtu, "MTU")
     words = " ".join(
         [f"setting link #{index}", *([f"mtu {mtu}"] if mtu is not None else []), *(["up"] * up)]
     )
@@ -193,7 +201,7 @@ def address_change(
         body += encode_attr(IFA_LOCAL, mine.packed)
     body += encode_attr(IFA_ADDRESS, peer.packed)
     if flags:
-        body += encode_attr(IFA_FLAGS, _U32.pack(flags))
+        body += _u32_attr(IFA_FLAGS, flags, "address flags")
     if command not in ("add", "del"):
         raise ValueError(f"unknown address command {command!r} (add or del)")
     if command == "add":
@@ -245,9 +253,9 @@ def route_change(
     if gateway is not None:
         body += encode_attr(RTA_GATEWAY, _address(gateway, family, "gateway").packed)
     if oif is not None:
-        body += encode_attr(RTA_OIF, _U32.pack(oif))
+        body += _u32_attr(RTA_OIF, oif, "interface index")
     if priority is not None:
-        body += encode_attr(RTA_PRIORITY, _U32.pack(priority))
+        body += _u32_attr(RTA_PRIORITY, priority, "metric")
     verb = {"add": "adding", "replace": "replacing", "del": "removing"}[command]
     words = f"{verb} route {network}" + (f" via {gateway}" if gateway else "")
     words += f" dev #{oif}" if oif is not None else ""

@@ -440,6 +440,10 @@ def test_values_we_cannot_encode_are_the_callers_fault() -> None:
         nlmsg.route_change("add", dst="fe80::%eth0/64", family=V6)
     with pytest.raises(ValueError, match="names a scope"):
         nlmsg.route_change("add", dst="fd00:77::/64", family=V6, gateway="fe80::1%eth0")
+    with pytest.raises(ValueError, match="metric 4294967296 is out of range"):
+        nlmsg.route_change("add", dst="10.0.0.0/8", family=V4, priority=1 << 32)
+    with pytest.raises(ValueError, match="MTU -1 is out of range"):
+        nlmsg.set_link(1, mtu=-1)
 
 
 def test_default_routes_carry_no_destination() -> None:
