@@ -42,7 +42,8 @@ ENGINE_FORBIDDEN = frozenset(
         "time",
     }
 )
-CONFIG_ENGINE_ALLOWED = ("miragevpn.errors", "miragevpn.config")
+# config/ may use the engine's shared leaves: its errors and the escaping of shown text.
+CONFIG_ENGINE_ALLOWED = ("miragevpn.errors", "miragevpn.printable", "miragevpn.config")
 CONFIG_THIRD_PARTY = frozenset({"cryptography"})
 NATIVE = frozenset({"ctypes"})
 NATIVE_HOME = "libcrypto.py"

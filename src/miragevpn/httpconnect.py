@@ -26,9 +26,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 
-from .config.check import printable
 from .config.model import HttpProxy
 from .errors import ProxyAuthFailed, ProxyProtocolError, ProxyRefused
+from .printable import printable
 
 MAX_HEADER_BYTES = 16384  # a CONNECT response header is a few hundred bytes
 MAX_REASON_CHARS = 80  # of the proxy's reason phrase, in our messages
@@ -69,7 +69,7 @@ def encode_request(proxy: HttpProxy, host: str, port: int) -> bytes:
 
 def _shown(text: str) -> str:
     """The proxy's words in ours: at most MAX_REASON_CHARS of them, control characters
-    escaped (config.check.printable, as everything a peer or a profile says)."""
+    escaped (`printable`, as everything a peer or a profile says)."""
     more = "..." if len(text) > MAX_REASON_CHARS else ""
     return printable(text[:MAX_REASON_CHARS]) + more
 

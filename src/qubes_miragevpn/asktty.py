@@ -15,8 +15,8 @@ import os
 import sys
 import termios
 
-from miragevpn.config.check import printable
 from miragevpn.events import ChallengeRequested
+from miragevpn.printable import printable
 
 from .hooks import CannotAsk
 

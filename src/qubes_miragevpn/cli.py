@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from miragevpn.config.check import printable
 from miragevpn.config.keys import KeyMaterialError
 from miragevpn.config.model import AuthRetry, AuthUserPass, Config, Secret
 from miragevpn.config.unlock import PassphraseError, locked, with_passphrase
 from miragevpn.errors import ConfigError
+from miragevpn.printable import printable
 
 from .session import engine_client_factory
 from .tun import tun_name_pattern

@@ -53,7 +53,6 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from miragevpn import icmp6
 from miragevpn.client import Client
-from miragevpn.config.check import printable
 from miragevpn.config.model import AddressFamily, AuthUserPass, Config, Transport
 from miragevpn.errors import ProxyError
 from miragevpn.events import (
@@ -70,6 +69,7 @@ from miragevpn.events import (
     TunnelEstablished,
     TunnelSettings,
 )
+from miragevpn.printable import printable
 from miragevpn.statickey import StaticKeyClient
 
 from . import transport as transports

@@ -1,10 +1,11 @@
 """What the checker says about a config, as data and text: the summary, the JSON document, the
 error line; nothing here reads or prints (the CLI is `qubes_miragevpn.configcheck`).
 
-Every text that comes from a config can hold terminal control sequences: `printable` escapes
-them, and the CLI passes everything it prints through it. Values read from a file outside the
-profile's folder are named in `hidden` and never shown (a hostile `auth-user-pass /etc/shadow`
-would otherwise show the first line of /etc/shadow as the user name).
+Every text that comes from a config can hold terminal control sequences: `printable` (from
+`miragevpn.printable`) escapes them, and the CLI passes everything it prints through it. Values
+read from a file outside the profile's folder are named in `hidden` and never shown (a hostile
+`auth-user-pass /etc/shadow` would otherwise show the first line of /etc/shadow as the user
+name).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import base64
 import dataclasses
 import enum
 import ipaddress
-import re
 from collections.abc import Collection
 
 from ..errors import ConfigError
+from ..printable import printable
 from . import unlock
 from .keys import KeyMaterialError
 from .model import Config, HttpProxy, Secret, TlsAuth, TlsCrypt, TlsCryptV2
@@ -43,18 +44,6 @@ FILE_FIELDS = {
 # `http-proxy-option CUSTOM-HEADER` headers whose content is a credential: --json shows only
 # that they are there.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-# C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide text.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-
-
-def printable(text: str) -> str:
-    """`text` with every control character written as an escape (`\\x1b`, `\\u202e`)."""
-
-    def escape(m: re.Match[str]) -> str:
-        code = ord(m.group(0))
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-    return _CONTROL.sub(escape, text)
 
 
 def config_document(config: Config, hidden: Collection[str] = ()) -> dict[str, object]:

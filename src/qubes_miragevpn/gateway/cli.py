@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from miragevpn.config.check import printable
+from miragevpn.printable import printable
 
 from . import blocked, control, lifecycle, nft
 from .conntrack import ConntrackError, flush_connections

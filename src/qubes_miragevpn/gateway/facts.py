@@ -29,8 +29,6 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-import yaml
-
 from .qubesdb import (
     MAX_VALUE,
     ConnectionLost,
@@ -522,7 +520,11 @@ class FileFacts:
 
 
 def parse_facts_file(text: str, *, name: str) -> tuple[dict[str, str], dict[str, int]]:
-    """The values and their line numbers from a facts file; `FactsError` for a bad file."""
+    """The values and their line numbers from a facts file; `FactsError` for a bad file.
+
+    PyYAML is imported here, not with the module: on a Qubes VM the facts come from QubesDB
+    and the daemon never loads the parser (about 1 MB of memory)."""
+    import yaml
 
     def fail(line: int, path: str, value: str, message: str) -> FactsError:
         return FactsError((FactProblem(path, value, message, f"{name}:{line}"),))

@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from miragevpn.config.check import printable
 from miragevpn.config.model import Transport
 from miragevpn.events import TunnelSettings
+from miragevpn.printable import printable
 
 from ..hooks import CannotAsk
 from .policy import Blocked, Connected, Connecting, Endpoint, Policy, Tunnel

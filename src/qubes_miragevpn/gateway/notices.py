@@ -21,7 +21,7 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from miragevpn.config.check import printable
+from miragevpn.printable import printable
 
 from .lifecycle import Asking, Held, Phase, Up
 

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miragevpn.config import parse_config
-from miragevpn.config.check import printable
 from miragevpn.config.context import INLINE_MARKER
 from miragevpn.config.lexer import decode_config, lex
 from miragevpn.config.model import AuthUserPass, Config
 from miragevpn.config.unlock import locked
 from miragevpn.errors import ConfigError
+from miragevpn.printable import printable
 
 from ..files import ProfileFiles
 
