@@ -13,7 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from bench.gateway import METRICS, table, through_server_tun, udp_received, verdict
+from bench.gateway import (
+    METRICS,
+    OPENVPN_UNIT,
+    OUR_UNIT,
+    restart_sec,
+    table,
+    through_server_tun,
+    time_span,
+    udp_received,
+    verdict,
+)
 from bench.gwtraffic import Stream, stamped_frames
 
 from bench import killswitch
@@ -147,3 +157,33 @@ def test_quick_run_prints_the_table_and_draws_the_timeline(tmp_path: Path) -> No
     leaks = next(row for row in rows if row["metric"] == "leaks")
     assert leaks["ours"] == 0 and leaks["openvpn"] == 0, leaks  # safety, not speed
     assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize(
+    ("span", "seconds"),
+    [("500ms", 0.5), ("5s", 5.0), ("5", 5.0), ("1min 30s", 90.0), ("250us", 0.00025)],
+)
+def test_time_span_reads_systemd_spans(span: str, seconds: float) -> None:
+    assert time_span(span) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("span", ["", "fast", "5 parsecs", "ms"])
+def test_time_span_refuses_what_systemd_would(span: str) -> None:
+    with pytest.raises(ValueError, match="time span"):
+        time_span(span)
+
+
+def test_restart_sec_is_the_units_delay_and_refuses_a_unit_that_stays_dead() -> None:
+    assert restart_sec("[Service]\nRestart=always\nRestartSec=500ms\n", unit="a") == 0.5
+    assert restart_sec("[Service]\nRestart=on-failure\n", unit="b") == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="not restarted after SIGKILL"):
+        restart_sec("[Service]\nType=notify\nExecStart=/usr/sbin/openvpn\n", unit="c")
+    with pytest.raises(ValueError, match="Restart=on-abort"):  # SIGKILL is not an abort
+        restart_sec("[Service]\nRestart=on-abort\n", unit="d")
+
+
+def test_the_delays_come_from_the_shipped_units() -> None:
+    assert restart_sec(OUR_UNIT.read_text(), unit="ours") == 0.5
+    if not OPENVPN_UNIT.exists():
+        pytest.skip(f"{OPENVPN_UNIT} absent: the openvpn package is not installed")
+    assert restart_sec(OPENVPN_UNIT.read_text(), unit="openvpn@") == 5.0
