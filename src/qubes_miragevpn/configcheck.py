@@ -28,12 +28,12 @@ from miragevpn.config.check import (
     FILE_FIELDS,
     config_document,
     format_error,
-    printable,
     summary,
 )
 from miragevpn.config.model import Config
 from miragevpn.config.parse import file_references
 from miragevpn.errors import ConfigError
+from miragevpn.printable import printable
 
 from .files import ProfileFiles, read_profile
 
