@@ -139,7 +139,9 @@ def restart_sec(unit_text: str, *, unit: str) -> float:
             restart = value.strip()
         elif key == "RestartSec":
             delay = time_span(value.strip())
-    if restart in ("no", "on-success", "on-abort", "on-watchdog", ""):
+    # systemd.service(5): an uncaught signal (SIGKILL) restarts always, on-failure, on-abnormal
+    # and on-abort; only these stay dead
+    if restart in ("no", "on-success", "on-watchdog", ""):
         raise ValueError(f"{unit} is not restarted after SIGKILL (Restart={restart})")
     return delay
 

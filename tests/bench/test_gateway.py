@@ -178,8 +178,9 @@ def test_restart_sec_is_the_units_delay_and_refuses_a_unit_that_stays_dead() -> 
     assert restart_sec("[Service]\nRestart=on-failure\n", unit="b") == pytest.approx(0.1)
     with pytest.raises(ValueError, match="not restarted after SIGKILL"):
         restart_sec("[Service]\nType=notify\nExecStart=/usr/sbin/openvpn\n", unit="c")
-    with pytest.raises(ValueError, match="Restart=on-abort"):  # SIGKILL is not an abort
-        restart_sec("[Service]\nRestart=on-abort\n", unit="d")
+    with pytest.raises(ValueError, match="Restart=on-watchdog"):  # SIGKILL is no watchdog timeout
+        restart_sec("[Service]\nRestart=on-watchdog\n", unit="d")
+    assert restart_sec("[Service]\nRestart=on-abort\nRestartSec=2\n", unit="e") == 2.0
 
 
 def test_the_delays_come_from_the_shipped_units() -> None:
